@@ -1,0 +1,125 @@
+//! Batches: a capacity, the tasks submitted so far, and an optional notify
+//! to send once every task completed (spec §9).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::task::Task;
+use crate::error::{Error, Result};
+use crate::metadata::SegmentId;
+
+/// A `submitTransferWithNotify` message waiting for its batch to complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingNotify {
+    pub target: SegmentId,
+    pub name: String,
+    pub msg: String,
+}
+
+pub struct Batch {
+    pub capacity: usize,
+    tasks: RwLock<Vec<Arc<Task>>>,
+    /// Serialises submitters so task ids stay consecutive.
+    submit_lock: Mutex<()>,
+    notify: Mutex<Option<PendingNotify>>,
+}
+
+impl Batch {
+    fn new(capacity: usize) -> Batch {
+        Batch {
+            capacity,
+            tasks: RwLock::new(Vec::new()),
+            submit_lock: Mutex::new(()),
+            notify: Mutex::new(None),
+        }
+    }
+
+    pub fn submit_guard(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.submit_lock.lock()
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn push_tasks(&self, tasks: &[Arc<Task>]) {
+        self.tasks.write().extend(tasks.iter().cloned());
+    }
+
+    pub fn task(&self, id: usize) -> Option<Arc<Task>> {
+        self.tasks.read().get(id).cloned()
+    }
+
+    pub fn all_completed(&self) -> bool {
+        self.tasks
+            .read()
+            .iter()
+            .all(|t| t.status() == super::task::TaskStatus::Completed)
+    }
+
+    pub fn all_observed_terminal(&self) -> bool {
+        self.tasks.read().iter().all(|t| t.observed_terminal())
+    }
+
+    pub fn set_notify(&self, n: PendingNotify) {
+        *self.notify.lock() = Some(n);
+    }
+
+    /// Take the pending notify (so it is sent at most once).
+    pub fn take_notify(&self) -> Option<PendingNotify> {
+        self.notify.lock().take()
+    }
+
+    pub fn has_notify(&self) -> bool {
+        self.notify.lock().is_some()
+    }
+}
+
+/// Batch ids are opaque: a process-wide counter, so an id from another
+/// engine, a freed id or garbage fails the lookup instead of being followed.
+static NEXT_BATCH_ID: AtomicU64 = AtomicU64::new(0x7e00_0000_0000_0001);
+
+#[derive(Default)]
+pub struct BatchTable {
+    batches: RwLock<HashMap<u64, Arc<Batch>>>,
+}
+
+impl BatchTable {
+    pub fn allocate(&self, capacity: usize) -> u64 {
+        let id = NEXT_BATCH_ID.fetch_add(1, Ordering::Relaxed);
+        self.batches
+            .write()
+            .insert(id, Arc::new(Batch::new(capacity)));
+        id
+    }
+
+    pub fn get(&self, id: u64) -> Result<Arc<Batch>> {
+        self.batches
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown batch id {id:#x}")))
+    }
+
+    /// Free `id` if every task was observed terminal, else `BatchBusy`.
+    pub fn free(&self, id: u64) -> Result<()> {
+        let mut map = self.batches.write();
+        let batch = map
+            .get(&id)
+            .ok_or_else(|| Error::InvalidArgument(format!("unknown batch id {id:#x}")))?;
+        if !batch.all_observed_terminal() {
+            return Err(Error::BatchBusy(format!(
+                "batch {id:#x} has tasks not yet seen COMPLETED/FAILED by getTransferStatus"
+            )));
+        }
+        map.remove(&id);
+        Ok(())
+    }
+}

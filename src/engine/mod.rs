@@ -1,0 +1,592 @@
+//! `TransferEngine`: segments, memory registration, batches, installed
+//! transports and notifications. The FFI layer calls only this type.
+
+pub mod batch;
+pub mod memory;
+pub mod net;
+pub mod task;
+pub mod topology;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{env_i64, env_is_set, env_str};
+use crate::error::{Error, Result};
+use crate::metadata::descriptor::{timestamp_now, PriorityMatrix, RpcMeta, SegmentDesc};
+use crate::metadata::{name, Metadata, SegmentId};
+use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
+use batch::{BatchTable, PendingNotify};
+use memory::MemoryRegistry;
+use task::{Task, TaskStatus, TransferRequest};
+
+pub use batch::Batch;
+
+/// Status of one task as `getTransferStatus` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferStatus {
+    pub status: TaskStatus,
+    pub transferred_bytes: u64,
+}
+
+/// One entry of `getNicLoadStats`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NicLoad {
+    pub device: String,
+    pub inflight_bytes: u64,
+    pub ewma_bandwidth_bps: f64,
+}
+
+pub struct TransferEngine {
+    metadata: Arc<Metadata>,
+    /// `host:port` for `getLocalIpAndPort`.
+    rpc: RpcMeta,
+    /// Store modes: the pre-bound daemon socket, served once a transport is installed.
+    pending_listener: Mutex<Option<std::net::TcpListener>>,
+    transports: RwLock<Vec<Arc<dyn Transport>>>,
+    memory: Mutex<MemoryRegistry>,
+    batches: BatchTable,
+    topology: Mutex<PriorityMatrix>,
+    /// `MC_SLICE_TIMEOUT` (seconds): WAITING older than this reads TIMEOUT.
+    slice_timeout: Option<Duration>,
+    destroyed: AtomicBool,
+}
+
+impl TransferEngine {
+    /// `createTransferEngine`. `ip_or_host_name` and `rpc_port` are ignored,
+    /// as in the classic C++ engine (spec §1.2).
+    pub fn new(
+        metadata_conn: &str,
+        local_server_name: &str,
+        auto_discover: bool,
+    ) -> Result<Arc<Self>> {
+        crate::logging::init();
+        if local_server_name.is_empty() {
+            return Err(Error::InvalidArgument("empty local_server_name".into()));
+        }
+        let metadata = Metadata::new(metadata_conn, local_server_name)?;
+        let (host, port) = name::parse_host_port(local_server_name, name::default_handshake_port());
+        let listener;
+        let rpc;
+        if metadata.is_p2p() {
+            let l = net::bind_in_rpc_range()?;
+            let p = l.local_addr()?.port();
+            metadata.set_local_name(&name::join_host_port(&host, p));
+            rpc = RpcMeta {
+                ip_or_host_name: host,
+                rpc_port: p,
+            };
+            listener = Some(l);
+        } else if net::legacy_rpc_binding() {
+            rpc = RpcMeta {
+                ip_or_host_name: host,
+                rpc_port: port,
+            };
+            listener = Some(net::bind_exact(port)?);
+        } else {
+            let l = net::bind_in_rpc_range()?;
+            rpc = RpcMeta {
+                ip_or_host_name: net::advertised_ip(),
+                rpc_port: l.local_addr()?.port(),
+            };
+            listener = Some(l);
+        }
+        net::raise_fd_limit();
+        let engine = Arc::new(TransferEngine {
+            metadata: metadata.clone(),
+            rpc,
+            pending_listener: Mutex::new(None),
+            transports: RwLock::new(Vec::new()),
+            memory: Mutex::new(MemoryRegistry::default()),
+            batches: BatchTable::default(),
+            topology: Mutex::new(PriorityMatrix::new()),
+            slice_timeout: match env_i64("MC_SLICE_TIMEOUT", -1, 1, 65535) {
+                s if s > 0 => Some(Duration::from_secs(s as u64)),
+                _ => None,
+            },
+            destroyed: AtomicBool::new(false),
+        });
+        if metadata.is_p2p() {
+            metadata.start_daemon(listener.expect("p2p listener"))?;
+        } else {
+            *engine.pending_listener.lock() = listener;
+            metadata.publish_rpc_meta(&engine.rpc)?;
+        }
+        log::info!(
+            "transfer engine '{}' up: metadata {}, rpc {}:{}",
+            metadata.local_name(),
+            metadata_conn,
+            engine.rpc.ip_or_host_name,
+            engine.rpc.rpc_port
+        );
+        if let Err(e) = engine.auto_install(auto_discover) {
+            engine.shutdown();
+            return Err(e);
+        }
+        Ok(engine)
+    }
+
+    fn auto_install(&self, auto_discover: bool) -> Result<()> {
+        if env_is_set("MC_FORCE_TCP") {
+            return self.install_transport("tcp", None);
+        }
+        if !auto_discover {
+            return Ok(());
+        }
+        if let Some(path) = env_str("MC_CUSTOM_TOPO_JSON") {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| Error::InvalidArgument(format!("MC_CUSTOM_TOPO_JSON={path}: {e}")))?;
+            *self.topology.lock() = topology::parse_matrix(&text)?;
+        } else {
+            self.discover_topology()?;
+        }
+        let have_hca = !self.topology.lock().is_empty();
+        if have_hca || env_is_set("MC_FORCE_HCA") {
+            self.install_transport("rdma", None)
+        } else {
+            self.install_transport("tcp", None)
+        }
+    }
+
+    pub fn metadata(&self) -> &Arc<Metadata> {
+        &self.metadata
+    }
+
+    pub fn local_server_name(&self) -> String {
+        self.metadata.local_name()
+    }
+
+    /// `getLocalIpAndPort`: `ip:port` without IPv6 brackets.
+    pub fn local_ip_and_port(&self) -> String {
+        format!("{}:{}", self.rpc.ip_or_host_name, self.rpc.rpc_port)
+    }
+
+    /// `discoverTopology`: replace the matrix with what the RDMA provider sees.
+    pub fn discover_topology(&self) -> Result<()> {
+        let devices = crate::transport::rdma::discover_devices();
+        *self.topology.lock() = topology::matrix_for(&devices);
+        Ok(())
+    }
+
+    pub fn topology(&self) -> PriorityMatrix {
+        self.topology.lock().clone()
+    }
+
+    fn transport_by_protocol(&self, proto: &str) -> Option<Arc<dyn Transport>> {
+        self.transports
+            .read()
+            .iter()
+            .find(|t| t.protocol() == proto)
+            .cloned()
+    }
+
+    pub fn installed_protocols(&self) -> Vec<&'static str> {
+        self.transports
+            .read()
+            .iter()
+            .map(|t| t.protocol())
+            .collect()
+    }
+
+    /// `installTransport`. `matrix_json` is args[0] (any protocol).
+    pub fn install_transport(&self, proto: &str, matrix_json: Option<&str>) -> Result<()> {
+        if self.transport_by_protocol(proto).is_some() {
+            return Ok(());
+        }
+        if let Some(json) = matrix_json {
+            *self.topology.lock() = topology::parse_matrix(json)?;
+        }
+        let ctx = TransportContext {
+            local_server_name: self.metadata.local_name(),
+            metadata: self.metadata.clone(),
+        };
+        let t: Arc<dyn Transport> = match proto {
+            "tcp" => crate::transport::tcp::TcpTransport::install(ctx)?,
+            "rdma" => crate::transport::rdma::RdmaTransport::install(ctx, self.topology())?,
+            other => {
+                return Err(Error::NotImplemented(format!(
+                    "transport '{other}' is not supported (te-rs has tcp and rdma)"
+                )))
+            }
+        };
+        self.transports.write().push(t.clone());
+        let handler_target = t.clone();
+        self.metadata
+            .set_connection_handler(Some(Arc::new(move |req| handler_target.on_connection(req))));
+        if let Some(l) = self.pending_listener.lock().take() {
+            self.metadata.start_daemon(l)?;
+        }
+        // Replay earlier registrations, then publish (spec §1.2 installTransport).
+        let buffers = self.memory.lock().buffers().to_vec();
+        for b in &buffers {
+            t.register_memory(b)?;
+        }
+        self.publish_local_desc()?;
+        log::info!(
+            "installed transport '{proto}' ({} regions replayed)",
+            buffers.len()
+        );
+        Ok(())
+    }
+
+    /// `uninstallTransport`: a no-op upstream; kept so.
+    pub fn uninstall_transport(&self, _proto: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Rebuild and publish the local descriptor from the last installed
+    /// transport (the one whose `protocol` peers will use).
+    fn publish_local_desc(&self) -> Result<()> {
+        let primary = match self.transports.read().last() {
+            Some(t) => t.clone(),
+            None => return Ok(()),
+        };
+        let buffers = self.memory.lock().buffers().to_vec();
+        let mut desc = SegmentDesc {
+            name: self.metadata.local_name(),
+            timestamp: timestamp_now(),
+            ..Default::default()
+        };
+        primary.describe(&mut desc, &buffers);
+        self.metadata.set_local_desc(desc)
+    }
+
+    // ---- segments -----------------------------------------------------------
+
+    pub fn open_segment(&self, name: &str) -> Result<SegmentId> {
+        self.metadata.open_segment(name)
+    }
+
+    /// `openSegmentNoCache`: refresh `name` if cached, then open it.
+    pub fn open_segment_no_cache(&self, name: &str) -> Result<SegmentId> {
+        self.metadata.sync_segment_cache(Some(name));
+        self.metadata.open_segment(name)
+    }
+
+    pub fn close_segment(&self, _id: SegmentId) -> Result<()> {
+        Ok(())
+    }
+
+    pub fn remove_local_segment(&self, name: &str) -> Result<()> {
+        self.metadata.remove_segment(name)
+    }
+
+    pub fn sync_segment_cache(&self) {
+        self.metadata.sync_segment_cache(None)
+    }
+
+    // ---- memory -------------------------------------------------------------
+
+    pub fn register_local_memory(
+        &self,
+        addr: u64,
+        length: u64,
+        location: &str,
+        remote_accessible: bool,
+    ) -> Result<()> {
+        let buf = LocalBuffer {
+            addr,
+            length,
+            location: location.to_string(),
+            remote_accessible,
+        };
+        self.register_buffers(vec![buf])
+    }
+
+    /// `registerLocalMemoryBatch`: all or nothing, one publish.
+    pub fn register_local_memory_batch(
+        &self,
+        regions: &[(u64, u64)],
+        location: &str,
+    ) -> Result<()> {
+        let bufs = regions
+            .iter()
+            .map(|&(addr, length)| LocalBuffer {
+                addr,
+                length,
+                location: location.to_string(),
+                remote_accessible: true,
+            })
+            .collect();
+        self.register_buffers(bufs)
+    }
+
+    fn register_buffers(&self, bufs: Vec<LocalBuffer>) -> Result<()> {
+        let mut mem = self.memory.lock();
+        mem.check_new(&bufs)?;
+        let transports = self.transports.read().clone();
+        let mut done: Vec<(Arc<dyn Transport>, u64)> = Vec::new();
+        for b in &bufs {
+            for t in &transports {
+                if let Err(e) = t.register_memory(b) {
+                    for (t, addr) in done.iter().rev() {
+                        let _ = t.unregister_memory(*addr);
+                    }
+                    return Err(e);
+                }
+                done.push((t.clone(), b.addr));
+            }
+        }
+        for b in bufs {
+            mem.add(b);
+        }
+        drop(mem);
+        self.publish_local_desc()
+    }
+
+    pub fn unregister_local_memory(&self, addr: u64) -> Result<()> {
+        self.unregister_local_memory_batch(&[addr])
+    }
+
+    /// Best effort over all addresses; the first error is returned.
+    pub fn unregister_local_memory_batch(&self, addrs: &[u64]) -> Result<()> {
+        let mut first_err = None;
+        {
+            let mut mem = self.memory.lock();
+            let transports = self.transports.read().clone();
+            for &addr in addrs {
+                match mem.remove(addr) {
+                    Ok(_) => {
+                        for t in &transports {
+                            if let Err(e) = t.unregister_memory(addr) {
+                                first_err.get_or_insert(e);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let published = self.publish_local_desc();
+        match first_err {
+            Some(e) => Err(e),
+            None => published,
+        }
+    }
+
+    pub fn registered_buffers(&self) -> Vec<LocalBuffer> {
+        self.memory.lock().buffers().to_vec()
+    }
+
+    // ---- batches ------------------------------------------------------------
+
+    pub fn allocate_batch_id(&self, capacity: usize) -> u64 {
+        self.batches.allocate(capacity)
+    }
+
+    /// `submitTransfer(WithNotify)`. Errors map to positive status codes.
+    pub fn submit_transfer(
+        &self,
+        batch_id: u64,
+        requests: &[TransferRequest],
+        notify: Option<(String, String)>,
+    ) -> Result<()> {
+        let batch = self.batches.get(batch_id)?;
+        let _guard = batch.submit_guard();
+        if batch.len() + requests.len() > batch.capacity {
+            return Err(Error::TooManyRequests(format!(
+                "batch {batch_id:#x} holds {} of {} tasks, {} more requested",
+                batch.len(),
+                batch.capacity,
+                requests.len()
+            )));
+        }
+        // Route everything first: on a routing error no task is added.
+        let mut routed: Vec<(Arc<dyn Transport>, Submission)> = Vec::with_capacity(requests.len());
+        for r in requests {
+            let target = self.metadata.segment_desc(r.target_id).ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "unknown segment id {} (call openSegment first)",
+                    r.target_id
+                ))
+            })?;
+            let t = self
+                .transport_by_protocol(&target.protocol)
+                .ok_or_else(|| {
+                    Error::NotSupportedTransport(format!(
+                        "segment {} speaks '{}', which is not installed here",
+                        r.target_id, target.protocol
+                    ))
+                })?;
+            let task = Arc::new(Task::new(*r));
+            routed.push((
+                t,
+                Submission {
+                    request: *r,
+                    task,
+                    target,
+                },
+            ));
+        }
+        let tasks: Vec<Arc<Task>> = routed.iter().map(|(_, s)| s.task.clone()).collect();
+        batch.push_tasks(&tasks);
+        if let (Some((name, msg)), Some(first)) = (notify, requests.first()) {
+            batch.set_notify(PendingNotify {
+                target: first.target_id,
+                name,
+                msg,
+            });
+        }
+        // Hand each transport its share, keeping request order within it.
+        let mut groups: Vec<(Arc<dyn Transport>, Vec<Submission>)> = Vec::new();
+        for (t, s) in routed {
+            match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &t)) {
+                Some((_, v)) => v.push(s),
+                None => groups.push((t, vec![s])),
+            }
+        }
+        let mut first_err = None;
+        for (t, subs) in groups {
+            let tasks: Vec<Arc<Task>> = subs.iter().map(|s| s.task.clone()).collect();
+            if let Err(e) = t.submit(subs) {
+                log::error!(
+                    "submitTransfer: {} transport refused the requests: {e}",
+                    t.protocol()
+                );
+                for task in tasks {
+                    task.fail_all();
+                }
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// `getTransferStatus`. Sends the batch's notify when it just completed.
+    pub fn transfer_status(&self, batch_id: u64, task_id: usize) -> Result<TransferStatus> {
+        let batch = self.batches.get(batch_id)?;
+        let task = batch.task(task_id).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "task {task_id} out of range: batch {batch_id:#x} has {} tasks",
+                batch.len()
+            ))
+        })?;
+        let mut status = task.status();
+        match status {
+            TaskStatus::Completed | TaskStatus::Failed => task.mark_observed_terminal(),
+            TaskStatus::Waiting if self.slice_timeout.is_some_and(|t| task.age() > t) => {
+                status = TaskStatus::Timeout;
+            }
+            _ => {}
+        }
+        if status == TaskStatus::Completed && batch.has_notify() && batch.all_completed() {
+            if let Some(n) = batch.take_notify() {
+                if let Err(e) = self.send_notify(n.target, &n.name, &n.msg) {
+                    log::error!("notify after batch {batch_id:#x} completed: {e}");
+                }
+            }
+        }
+        Ok(TransferStatus {
+            status,
+            transferred_bytes: task.transferred_bytes(),
+        })
+    }
+
+    pub fn free_batch_id(&self, batch_id: u64) -> Result<()> {
+        self.batches.free(batch_id)
+    }
+
+    // ---- notifications --------------------------------------------------------
+
+    /// `genNotifyInEngine`: one Notify RPC to the owner of `target`.
+    pub fn send_notify(&self, target: SegmentId, name: &str, msg: &str) -> Result<()> {
+        let server = self
+            .metadata
+            .segment_desc(target)
+            .map(|d| d.name.clone())
+            .ok_or_else(|| Error::Metadata(format!("unknown segment id {target}")))?;
+        self.metadata.send_notify(&server, name, msg)
+    }
+
+    pub fn take_notifies(&self) -> Vec<(String, String)> {
+        self.metadata.take_notifies()
+    }
+
+    // ---- diagnostics ------------------------------------------------------------
+
+    pub fn nic_load_stats(&self) -> Vec<NicLoad> {
+        self.transports
+            .read()
+            .iter()
+            .flat_map(|t| t.nic_load())
+            .map(|(device, inflight_bytes, ewma_bandwidth_bps)| NicLoad {
+                device,
+                inflight_bytes,
+                ewma_bandwidth_bps,
+            })
+            .collect()
+    }
+
+    /// `showLinks`: local NICs, endpoints and the priority matrix.
+    pub fn show_links(&self, json: bool) -> String {
+        let transports: serde_json::Map<String, serde_json::Value> = self
+            .transports
+            .read()
+            .iter()
+            .map(|t| (t.protocol().to_string(), t.links()))
+            .collect();
+        let topo = self.topology();
+        if json {
+            let v = serde_json::json!({
+                "segment": self.metadata.local_name(),
+                "transports": transports,
+                "topology": topo,
+            });
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        } else {
+            let mut s = format!("=== Segment {} ===\n", self.metadata.local_name());
+            for (proto, links) in &transports {
+                s.push_str(&format!(
+                    "=== Transport {proto} ===\n{}\n",
+                    serde_json::to_string_pretty(links).unwrap_or_default()
+                ));
+            }
+            s.push_str("=== Topology (NIC Selection) ===\n");
+            for (loc, (pref, avail)) in &topo {
+                s.push_str(&format!(
+                    "  {loc} -> preferred: {pref:?}  available: {avail:?}\n"
+                ));
+            }
+            s
+        }
+    }
+
+    // ---- teardown ---------------------------------------------------------------
+
+    /// Stop every thread and close every socket; also unpublishes our keys.
+    /// Idempotent.
+    pub fn shutdown(&self) {
+        if self.destroyed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.metadata.remove_rpc_meta();
+        let transports: Vec<Arc<dyn Transport>> = std::mem::take(&mut *self.transports.write());
+        self.metadata.set_connection_handler(None);
+        for t in &transports {
+            t.shutdown();
+        }
+        if !transports.is_empty() {
+            self.metadata.remove_local_desc();
+        }
+        self.metadata.shutdown();
+        self.pending_listener.lock().take();
+        log::info!("transfer engine '{}' destroyed", self.metadata.local_name());
+    }
+
+    pub fn is_destroyed(&self) -> bool {
+        self.destroyed.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for TransferEngine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,217 @@
+//! A task is one transfer request inside a batch; transports complete it
+//! slice by slice through atomic counters (the only way data flows back up).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::metadata::SegmentId;
+
+/// Mooncake's `STATUS_*` values (`transfer_status.status`); never outside 0..6.
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskStatus {
+    Waiting = 0,
+    Pending = 1,
+    Invalid = 2,
+    Canceled = 3,
+    Completed = 4,
+    Timeout = 5,
+    Failed = 6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opcode {
+    Read,
+    Write,
+}
+
+impl Opcode {
+    /// Mooncake casts the opcode unchecked; any value other than 0 is WRITE.
+    pub fn from_raw(op: i32) -> Opcode {
+        if op == 0 {
+            Opcode::Read
+        } else {
+            Opcode::Write
+        }
+    }
+}
+
+/// One `struct transfer_request`, decoded. `target_offset` is the absolute
+/// address in the target process (spec §1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransferRequest {
+    pub opcode: Opcode,
+    pub source: u64,
+    pub target_id: SegmentId,
+    pub target_offset: u64,
+    pub length: u64,
+}
+
+/// Counters of one task. A transport first announces how many slices it cut
+/// (`add_slices`, before any of them can finish), then reports each slice once.
+#[derive(Debug)]
+pub struct Task {
+    pub request: TransferRequest,
+    slices: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    transferred: AtomicU64,
+    /// Set once all slices are announced; until then the task is WAITING.
+    sealed: AtomicBool,
+    /// Set when `getTransferStatus` observed a terminal state (freeBatchID needs it).
+    observed_terminal: AtomicBool,
+    created: Instant,
+}
+
+impl Task {
+    pub fn new(request: TransferRequest) -> Task {
+        Task {
+            request,
+            slices: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            transferred: AtomicU64::new(0),
+            sealed: AtomicBool::new(false),
+            observed_terminal: AtomicBool::new(false),
+            created: Instant::now(),
+        }
+    }
+
+    /// Announce `n` more slices. Call before handing any of them to a worker.
+    pub fn add_slices(&self, n: u64) {
+        self.slices.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// All slices are announced; the task may now turn terminal.
+    pub fn seal(&self) {
+        self.sealed.store(true, Ordering::Release);
+    }
+
+    /// Announce `n` slices and seal in one step (the usual case).
+    pub fn set_slices(&self, n: u64) {
+        self.add_slices(n);
+        self.seal();
+    }
+
+    /// A slice's bytes are where they belong.
+    pub fn slice_succeeded(&self, bytes: u64) {
+        self.transferred.fetch_add(bytes, Ordering::AcqRel);
+        self.succeeded.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A slice ended for good without its bytes landing.
+    pub fn slice_failed(&self) {
+        self.failed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Fail the whole task: every announced slice not yet finished fails.
+    /// Used when a transport rejects a request before cutting it.
+    pub fn fail_all(&self) {
+        if !self.sealed.load(Ordering::Acquire) {
+            self.slices.fetch_add(1, Ordering::AcqRel);
+            self.seal();
+        }
+        let total = self.slices.load(Ordering::Acquire);
+        let done = self.succeeded.load(Ordering::Acquire) + self.failed.load(Ordering::Acquire);
+        if done < total {
+            self.failed.fetch_add(total - done, Ordering::AcqRel);
+        }
+    }
+
+    pub fn transferred_bytes(&self) -> u64 {
+        self.transferred.load(Ordering::Acquire)
+    }
+
+    pub fn age(&self) -> std::time::Duration {
+        self.created.elapsed()
+    }
+
+    /// WAITING until all slices finished; then COMPLETED or FAILED.
+    pub fn status(&self) -> TaskStatus {
+        if !self.sealed.load(Ordering::Acquire) {
+            return TaskStatus::Waiting;
+        }
+        // Read the outcome counters before the total: they only grow, and the
+        // total is fixed once sealed.
+        let failed = self.failed.load(Ordering::Acquire);
+        let ok = self.succeeded.load(Ordering::Acquire);
+        let total = self.slices.load(Ordering::Acquire);
+        if ok + failed < total {
+            TaskStatus::Waiting
+        } else if failed > 0 {
+            TaskStatus::Failed
+        } else {
+            TaskStatus::Completed
+        }
+    }
+
+    pub fn mark_observed_terminal(&self) {
+        self.observed_terminal.store(true, Ordering::Release);
+    }
+
+    pub fn observed_terminal(&self) -> bool {
+        self.observed_terminal.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> TransferRequest {
+        TransferRequest {
+            opcode: Opcode::Write,
+            source: 0,
+            target_id: 1,
+            target_offset: 0,
+            length: 10,
+        }
+    }
+
+    #[test]
+    fn waits_until_sealed_and_all_slices_done() {
+        let t = Task::new(req());
+        assert_eq!(t.status(), TaskStatus::Waiting);
+        t.add_slices(2);
+        t.slice_succeeded(5);
+        t.slice_succeeded(5);
+        assert_eq!(t.status(), TaskStatus::Waiting, "not sealed yet");
+        t.seal();
+        assert_eq!(t.status(), TaskStatus::Completed);
+        assert_eq!(t.transferred_bytes(), 10);
+    }
+
+    #[test]
+    fn one_failed_slice_fails_the_task() {
+        let t = Task::new(req());
+        t.set_slices(3);
+        t.slice_succeeded(4);
+        t.slice_failed();
+        assert_eq!(t.status(), TaskStatus::Waiting);
+        t.slice_succeeded(4);
+        assert_eq!(t.status(), TaskStatus::Failed);
+        assert_eq!(t.transferred_bytes(), 8);
+    }
+
+    #[test]
+    fn zero_slices_complete_at_once_and_fail_all_is_terminal() {
+        let t = Task::new(req());
+        t.set_slices(0);
+        assert_eq!(t.status(), TaskStatus::Completed);
+        let u = Task::new(req());
+        u.fail_all();
+        assert_eq!(u.status(), TaskStatus::Failed);
+        let v = Task::new(req());
+        v.set_slices(4);
+        v.slice_succeeded(1);
+        v.fail_all();
+        assert_eq!(v.status(), TaskStatus::Failed);
+    }
+
+    #[test]
+    fn opcode_is_write_unless_zero() {
+        assert_eq!(Opcode::from_raw(0), Opcode::Read);
+        assert_eq!(Opcode::from_raw(1), Opcode::Write);
+        assert_eq!(Opcode::from_raw(7), Opcode::Write);
+    }
+}

@@ -1,0 +1,17 @@
+//! te-rs: the Mooncake Transfer Engine rebuilt in Rust, shipped as
+//! `libtransfer_engine` behind Mooncake's C ABI (`include/transfer_engine_c.h`).
+//!
+//! Layers (see ARCHITECTURE.md): `ffi` → `engine` → `metadata` + `transport`.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod ffi;
+pub mod logging;
+pub mod metadata;
+pub mod transport;
+
+pub use engine::task::{Opcode, TaskStatus, TransferRequest};
+pub use engine::{TransferEngine, TransferStatus};
+pub use error::{Error, Result};
+pub use metadata::SegmentId;

@@ -1,0 +1,185 @@
+//! Segment descriptors and RPC meta entries, in Mooncake's JSON layout.
+//!
+//! Fields are declared in byte-sorted order because JsonCpp (the C++ engine's
+//! writer) emits object keys sorted; serde emits them in declaration order,
+//! so the bytes we write match the captures in `shared/vectors/descriptors`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `location -> [[preferred HCAs], [available HCAs]]` (spec §3.4).
+pub type PriorityMatrix = BTreeMap<String, (Vec<String>, Vec<String>)>;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct DeviceDesc {
+    pub gid: String,
+    #[serde(default)]
+    pub lid: u16,
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct BufferDesc {
+    pub addr: u64,
+    pub length: u64,
+    /// One lkey per device of the owner, in `devices` order (RDMA only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lkey: Option<Vec<u32>>,
+    /// RDMA: the memory location (`cpu:0`); TCP: the segment name.
+    pub name: String,
+    /// One rkey per device of the owner, in `devices` order (RDMA only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rkey: Option<Vec<u32>>,
+}
+
+impl BufferDesc {
+    pub fn end(&self) -> u64 {
+        self.addr.saturating_add(self.length)
+    }
+
+    /// Whether `[addr, addr+len)` lies inside this buffer (len > 0, no overflow).
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        match addr.checked_add(len) {
+            Some(end) => len > 0 && addr >= self.addr && end <= self.end(),
+            None => false,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+pub struct SegmentDesc {
+    #[serde(default)]
+    pub buffers: Vec<BufferDesc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<DeviceDesc>>,
+    pub name: String,
+    /// RDMA only; JSON `null` when empty (spec §3.3).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "deserialize_matrix"
+    )]
+    pub priority_matrix: Option<Option<PriorityMatrix>>,
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdma_server_name: Option<String>,
+    #[serde(default)]
+    pub tcp_data_port: u16,
+    #[serde(default = "default_proto_version")]
+    pub tcp_proto_version: u32,
+    #[serde(default)]
+    pub timestamp: String,
+}
+
+fn default_proto_version() -> u32 {
+    1
+}
+
+/// A malformed matrix only warns upstream; we keep the descriptor usable.
+fn deserialize_matrix<'de, D>(d: D) -> Result<Option<Option<PriorityMatrix>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    if v.is_null() {
+        return Ok(Some(None));
+    }
+    match serde_json::from_value::<PriorityMatrix>(v) {
+        Ok(m) => Ok(Some(Some(m))),
+        Err(e) => {
+            log::warn!("ignoring malformed priority_matrix in segment descriptor: {e}");
+            Ok(Some(None))
+        }
+    }
+}
+
+impl SegmentDesc {
+    /// The buffer holding all of `[addr, addr+len)`, if one does.
+    pub fn find_buffer(&self, addr: u64, len: u64) -> Option<(usize, &BufferDesc)> {
+        self.buffers
+            .iter()
+            .enumerate()
+            .find(|(_, b)| b.contains(addr, len))
+    }
+
+    /// Equality for cache refresh: ignores `timestamp` (spec §3.6).
+    pub fn same_content(&self, other: &SegmentDesc) -> bool {
+        let mut a = self.clone();
+        a.timestamp.clear();
+        let mut b = other.clone();
+        b.timestamp.clear();
+        a == b
+    }
+}
+
+/// `mooncake/rpc_meta/<name>` value: where a segment's handshake daemon listens.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RpcMeta {
+    pub ip_or_host_name: String,
+    pub rpc_port: u16,
+}
+
+/// Local time as `YYYY-MM-DD HH:MM:SS.uuuuuu`, the descriptor timestamp format.
+pub fn timestamp_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as libc::time_t;
+    // SAFETY: `tm` is plain data; localtime_r only writes into it and reads `secs`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call.
+    unsafe { libc::localtime_r(&secs, &mut tm) };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        now.subsec_micros()
+    )
+}
+
+impl SegmentDesc {
+    /// Mooncake's decode-time checks (spec §3.3): a descriptor failing them is
+    /// "corrupted" and `openSegment` returns -1.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self.protocol.as_str() {
+            "tcp" => {}
+            "rdma" => {
+                let devices = self.devices.as_deref().unwrap_or(&[]);
+                if let Some(d) = devices
+                    .iter()
+                    .find(|d| d.name.is_empty() || d.gid.is_empty())
+                {
+                    return Err(format!("rdma device with empty name or gid: {d:?}"));
+                }
+                for b in &self.buffers {
+                    let rk = b.rkey.as_deref().unwrap_or(&[]);
+                    let lk = b.lkey.as_deref().unwrap_or(&[]);
+                    if !rk.is_empty() && (rk.len() != lk.len() || rk.len() != devices.len()) {
+                        return Err(format!(
+                            "buffer {:#x}: {} rkeys, {} lkeys, {} devices",
+                            b.addr,
+                            rk.len(),
+                            lk.len(),
+                            devices.len()
+                        ));
+                    }
+                }
+            }
+            other => return Err(format!("unknown protocol '{other}'")),
+        }
+        if let Some(b) = self
+            .buffers
+            .iter()
+            .find(|b| b.name.is_empty() || b.addr == 0 || b.length == 0)
+        {
+            return Err(format!(
+                "buffer with empty name, zero addr or zero length: {b:?}"
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! `HandShakeDesc`, the JSON body of Connection (type 0) RPCs (spec §4.4).
+
+use serde::{Deserialize, Serialize};
+
+/// Wire form. `ready_ack` is present only when the sender supports ready-ACK
+/// (value `false`) or is sending one (`true`): capability is key presence.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct HandShakeDesc {
+    #[serde(default)]
+    pub local_gid: String,
+    #[serde(default, deserialize_with = "lenient_u16")]
+    pub local_lid: u16,
+    #[serde(default)]
+    pub local_nic_path: String,
+    #[serde(default)]
+    pub payload: String,
+    #[serde(default)]
+    pub peer_nic_path: String,
+    #[serde(default)]
+    pub qp_num: Vec<u32>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_ready_ack"
+    )]
+    pub ready_ack: Option<bool>,
+    #[serde(default)]
+    pub reply_msg: String,
+}
+
+impl HandShakeDesc {
+    /// The peer speaks ready-ACK (the key was present).
+    pub fn supports_ready_ack(&self) -> bool {
+        self.ready_ack.is_some()
+    }
+
+    /// This message is a ready ACK.
+    pub fn is_ready_ack(&self) -> bool {
+        self.ready_ack == Some(true)
+    }
+
+    /// A rejection reply carries a non-empty `reply_msg`.
+    pub fn rejected(reason: impl Into<String>) -> Self {
+        HandShakeDesc {
+            reply_msg: reason.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Upstream decodes a non-uint `local_lid` as 0.
+fn lenient_u16<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_u64().and_then(|n| u16::try_from(n).ok()).unwrap_or(0))
+}
+
+/// Key present ⇒ `Some`; a non-bool value reads as `false` (spec §4.4).
+fn lenient_ready_ack<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(Some(v.as_bool().unwrap_or(false)))
+}

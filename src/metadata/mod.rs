@@ -1,0 +1,435 @@
+//! Metadata: the local segment descriptor, the cache of peers' descriptors
+//! (name ↔ id), RPC addresses, notifications, and the handshake daemon.
+//!
+//! P2PHANDSHAKE has no store: peers' descriptors come over the Metadata RPC.
+//! Store modes (HTTP, etcd, Redis) publish under Mooncake's keys (spec §3.3).
+
+pub mod descriptor;
+pub mod handshake;
+pub mod json;
+pub mod name;
+pub mod store;
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use descriptor::{RpcMeta, SegmentDesc};
+use handshake::{HandShakeDesc, HandshakeHandler, HandshakeServer, MsgType};
+use store::MetadataStore;
+
+/// `segment_id_t` of the C API. 0 is the local segment; peers count from 1.
+pub type SegmentId = i32;
+pub const LOCAL_SEGMENT_ID: SegmentId = 0;
+
+/// Answers Connection handshakes on behalf of the installed transport.
+pub type ConnectionHandler = Arc<dyn Fn(&HandShakeDesc) -> HandShakeDesc + Send + Sync>;
+
+#[derive(Default)]
+struct SegmentCache {
+    by_name: HashMap<String, SegmentId>,
+    by_id: HashMap<SegmentId, (String, Arc<SegmentDesc>)>,
+    next_id: SegmentId,
+}
+
+pub struct Metadata {
+    store: Option<Box<dyn MetadataStore>>,
+    conn_string: String,
+    /// `mooncake/` or `mooncake/<cluster id>/`.
+    prefix: String,
+    local_name: RwLock<String>,
+    local_desc: RwLock<Option<Arc<SegmentDesc>>>,
+    segments: RwLock<SegmentCache>,
+    rpc_cache: Mutex<HashMap<String, RpcMeta>>,
+    notifies: Mutex<Vec<(String, String)>>,
+    connection_handler: RwLock<Option<ConnectionHandler>>,
+    server: Mutex<Option<HandshakeServer>>,
+    cache_disabled: bool,
+}
+
+impl Metadata {
+    /// Connect to the store named by `conn` (spec §3.1).
+    pub fn new(conn: &str, local_name: &str) -> Result<Arc<Metadata>> {
+        let store = store::connect(conn)?;
+        let mut prefix = String::from("mooncake/");
+        if let Some(id) = crate::config::env_str("MC_METADATA_CLUSTER_ID").filter(|s| !s.is_empty())
+        {
+            prefix.push_str(&id);
+            if !id.ends_with('/') {
+                prefix.push('/');
+            }
+        }
+        Ok(Arc::new(Metadata {
+            store,
+            conn_string: conn.to_string(),
+            prefix,
+            local_name: RwLock::new(local_name.to_string()),
+            local_desc: RwLock::new(None),
+            segments: RwLock::new(SegmentCache {
+                next_id: 1,
+                ..Default::default()
+            }),
+            rpc_cache: Mutex::new(HashMap::new()),
+            notifies: Mutex::new(Vec::new()),
+            connection_handler: RwLock::new(None),
+            server: Mutex::new(None),
+            cache_disabled: crate::config::env_is_set("MC_DISABLE_METACACHE"),
+        }))
+    }
+
+    pub fn is_p2p(&self) -> bool {
+        self.store.is_none()
+    }
+
+    pub fn conn_string(&self) -> &str {
+        &self.conn_string
+    }
+
+    pub fn local_name(&self) -> String {
+        self.local_name.read().clone()
+    }
+
+    pub fn set_local_name(&self, name: &str) {
+        *self.local_name.write() = name.to_string();
+    }
+
+    fn ram_key(&self, name: &str) -> String {
+        if name.contains('/') {
+            format!("{}{}", self.prefix, name)
+        } else {
+            format!("{}ram/{}", self.prefix, name)
+        }
+    }
+
+    fn rpc_meta_key(&self, name: &str) -> String {
+        format!("{}rpc_meta/{}", self.prefix, name)
+    }
+
+    /// Start the handshake daemon on an already bound listener.
+    pub fn start_daemon(self: &Arc<Self>, listener: TcpListener) -> Result<()> {
+        let mut slot = self.server.lock();
+        if slot.is_some() {
+            return Ok(());
+        }
+        let handler = Arc::new(DaemonHandler(Arc::downgrade(self)));
+        *slot = Some(HandshakeServer::start(listener, handler)?);
+        Ok(())
+    }
+
+    pub fn daemon_running(&self) -> bool {
+        self.server.lock().is_some()
+    }
+
+    pub fn set_connection_handler(&self, h: Option<ConnectionHandler>) {
+        *self.connection_handler.write() = h;
+    }
+
+    // ---- store publishing -------------------------------------------------
+
+    fn store_set(&self, key: &str, value: &str) -> Result<()> {
+        match &self.store {
+            Some(s) => s
+                .set(key, value)
+                .map_err(|e| Error::Metadata(format!("publishing {key} to {}: {e}", s.describe()))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn publish_rpc_meta(&self, meta: &RpcMeta) -> Result<()> {
+        let key = self.rpc_meta_key(&self.local_name());
+        self.store_set(&key, &json::to_compact(meta))
+    }
+
+    pub fn remove_rpc_meta(&self) {
+        if let Some(s) = &self.store {
+            let key = self.rpc_meta_key(&self.local_name());
+            if let Err(e) = s.remove(&key) {
+                log::warn!("removing {key} from {}: {e}", s.describe());
+            }
+        }
+    }
+
+    /// Replace the local descriptor (segment id 0) and publish it.
+    pub fn set_local_desc(&self, desc: SegmentDesc) -> Result<()> {
+        let desc = Arc::new(desc);
+        *self.local_desc.write() = Some(desc.clone());
+        let key = self.ram_key(&desc.name);
+        self.store_set(&key, &json::to_compact(&*desc))
+    }
+
+    pub fn local_desc(&self) -> Option<Arc<SegmentDesc>> {
+        self.local_desc.read().clone()
+    }
+
+    /// What a store holds under our own segment key (stale-descriptor checks).
+    pub fn stored_local_desc(&self) -> Result<Option<String>> {
+        match &self.store {
+            Some(s) => s.get(&self.ram_key(&self.local_name())),
+            None => Ok(None),
+        }
+    }
+
+    pub fn remove_local_desc(&self) {
+        *self.local_desc.write() = None;
+        if let Some(s) = &self.store {
+            let key = self.ram_key(&self.local_name());
+            if let Err(e) = s.remove(&key) {
+                log::warn!("removing {key} from {}: {e}", s.describe());
+            }
+        }
+    }
+
+    // ---- peers' descriptors -----------------------------------------------
+
+    fn normalize(name: &str) -> Result<&str> {
+        let n = name.trim_start_matches('/');
+        if n.is_empty() {
+            Err(Error::InvalidArgument(format!(
+                "empty segment name '{name}'"
+            )))
+        } else {
+            Ok(n)
+        }
+    }
+
+    /// Fetch a peer's descriptor from the store or over the Metadata RPC.
+    fn fetch_desc(&self, name: &str) -> Result<SegmentDesc> {
+        let text = match &self.store {
+            Some(s) => s.get(&self.ram_key(name))?.ok_or_else(|| {
+                Error::Metadata(format!("segment '{name}' not found in {}", s.describe()))
+            })?,
+            None => {
+                let own = self.local_desc().ok_or_else(|| {
+                    Error::Metadata(format!(
+                        "cannot open '{name}' before a transport is installed (P2P sends our own descriptor)"
+                    ))
+                })?;
+                let (host, port) = name::parse_host_port(name, name::default_handshake_port());
+                handshake::client::call(
+                    &host,
+                    port,
+                    MsgType::Metadata,
+                    &json::to_fast_writer(&*own),
+                )?
+            }
+        };
+        let desc: SegmentDesc = serde_json::from_str(&text)
+            .map_err(|e| Error::Metadata(format!("descriptor of '{name}' is corrupt: {e}")))?;
+        desc.validate()
+            .map_err(|e| Error::Metadata(format!("descriptor of '{name}' is corrupt: {e}")))?;
+        if self.is_p2p() {
+            if let Some(rdma_name) = desc.rdma_server_name.as_ref().filter(|n| **n != desc.name) {
+                let (host, port) = name::parse_host_port(name, name::default_handshake_port());
+                self.rpc_cache.lock().insert(
+                    rdma_name.clone(),
+                    RpcMeta {
+                        ip_or_host_name: host,
+                        rpc_port: port,
+                    },
+                );
+            }
+        }
+        Ok(desc)
+    }
+
+    /// `openSegment`: the id of `name`, fetching its descriptor on first use.
+    pub fn open_segment(&self, name: &str) -> Result<SegmentId> {
+        let name = Self::normalize(name)?;
+        if name == self.local_name() {
+            return Ok(LOCAL_SEGMENT_ID);
+        }
+        if let Some(id) = self.segments.read().by_name.get(name).copied() {
+            if self.cache_disabled {
+                let desc = Arc::new(self.fetch_desc(name)?);
+                self.segments
+                    .write()
+                    .by_id
+                    .insert(id, (name.to_string(), desc));
+            }
+            return Ok(id);
+        }
+        let desc = Arc::new(self.fetch_desc(name)?);
+        let mut cache = self.segments.write();
+        if let Some(id) = cache.by_name.get(name).copied() {
+            return Ok(id); // another thread won the race
+        }
+        let id = cache.next_id;
+        cache.next_id += 1;
+        cache.by_name.insert(name.to_string(), id);
+        cache.by_id.insert(id, (name.to_string(), desc));
+        Ok(id)
+    }
+
+    /// The descriptor of segment `id` (0 = local), if known.
+    pub fn segment_desc(&self, id: SegmentId) -> Option<Arc<SegmentDesc>> {
+        if id == LOCAL_SEGMENT_ID {
+            return self.local_desc();
+        }
+        self.segments.read().by_id.get(&id).map(|(_, d)| d.clone())
+    }
+
+    pub fn segment_name(&self, id: SegmentId) -> Option<String> {
+        if id == LOCAL_SEGMENT_ID {
+            return Some(self.local_name());
+        }
+        self.segments.read().by_id.get(&id).map(|(n, _)| n.clone())
+    }
+
+    /// Re-fetch segment `id` now; keeps the old descriptor if the fetch fails.
+    pub fn refresh_segment(&self, id: SegmentId) -> Option<Arc<SegmentDesc>> {
+        if id == LOCAL_SEGMENT_ID {
+            return self.local_desc();
+        }
+        let name = self.segment_name(id)?;
+        match self.fetch_desc(&name) {
+            Ok(desc) => {
+                let desc = Arc::new(desc);
+                let mut cache = self.segments.write();
+                if let Some(entry) = cache.by_id.get_mut(&id) {
+                    if !entry.1.same_content(&desc) {
+                        entry.1 = desc;
+                    }
+                    return Some(entry.1.clone());
+                }
+                None
+            }
+            Err(e) => {
+                log::warn!("refreshing segment '{name}': {e}");
+                self.segment_desc(id)
+            }
+        }
+    }
+
+    /// `syncSegmentCache`: re-fetch `name` if cached, or every cached segment.
+    pub fn sync_segment_cache(&self, name: Option<&str>) {
+        let ids: Vec<SegmentId> = {
+            let cache = self.segments.read();
+            match name {
+                Some(n) => cache
+                    .by_name
+                    .get(n.trim_start_matches('/'))
+                    .copied()
+                    .into_iter()
+                    .collect(),
+                None => cache.by_id.keys().copied().collect(),
+            }
+        };
+        for id in ids {
+            self.refresh_segment(id);
+        }
+    }
+
+    /// `removeLocalSegment`: drop `name` from the caches (not from the store).
+    pub fn remove_segment(&self, name: &str) -> Result<()> {
+        let name = Self::normalize(name)?;
+        let mut cache = self.segments.write();
+        if let Some(id) = cache.by_name.remove(name) {
+            cache.by_id.remove(&id);
+        }
+        self.rpc_cache.lock().remove(name);
+        Ok(())
+    }
+
+    // ---- RPC addresses, handshakes, notifications -------------------------
+
+    /// Where `server_name`'s handshake daemon listens (cached).
+    pub fn rpc_meta(&self, server_name: &str) -> Result<RpcMeta> {
+        if let Some(m) = self.rpc_cache.lock().get(server_name) {
+            return Ok(m.clone());
+        }
+        let meta = match &self.store {
+            None => {
+                let (host, port) =
+                    name::parse_host_port(server_name, name::default_handshake_port());
+                RpcMeta {
+                    ip_or_host_name: host,
+                    rpc_port: port,
+                }
+            }
+            Some(s) => {
+                let text = s.get(&self.rpc_meta_key(server_name))?.ok_or_else(|| {
+                    Error::Metadata(format!(
+                        "no rpc_meta for '{server_name}' in {}",
+                        s.describe()
+                    ))
+                })?;
+                serde_json::from_str(&text)
+                    .map_err(|e| Error::Metadata(format!("rpc_meta of '{server_name}': {e}")))?
+            }
+        };
+        self.rpc_cache
+            .lock()
+            .insert(server_name.to_string(), meta.clone());
+        Ok(meta)
+    }
+
+    /// Send a Connection handshake to the daemon of `server_name`.
+    pub fn send_handshake(&self, server_name: &str, req: &HandShakeDesc) -> Result<HandShakeDesc> {
+        let meta = self.rpc_meta(server_name)?;
+        handshake::client::connection(&meta.ip_or_host_name, meta.rpc_port, req)
+    }
+
+    /// Send one notification to the owner of segment `server_name`.
+    pub fn send_notify(&self, server_name: &str, name: &str, msg: &str) -> Result<()> {
+        let meta = self.rpc_meta(server_name)?;
+        let body = serde_json::json!({ "name": name, "notify_msg": msg });
+        let reply = handshake::client::call(
+            &meta.ip_or_host_name,
+            meta.rpc_port,
+            MsgType::Notify,
+            &json::to_fast_writer(&body),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&reply)?;
+        match v.get("notify_msg").and_then(|m| m.as_str()) {
+            Some(m) if !m.is_empty() => Ok(()),
+            _ => Err(Error::Metadata(format!(
+                "peer '{server_name}' refused the notification: {reply}"
+            ))),
+        }
+    }
+
+    /// Drain received notifications in arrival order.
+    pub fn take_notifies(&self) -> Vec<(String, String)> {
+        std::mem::take(&mut *self.notifies.lock())
+    }
+
+    /// Stop the daemon; called once on engine destroy.
+    pub fn shutdown(&self) {
+        if let Some(server) = self.server.lock().take() {
+            server.stop();
+        }
+    }
+}
+
+/// The daemon's view of the metadata: weak, so the daemon never keeps a
+/// destroyed engine alive.
+struct DaemonHandler(Weak<Metadata>);
+
+impl HandshakeHandler for DaemonHandler {
+    fn on_connection(&self, req: HandShakeDesc) -> HandShakeDesc {
+        let Some(md) = self.0.upgrade() else {
+            return HandShakeDesc::rejected("engine is shutting down");
+        };
+        let handler = md.connection_handler.read().clone();
+        match handler {
+            Some(h) => h(&req),
+            None => HandShakeDesc::default(),
+        }
+    }
+
+    fn on_metadata(&self, _requester_json: &str) -> String {
+        match self.0.upgrade().and_then(|md| md.local_desc()) {
+            Some(desc) => json::to_fast_writer(&*desc),
+            None => "null\n".to_string(),
+        }
+    }
+
+    fn on_notify(&self, name: String, msg: String) {
+        if let Some(md) = self.0.upgrade() {
+            md.notifies.lock().push((name, msg));
+        }
+    }
+}

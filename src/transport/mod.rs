@@ -1,0 +1,81 @@
+//! The `Transport` trait and what every transport is handed at install.
+//!
+//! The engine routes each request to the transport named by the *target*
+//! descriptor's `protocol` (spec §6.0). A transport cuts tasks into slices,
+//! moves them on its own threads and reports back only through `Task`
+//! counters.
+
+pub mod rdma;
+pub mod tcp;
+
+use std::sync::Arc;
+
+use crate::engine::task::{Task, TransferRequest};
+use crate::error::Result;
+use crate::metadata::descriptor::SegmentDesc;
+use crate::metadata::handshake::HandShakeDesc;
+use crate::metadata::Metadata;
+
+/// A region the owner registered, as the engine records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalBuffer {
+    pub addr: u64,
+    pub length: u64,
+    /// `cpu:0`, `cuda:0`, `*`, ...
+    pub location: String,
+    pub remote_accessible: bool,
+}
+
+/// What a transport gets from the engine when it is installed.
+#[derive(Clone)]
+pub struct TransportContext {
+    /// The local segment name (P2P: `host:port`).
+    pub local_server_name: String,
+    pub metadata: Arc<Metadata>,
+}
+
+/// One request routed to a transport, with the task it completes and the
+/// target's descriptor as it was when the request was submitted.
+pub struct Submission {
+    pub request: TransferRequest,
+    pub task: Arc<Task>,
+    pub target: Arc<SegmentDesc>,
+}
+
+pub trait Transport: Send + Sync {
+    /// `"tcp"`, `"rdma"`: the value written into `protocol` of descriptors.
+    fn protocol(&self) -> &'static str;
+
+    /// Make `buf` usable by this transport (RDMA: register MRs).
+    fn register_memory(&self, buf: &LocalBuffer) -> Result<()>;
+
+    /// Undo `register_memory` for the region starting at `addr`.
+    fn unregister_memory(&self, addr: u64) -> Result<()>;
+
+    /// Fill the protocol-specific parts of the local descriptor (protocol,
+    /// ports, devices, matrix) and one `buffers[]` entry per registered region,
+    /// in registration order (`buffers` is passed in that order).
+    fn describe(&self, desc: &mut SegmentDesc, buffers: &[LocalBuffer]);
+
+    /// Start moving `subs`. Never blocks on the network: failures surface as
+    /// FAILED tasks. An `Err` means nothing of this call was started.
+    fn submit(&self, subs: Vec<Submission>) -> Result<()>;
+
+    /// Answer a Connection (type 0) handshake. TCP answers an empty desc.
+    fn on_connection(&self, _req: &HandShakeDesc) -> HandShakeDesc {
+        HandShakeDesc::default()
+    }
+
+    /// Per-device load for `getNicLoadStats`: (device, inflight bytes, EWMA B/s).
+    fn nic_load(&self) -> Vec<(String, u64, f64)> {
+        Vec::new()
+    }
+
+    /// Human/JSON diagnostics for `showLinks`.
+    fn links(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Stop threads and close sockets; called once by the engine on destroy.
+    fn shutdown(&self);
+}
