@@ -172,20 +172,18 @@ fn batch_rules_match_mooncake() {
         2
     );
     assert_eq!(init.transfer_status(b, 1).unwrap_err().status_code(), 1);
-    // Not yet observed terminal: busy.
+    // Not yet observed terminal: busy, until getTransferStatus saw it end.
     let deadline = Instant::now() + T;
-    let mut busy_seen = false;
     loop {
-        match init.free_batch_id(b) {
-            Err(Error::BatchBusy(_)) => busy_seen = true,
-            other => panic!("free before observing must be busy, got {other:?}"),
-        }
+        assert!(
+            matches!(init.free_batch_id(b), Err(Error::BatchBusy(_))),
+            "free before observing the task terminal must be busy"
+        );
         if init.transfer_status(b, 0).unwrap().status == TaskStatus::Completed {
             break;
         }
         assert!(Instant::now() < deadline);
     }
-    assert!(busy_seen);
     init.free_batch_id(b).unwrap();
     assert_eq!(
         init.free_batch_id(b).unwrap_err().status_code(),
