@@ -1,44 +1,704 @@
 //! RDMA transport: verbs providers (ibverbs, soft fabric), contexts, memory
 //! regions, ready-ACK-gated endpoints, worker pool (spec §5, §6).
-//! PLACEHOLDER until the RDMA work lands.
+//!
+//! Data path: `submit` cuts each request into slices (slicing.rs), routes
+//! each slice to a local context and peer NIC (selection.rs) and queues it
+//! on that context's posting thread for the peer NIC path (worker.rs). The
+//! worker asks the endpoint's gate (endpoint_driver.rs) whether it may post;
+//! the context's poller turns completions into task counters or retries.
 
-use std::sync::Arc;
+pub mod context;
+pub mod endpoint_driver;
+pub mod memory;
+pub mod provider;
+pub mod rails;
+pub mod selection;
+pub mod slicing;
+pub mod stats;
+pub mod worker;
 
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{env_flag, env_i64, env_u64};
+use crate::engine::topology::hca_list;
 use crate::error::{Error, Result};
-use crate::metadata::descriptor::{PriorityMatrix, SegmentDesc};
+use crate::metadata::descriptor::{DeviceDesc, PriorityMatrix, SegmentDesc};
+use crate::metadata::handshake::HandShakeDesc;
+use crate::metadata::name;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
+
+use context::RdmaContext;
+use endpoint_driver::{Endpoint, HandshakeMode, PassiveOutcome};
+use memory::{MemoryTable, Region};
+use rails::RailBook;
+use selection::{select_device, select_peer_device, SelectionPolicy};
+use slicing::{cut, CutError, SliceParams};
+use stats::Counters;
+use worker::{ContextWorkers, Slice};
 
 /// Names of usable RDMA devices from the selected provider, in order.
 pub fn discover_devices() -> Vec<String> {
-    Vec::new()
+    provider::discover()
+}
+
+/// Settings read once at install (Mooncake names and defaults, §8).
+#[derive(Clone, Debug)]
+pub struct RdmaConfig {
+    pub num_qp_per_ep: usize,
+    pub max_wr: u32,
+    pub max_cqe: usize,
+    pub workers_per_ctx: usize,
+    pub retry_cnt: u32,
+    pub slice: SliceParams,
+    pub rail_pause: Duration,
+    pub slice_timeout: Option<Duration>,
+    pub policy: SelectionPolicy,
+    pub handshake: HandshakeMode,
+}
+
+impl RdmaConfig {
+    pub fn from_env() -> RdmaConfig {
+        RdmaConfig {
+            num_qp_per_ep: env_u64("MC_NUM_QP_PER_EP", 2, 1, 255) as usize,
+            max_wr: env_u64("MC_MAX_WR", 256, 1, 65535) as u32,
+            max_cqe: env_u64("MC_MAX_CQE_PER_CTX", 4096, 1, 65535) as usize,
+            workers_per_ctx: env_u64("MC_WORKERS_PER_CTX", 2, 1, 8) as usize,
+            retry_cnt: env_u64("MC_RETRY_CNT", 9, 1, 127) as u32,
+            slice: SliceParams::from_env(),
+            rail_pause: Duration::from_secs(env_u64("MC_RDMA_RAIL_PAUSE_SECONDS", 30, 1, 3599)),
+            slice_timeout: match env_i64("MC_SLICE_TIMEOUT", -1, 1, 65535) {
+                s if s > 0 => Some(Duration::from_secs(s as u64)),
+                _ => None,
+            },
+            policy: SelectionPolicy::from_env(),
+            handshake: HandshakeMode {
+                legacy: env_flag("MC_TE_RS_LEGACY_HANDSHAKE"),
+                ack_timeout: Duration::from_millis(env_u64(
+                    "MC_READY_ACK_TIMEOUT_MS",
+                    10_000,
+                    1,
+                    3_600_000,
+                )),
+                drop_ack: env_flag("MC_TE_RS_TEST_DROP_READY_ACK"),
+                ack_delay: Duration::from_millis(env_u64(
+                    "MC_TE_RS_TEST_READY_ACK_DELAY_MS",
+                    0,
+                    0,
+                    600_000,
+                )),
+            },
+        }
+    }
+}
+
+/// State shared by the transport facade, its threads and handshakes.
+pub struct Shared {
+    pub tctx: TransportContext,
+    pub contexts: Vec<Arc<RdmaContext>>,
+    pub workers: Vec<Arc<ContextWorkers>>,
+    pub matrix: PriorityMatrix,
+    pub memory: RwLock<MemoryTable>,
+    pub cfg: RdmaConfig,
+    pub counters: Counters,
+    pub rails: RailBook,
+    me: Weak<Shared>,
+}
+
+impl Shared {
+    fn nic_path(&self, device: &str) -> String {
+        name::nic_path(&self.tctx.local_server_name, device)
+    }
+
+    /// The endpoint of `ctx` towards `peer`, created if absent.
+    pub fn endpoint(&self, ctx: &RdmaContext, peer: &str) -> Result<Arc<Endpoint>> {
+        let dev = ctx
+            .device
+            .as_ref()
+            .ok_or_else(|| Error::Context(format!("device {} is not open", ctx.name)))?;
+        let mut eps = ctx.endpoints.lock();
+        if let Some(e) = eps.get(peer) {
+            return Ok(e.clone());
+        }
+        let qps = (0..self.cfg.num_qp_per_ep)
+            .map(|_| dev.create_qp(self.cfg.max_wr))
+            .collect::<Result<Vec<_>>>()?;
+        let ep = Arc::new(Endpoint::new(
+            self.nic_path(&ctx.name),
+            peer.to_string(),
+            qps,
+            self.cfg.max_wr,
+            ctx.gid_string(),
+            ctx.lid(),
+        ));
+        eps.insert(peer.to_string(), ep.clone());
+        Ok(ep)
+    }
+
+    /// Run the active handshake for `ep` off the worker thread.
+    pub fn start_handshake(&self, cw: Arc<ContextWorkers>, ep: Arc<Endpoint>) {
+        if ep.is_loopback() {
+            if let Some(dev) = &cw.ctx.device {
+                if let Err(e) = ep.connect_loopback(dev.gid(), dev.lid()) {
+                    log::warn!("loopback endpoint {}: {e}", ep.peer_path);
+                }
+            }
+            self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+            cw.wake_all();
+            return;
+        }
+        let meta = self.tctx.metadata.clone();
+        let mode = self.cfg.handshake;
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("te-rdma-handshake".into())
+            .spawn(move || {
+                if ep.connect_active(&meta, mode).is_ok() {
+                    if let Some(sh) = me.upgrade() {
+                        sh.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                cw.wake_all();
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a handshake thread: {e}");
+        }
+    }
+
+    /// Whether a rail of the peer other than `path` is usable now.
+    pub fn has_alternative_rail(&self, target_id: crate::metadata::SegmentId, path: &str) -> bool {
+        let Some(desc) = self.tctx.metadata.segment_desc(target_id) else {
+            return false;
+        };
+        let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
+        desc.devices.as_deref().unwrap_or(&[]).iter().any(|d| {
+            let p = name::nic_path(server, &d.name);
+            p != path && self.rails.usable(&p)
+        })
+    }
+
+    /// Route (or re-route) a slice: local context and peer rail for its
+    /// current retry count. `None` if no route exists.
+    fn route(&self, s: &mut Slice) -> bool {
+        let Some(desc) = self.tctx.metadata.segment_desc(s.target_id) else {
+            return false;
+        };
+        let Some((bi, _)) = desc.find_buffer(s.dest, s.length) else {
+            return false;
+        };
+        let Some(local) = self.pick_local(&s.location, s.retry) else {
+            return false;
+        };
+        let lkey = match self.memory.read().find(s.source) {
+            Some(r) => r.lkeys.get(local).copied().unwrap_or(0),
+            None => return false,
+        };
+        let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
+        let devices = desc.devices.as_deref().unwrap_or(&[]);
+        let local_name = &self.contexts[local].name;
+        let peer = select_peer_device(&desc, bi, s.retry, local_name, self.cfg.policy, |i| {
+            self.rails.usable(&name::nic_path(server, &devices[i].name))
+        });
+        let Some(pi) = peer else { return false };
+        let rkey = desc.buffers[bi]
+            .rkey
+            .as_ref()
+            .and_then(|k| k.get(pi).copied());
+        let Some(rkey) = rkey else { return false };
+        s.local = local;
+        s.lkey = lkey;
+        s.rkey = rkey;
+        s.peer_path = Arc::from(name::nic_path(server, &devices[pi].name));
+        true
+    }
+
+    /// An active local context for `location` at attempt `retry`.
+    fn pick_local(&self, location: &str, retry: u32) -> Option<usize> {
+        let by_name = |n: &str| {
+            self.contexts
+                .iter()
+                .position(|c| c.name == n)
+                .filter(|&i| self.contexts[i].is_active())
+        };
+        if let Some(i) = select_device(&self.matrix, location, retry, self.cfg.policy.round_robin)
+            .and_then(by_name)
+        {
+            return Some(i);
+        }
+        let n = self.contexts.len() as u32;
+        (1..=n.max(1) + retry)
+            .filter_map(|r| select_device(&self.matrix, location, retry + r, false))
+            .find_map(by_name)
+            .or_else(|| self.contexts.iter().position(|c| c.is_active()))
+    }
+
+    fn enqueue(&self, s: Slice) {
+        let cw = &self.workers[s.local];
+        cw.worker_for(&s.peer_path).push(s);
+    }
+
+    /// The slice ended for good.
+    pub fn fail_slice(&self, s: Slice) {
+        self.counters.failed_slices.fetch_add(1, Ordering::Relaxed);
+        s.task.slice_failed();
+    }
+
+    /// Consume one attempt; route again or fail when the budget is spent.
+    pub fn retry_or_fail(&self, mut s: Slice, why: &str) {
+        s.retry += 1;
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        if s.retry >= self.cfg.retry_cnt {
+            log::warn!(
+                "slice to {} failed after {} attempts ({why})",
+                s.peer_path,
+                s.retry
+            );
+            return self.fail_slice(s);
+        }
+        if self.route(&mut s) {
+            self.enqueue(s);
+        } else {
+            log::warn!("slice to {}: no route left ({why})", s.peer_path);
+            self.fail_slice(s);
+        }
+    }
+
+    /// Move a slice off an inactive context without consuming an attempt.
+    pub fn reroute(&self, mut s: Slice) {
+        if self.route(&mut s) && self.contexts[s.local].is_active() {
+            self.enqueue(s);
+        } else {
+            self.retry_or_fail(s, "local device down");
+        }
+    }
+
+    pub fn retire_context_endpoints(&self, ctx: &RdmaContext) {
+        let eps: Vec<Arc<Endpoint>> = ctx.endpoints.lock().drain().map(|(_, e)| e).collect();
+        for e in eps {
+            e.retire();
+        }
+    }
 }
 
 pub struct RdmaTransport {
-    _ctx: TransportContext,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl RdmaTransport {
     pub fn install(ctx: TransportContext, matrix: PriorityMatrix) -> Result<Arc<RdmaTransport>> {
-        let _ = (ctx, matrix);
-        Err(Error::NotImplemented("rdma transport".into()))
+        let cfg = RdmaConfig::from_env();
+        let mut names = hca_list(&matrix);
+        if names.is_empty() {
+            names = discover_devices();
+        }
+        let contexts: Vec<Arc<RdmaContext>> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let dev = match provider::open(n, cfg.max_cqe) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        log::warn!(
+                            "RDMA device {n} unusable, keeping an inactive placeholder: {e}"
+                        );
+                        None
+                    }
+                };
+                Arc::new(RdmaContext::new(i, n.clone(), dev))
+            })
+            .collect();
+        if !contexts.iter().any(|c| c.device.is_some()) {
+            return Err(Error::DeviceNotFound(format!(
+                "no usable RDMA device among {names:?} (provider {})",
+                provider::selected()
+            )));
+        }
+        let matrix = if matrix.is_empty() {
+            crate::engine::topology::matrix_for(&names)
+        } else {
+            matrix
+        };
+        let posters = if cfg.workers_per_ctx >= 2 {
+            cfg.workers_per_ctx - 1
+        } else {
+            1
+        };
+        let workers: Vec<Arc<ContextWorkers>> = contexts
+            .iter()
+            .map(|c| Arc::new(ContextWorkers::new(c.clone(), posters)))
+            .collect();
+        let shared = Arc::new_cyclic(|me| Shared {
+            tctx: ctx,
+            contexts,
+            workers,
+            matrix,
+            memory: RwLock::new(MemoryTable::default()),
+            cfg,
+            counters: Counters::default(),
+            rails: RailBook::new(Duration::from_secs(30)),
+            me: me.clone(),
+        });
+        shared.rails.set_pause(shared.cfg.rail_pause);
+        let mut threads = Vec::new();
+        for cw in &shared.workers {
+            if cw.ctx.device.is_none() {
+                continue;
+            }
+            let single = shared.cfg.workers_per_ctx < 2;
+            for k in 0..cw.posters.len() {
+                let (w, c) = (Arc::downgrade(&shared), cw.clone());
+                threads.push(spawn(format!("te-rdma-post-{}", cw.ctx.name), move || {
+                    worker::run_poster(w, c, k, single)
+                })?);
+            }
+            if !single {
+                let (w, c) = (Arc::downgrade(&shared), cw.clone());
+                threads.push(spawn(format!("te-rdma-poll-{}", cw.ctx.name), move || {
+                    worker::run_poller(w, c)
+                })?);
+            }
+        }
+        log::info!(
+            "RDMA transport up on {:?} ({} QPs/endpoint, {} workers/context)",
+            shared.contexts.iter().map(|c| &c.name).collect::<Vec<_>>(),
+            shared.cfg.num_qp_per_ep,
+            shared.cfg.workers_per_ctx
+        );
+        Ok(Arc::new(RdmaTransport {
+            shared,
+            threads: Mutex::new(threads),
+        }))
     }
+
+    /// Counters for diagnostics and tests (retries, error completions, ...).
+    pub fn counters(&self) -> serde_json::Value {
+        self.shared.counters.snapshot()
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map_err(|e| Error::Context(format!("cannot start an RDMA worker thread: {e}")))
 }
 
 impl Transport for RdmaTransport {
     fn protocol(&self) -> &'static str {
         "rdma"
     }
-    fn register_memory(&self, _buf: &LocalBuffer) -> Result<()> {
+
+    fn register_memory(&self, buf: &LocalBuffer) -> Result<()> {
+        let sh = &self.shared;
+        let mut lkeys = Vec::with_capacity(sh.contexts.len());
+        let mut rkeys = Vec::with_capacity(sh.contexts.len());
+        let mut done: Vec<&Arc<RdmaContext>> = Vec::new();
+        for c in &sh.contexts {
+            let Some(dev) = &c.device else {
+                lkeys.push(0);
+                rkeys.push(0);
+                continue;
+            };
+            match dev.register(buf.addr, buf.length) {
+                Ok(mr) => {
+                    lkeys.push(mr.lkey());
+                    rkeys.push(mr.rkey());
+                    c.mrs.lock().insert(buf.addr, mr);
+                    done.push(c);
+                }
+                Err(e) => {
+                    for d in done {
+                        d.mrs.lock().remove(&buf.addr);
+                    }
+                    return Err(Error::Memory(format!(
+                        "registering {:#x}+{} on {}: {e}",
+                        buf.addr, buf.length, c.name
+                    )));
+                }
+            }
+        }
+        sh.memory.write().insert(Region {
+            buf: buf.clone(),
+            lkeys,
+            rkeys,
+        });
         Ok(())
     }
-    fn unregister_memory(&self, _addr: u64) -> Result<()> {
+
+    fn unregister_memory(&self, addr: u64) -> Result<()> {
+        let sh = &self.shared;
+        sh.memory.write().remove(addr);
+        for c in &sh.contexts {
+            c.mrs.lock().remove(&addr);
+        }
         Ok(())
     }
-    fn describe(&self, desc: &mut SegmentDesc, _buffers: &[LocalBuffer]) {
+
+    fn describe(&self, desc: &mut SegmentDesc, buffers: &[LocalBuffer]) {
+        let sh = &self.shared;
         desc.protocol = "rdma".into();
+        desc.tcp_data_port = 0;
+        desc.tcp_proto_version = 1;
+        desc.devices = Some(
+            sh.contexts
+                .iter()
+                .map(|c| DeviceDesc {
+                    gid: c.gid_string(),
+                    lid: c.lid(),
+                    name: c.name.clone(),
+                })
+                .collect(),
+        );
+        desc.priority_matrix = Some(if sh.matrix.is_empty() {
+            None
+        } else {
+            Some(sh.matrix.clone())
+        });
+        let mem = sh.memory.read();
+        desc.buffers = buffers
+            .iter()
+            .filter_map(|b| mem.get(b.addr).map(Region::describe))
+            .collect();
     }
-    fn submit(&self, _subs: Vec<Submission>) -> Result<()> {
-        Err(Error::NotImplemented("rdma transport".into()))
+
+    fn submit(&self, subs: Vec<Submission>) -> Result<()> {
+        let sh = &self.shared;
+        // Cut everything first: an unregistered source refuses the call.
+        let mut cuts = Vec::with_capacity(subs.len());
+        {
+            let mem = sh.memory.read();
+            for s in &subs {
+                let r = s.request;
+                let pieces = cut(
+                    sh.cfg.slice,
+                    r.source,
+                    r.target_offset,
+                    r.length,
+                    |a| mem.find(a).map(|m| m.end()),
+                    |a| {
+                        s.target
+                            .buffers
+                            .iter()
+                            .find(|b| a >= b.addr && a < b.end())
+                            .map(|b| b.end())
+                    },
+                );
+                match pieces {
+                    Err(CutError::LocalNotRegistered(off)) => {
+                        return Err(Error::AddressNotRegistered(format!(
+                            "local address {:#x} is in no registered region",
+                            r.source.wrapping_add(off)
+                        )))
+                    }
+                    other => {
+                        let location: Arc<str> = mem
+                            .find(r.source)
+                            .map(|m| Arc::from(m.buf.location.as_str()))
+                            .unwrap_or_else(|| Arc::from("*"));
+                        cuts.push((other, location));
+                    }
+                }
+            }
+        }
+        for (s, (pieces, location)) in subs.into_iter().zip(cuts) {
+            let r = s.request;
+            let pieces = match pieces {
+                Ok(p) => p,
+                Err(e) => {
+                    log::error!(
+                        "request to segment {} [{:#x}, +{}) is outside its buffers: {e:?}",
+                        r.target_id,
+                        r.target_offset,
+                        r.length
+                    );
+                    s.task.fail_all();
+                    continue;
+                }
+            };
+            s.task.set_slices(pieces.len() as u64);
+            let mut by_ctx: Vec<Vec<Slice>> = (0..sh.contexts.len()).map(|_| Vec::new()).collect();
+            for p in pieces {
+                let mut slice = Slice {
+                    task: s.task.clone(),
+                    opcode: r.opcode,
+                    source: r.source + p.offset,
+                    length: p.len,
+                    dest: r.target_offset + p.offset,
+                    target_id: r.target_id,
+                    location: location.clone(),
+                    retry: 0,
+                    local: 0,
+                    lkey: 0,
+                    peer_path: Arc::from(""),
+                    rkey: 0,
+                };
+                if sh.route(&mut slice) {
+                    by_ctx[slice.local].push(slice);
+                } else {
+                    log::error!(
+                        "no RDMA route to segment {} for {:#x}",
+                        r.target_id,
+                        slice.dest
+                    );
+                    sh.fail_slice(slice);
+                }
+            }
+            for (i, v) in by_ctx.into_iter().enumerate() {
+                let cw = &sh.workers[i];
+                // Group per posting thread to take each queue lock once.
+                let mut per: Vec<Vec<Slice>> = (0..cw.posters.len()).map(|_| Vec::new()).collect();
+                for sl in v {
+                    let w = cw.worker_for(&sl.peer_path);
+                    let k = cw
+                        .posters
+                        .iter()
+                        .position(|x| Arc::ptr_eq(x, w))
+                        .unwrap_or(0);
+                    per[k].push(sl);
+                }
+                for (k, v) in per.into_iter().enumerate() {
+                    cw.posters[k].push_many(v);
+                }
+            }
+        }
+        Ok(())
     }
-    fn shutdown(&self) {}
+
+    fn on_connection(&self, req: &HandShakeDesc) -> HandShakeDesc {
+        let sh = &self.shared;
+        let Some((_, dev)) = name::split_nic_path(&req.peer_nic_path) else {
+            return HandShakeDesc::rejected(format!(
+                "Invalid peer_nic_path in handshake: {}",
+                req.peer_nic_path
+            ));
+        };
+        let Some(ctx) = sh.contexts.iter().find(|c| c.name == dev && c.is_active()) else {
+            return HandShakeDesc::rejected(format!(
+                "Local RDMA context not found for handshake NIC: {dev}"
+            ));
+        };
+        if name::split_nic_path(&req.local_nic_path).is_none() {
+            return HandShakeDesc::rejected(format!(
+                "Parse peer nic path failed: {}",
+                req.local_nic_path
+            ));
+        }
+        for _ in 0..2 {
+            let ep = match sh.endpoint(ctx, &req.local_nic_path) {
+                Ok(e) => e,
+                Err(e) => {
+                    return HandShakeDesc::rejected(format!(
+                        "Local RDMA endpoint unavailable for {}: {e}",
+                        req.local_nic_path
+                    ))
+                }
+            };
+            match ep.on_request(req, sh.cfg.handshake) {
+                PassiveOutcome::Reply(r) => {
+                    if r.reply_msg.is_empty() {
+                        sh.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        log::warn!(
+                            "rejected handshake from {}: {}",
+                            req.local_nic_path,
+                            r.reply_msg
+                        );
+                    }
+                    sh.workers[ctx.index].wake_all();
+                    return r;
+                }
+                PassiveOutcome::RetryFresh => ctx.forget_endpoint(&req.local_nic_path, &ep),
+            }
+        }
+        HandShakeDesc::rejected(format!(
+            "Local RDMA endpoint unavailable for {}",
+            req.local_nic_path
+        ))
+    }
+
+    fn nic_load(&self) -> Vec<(String, u64, f64)> {
+        self.shared
+            .contexts
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    c.stats.inflight_bytes(),
+                    c.stats.bandwidth(),
+                )
+            })
+            .collect()
+    }
+
+    fn links(&self) -> serde_json::Value {
+        let sh = &self.shared;
+        let devices: Vec<serde_json::Value> = sh
+            .contexts
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "nic_path": sh.nic_path(&c.name),
+                    "active": c.is_active(),
+                    "gid": c.gid_string(),
+                    "lid": c.lid(),
+                    "inflight_bytes": c.stats.inflight_bytes(),
+                    "completed_bytes": c.stats.completed_bytes(),
+                    "posted_slices": c.stats.posted_slices(),
+                })
+            })
+            .collect();
+        let mut endpoints = Vec::new();
+        for c in &sh.contexts {
+            let eps = c.endpoints.lock();
+            let mut v: Vec<_> = eps.iter().collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            for (peer, ep) in v {
+                endpoints.push(serde_json::json!({
+                    "device": c.name,
+                    "peer": peer,
+                    "state": ep.state().label(),
+                    "qpns": ep.qp_nums(),
+                    "outstanding": ep.outstanding(),
+                }));
+            }
+        }
+        serde_json::json!({
+            "devices": devices,
+            "endpoints": endpoints,
+            "paused_rails": sh.rails.paused(),
+            "counters": sh.counters.snapshot(),
+        })
+    }
+
+    fn shutdown(&self) {
+        let sh = &self.shared;
+        for cw in &sh.workers {
+            cw.stop.store(true, Ordering::Release);
+            cw.wake_all();
+        }
+        for t in self.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+        for cw in &sh.workers {
+            for w in &cw.posters {
+                for s in w.drain() {
+                    sh.fail_slice(s);
+                }
+            }
+            let infl: Vec<_> = cw.inflight.lock().drain().map(|(_, f)| f).collect();
+            for f in infl {
+                sh.fail_slice(f.slice);
+            }
+            sh.retire_context_endpoints(&cw.ctx);
+            cw.ctx.mrs.lock().clear();
+        }
+        sh.memory.write().clear();
+        log::info!("RDMA transport stopped");
+    }
 }

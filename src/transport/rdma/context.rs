@@ -1,0 +1,189 @@
+//! One RDMA context per local device: the device (PD, CQ), its MRs, its
+//! endpoint store and its load counters (spec §6.1).
+//!
+//! The transport talks to a provider through the small object-safe view
+//! below (`Device`, `QueuePair`, `MemoryRegion`); `provider.rs` adapts the
+//! verbs layer's providers to it. Everything above is provider-agnostic.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::engine::task::Opcode;
+use crate::error::Result;
+
+use super::endpoint_driver::Endpoint;
+use super::stats::DeviceStats;
+
+/// One signalled RDMA READ/WRITE with a single SGE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkRequest {
+    pub wr_id: u64,
+    pub opcode: Opcode,
+    pub local_addr: u64,
+    pub length: u32,
+    pub lkey: u32,
+    pub remote_addr: u64,
+    pub rkey: u32,
+}
+
+/// Outcome class of a work completion, as the worker acts on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionStatus {
+    Success,
+    /// The QP went to ERR (retirement): retry without a rail penalty.
+    Flushed,
+    /// Remote side failed (transport retries exceeded, remote access, ...).
+    RemoteError,
+    /// Local fault (protection, length, QP op).
+    LocalError,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    pub wr_id: u64,
+    pub status: CompletionStatus,
+}
+
+/// A registered memory region; dropping it deregisters.
+pub trait MemoryRegion: Send + Sync {
+    fn lkey(&self) -> u32;
+    fn rkey(&self) -> u32;
+}
+
+/// An RC queue pair; dropping it destroys the QP.
+pub trait QueuePair: Send + Sync {
+    fn qp_num(&self) -> u32;
+    /// RESET→INIT→RTR→RTS towards `peer_qpn` (PSNs 0).
+    fn connect(&self, peer_qpn: u32, peer_gid: [u8; 16], peer_lid: u16) -> Result<()>;
+    /// Move to ERR so outstanding WRs flush.
+    fn set_error(&self);
+    /// Post `wrs` as one chain; returns how many were accepted (a prefix).
+    fn post(&self, wrs: &[WorkRequest]) -> Result<usize>;
+}
+
+/// An opened device with its PD and CQ.
+pub trait Device: Send + Sync {
+    fn name(&self) -> &str;
+    fn gid(&self) -> [u8; 16];
+    fn lid(&self) -> u16;
+    fn register(&self, addr: u64, len: u64) -> Result<Box<dyn MemoryRegion>>;
+    fn create_qp(&self, max_wr: u32) -> Result<Box<dyn QueuePair>>;
+    /// Append up to `max` completions to `out`; returns how many.
+    fn poll(&self, out: &mut Vec<Completion>, max: usize) -> usize;
+    /// Block up to `timeout` until completions may be available.
+    fn wait_completions(&self, timeout: Duration);
+    /// A fatal async event (port/device down) has been seen.
+    fn is_down(&self) -> bool;
+}
+
+/// `xx:xx:...` (16 lowercase hex bytes), the descriptor GID format.
+pub fn gid_to_string(gid: &[u8; 16]) -> String {
+    gid.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parse a descriptor GID; exactly 16 `:`-separated hex bytes.
+pub fn parse_gid(s: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    let mut n = 0;
+    for part in s.split(':') {
+        if n == 16 || part.is_empty() || part.len() > 2 {
+            return None;
+        }
+        out[n] = u8::from_str_radix(part, 16).ok()?;
+        n += 1;
+    }
+    (n == 16).then_some(out)
+}
+
+/// A local device as the transport uses it.
+pub struct RdmaContext {
+    pub index: usize,
+    pub name: String,
+    /// `None`: the device failed to open (placeholder keeps indices aligned).
+    pub device: Option<Arc<dyn Device>>,
+    active: AtomicBool,
+    /// MRs by region start address.
+    pub mrs: Mutex<HashMap<u64, Box<dyn MemoryRegion>>>,
+    /// Endpoints by peer NIC path.
+    pub endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    pub stats: DeviceStats,
+}
+
+impl RdmaContext {
+    pub fn new(index: usize, name: String, device: Option<Arc<dyn Device>>) -> RdmaContext {
+        let active = device.is_some();
+        RdmaContext {
+            index,
+            name,
+            device,
+            active: AtomicBool::new(active),
+            mrs: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new(HashMap::new()),
+            stats: DeviceStats::default(),
+        }
+    }
+
+    /// Usable for new slices: opened and not reported down.
+    pub fn is_active(&self) -> bool {
+        if !self.active.load(Ordering::Acquire) {
+            return false;
+        }
+        if self.device.as_ref().is_some_and(|d| d.is_down()) {
+            self.deactivate("device reported down");
+            return false;
+        }
+        true
+    }
+
+    pub fn deactivate(&self, why: &str) {
+        if self.active.swap(false, Ordering::AcqRel) {
+            log::warn!("RDMA context {} inactive: {why}", self.name);
+        }
+    }
+
+    pub fn gid_string(&self) -> String {
+        match &self.device {
+            Some(d) => gid_to_string(&d.gid()),
+            None => gid_to_string(&[0; 16]),
+        }
+    }
+
+    pub fn lid(&self) -> u16 {
+        self.device.as_ref().map_or(0, |d| d.lid())
+    }
+
+    /// Remove `peer`'s endpoint if it is still `ep` (another may have replaced it).
+    pub fn forget_endpoint(&self, peer: &str, ep: &Arc<Endpoint>) {
+        let mut eps = self.endpoints.lock();
+        if eps.get(peer).is_some_and(|e| Arc::ptr_eq(e, ep)) {
+            eps.remove(peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gid_round_trip() {
+        let mut g = [0u8; 16];
+        g[10] = 0xff;
+        g[11] = 0xff;
+        g[15] = 5;
+        let s = gid_to_string(&g);
+        assert_eq!(s, "00:00:00:00:00:00:00:00:00:00:ff:ff:00:00:00:05");
+        assert_eq!(parse_gid(&s), Some(g));
+        assert_eq!(parse_gid("00:11"), None);
+        assert_eq!(parse_gid(&format!("{s}:00")), None);
+        assert_eq!(parse_gid(&s.replace("ff", "zz")), None);
+        assert_eq!(parse_gid(""), None);
+    }
+}

@@ -1,0 +1,146 @@
+//! Per-device load counters for `getNicLoadStats` and transport-wide event
+//! counters (retries, error completions) for diagnostics and tests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+/// Weight of the newest sample in the bandwidth EWMA.
+const EWMA_ALPHA: f64 = 0.3;
+/// Shorter windows are folded into the next sample.
+const MIN_SAMPLE_SECS: f64 = 0.01;
+
+struct Ewma {
+    last_at: Instant,
+    last_completed: u64,
+    bps: f64,
+}
+
+/// Load of one local device.
+pub struct DeviceStats {
+    inflight: AtomicU64,
+    completed: AtomicU64,
+    posted_slices: AtomicU64,
+    ewma: Mutex<Ewma>,
+}
+
+impl Default for DeviceStats {
+    fn default() -> Self {
+        DeviceStats {
+            inflight: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            posted_slices: AtomicU64::new(0),
+            ewma: Mutex::new(Ewma {
+                last_at: Instant::now(),
+                last_completed: 0,
+                bps: 0.0,
+            }),
+        }
+    }
+}
+
+impl DeviceStats {
+    pub fn posted(&self, bytes: u64) {
+        self.inflight.fetch_add(bytes, Ordering::Relaxed);
+        self.posted_slices.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A posted WR completed (`ok`: its bytes moved).
+    pub fn finished(&self, bytes: u64, ok: bool) {
+        self.inflight.fetch_sub(bytes, Ordering::Relaxed);
+        if ok {
+            self.completed.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    pub fn inflight_bytes(&self) -> u64 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    pub fn completed_bytes(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    pub fn posted_slices(&self) -> u64 {
+        self.posted_slices.load(Ordering::Relaxed)
+    }
+
+    /// Fold the bytes completed since the last sample into the EWMA and
+    /// return it (bytes/s).
+    pub fn bandwidth(&self) -> f64 {
+        let mut e = self.ewma.lock();
+        let now = Instant::now();
+        let dt = now.duration_since(e.last_at).as_secs_f64();
+        if dt >= MIN_SAMPLE_SECS {
+            let done = self.completed_bytes();
+            let rate = (done - e.last_completed) as f64 / dt;
+            e.bps = if e.last_completed == 0 && e.bps == 0.0 {
+                rate
+            } else {
+                EWMA_ALPHA * rate + (1.0 - EWMA_ALPHA) * e.bps
+            };
+            e.last_at = now;
+            e.last_completed = done;
+        }
+        e.bps
+    }
+}
+
+/// Transport-wide counters.
+#[derive(Default)]
+pub struct Counters {
+    /// Slices that went back to a queue for another attempt (retry consumed).
+    pub retries: AtomicU64,
+    /// Completions with an error status other than a flush.
+    pub error_completions: AtomicU64,
+    /// Flush completions from retired endpoints.
+    pub flushed: AtomicU64,
+    /// Slices failed for good.
+    pub failed_slices: AtomicU64,
+    /// Handshakes completed (active or passive).
+    pub handshakes: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> serde_json::Value {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "retries": g(&self.retries),
+            "error_completions": g(&self.error_completions),
+            "flushed": g(&self.flushed),
+            "failed_slices": g(&self.failed_slices),
+            "handshakes": g(&self.handshakes),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inflight_and_completed_bytes() {
+        let s = DeviceStats::default();
+        s.posted(100);
+        s.posted(50);
+        assert_eq!(s.inflight_bytes(), 150);
+        s.finished(100, true);
+        s.finished(50, false);
+        assert_eq!(s.inflight_bytes(), 0);
+        assert_eq!(s.completed_bytes(), 100);
+        assert_eq!(s.posted_slices(), 2);
+    }
+
+    #[test]
+    fn bandwidth_reflects_completed_bytes() {
+        let s = DeviceStats::default();
+        s.posted(1 << 20);
+        s.finished(1 << 20, true);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(s.bandwidth() > 0.0);
+        let idle = DeviceStats::default();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(idle.bandwidth(), 0.0);
+    }
+}

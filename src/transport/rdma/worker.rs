@@ -1,0 +1,451 @@
+//! Per-context worker pool (spec §6.5): posting threads own shards of
+//! per-peer-path queues and ask each endpoint's gate what to do; one poller
+//! per context maps completions back to slices. Idle threads block on a
+//! condvar; nothing spins when no WR is in flight.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::engine::task::{Opcode, Task};
+use crate::metadata::SegmentId;
+
+use super::context::{Completion, CompletionStatus, RdmaContext, WorkRequest};
+use super::endpoint_driver::{Endpoint, Gate};
+use super::Shared;
+
+/// One piece of a task on its way to the peer.
+pub struct Slice {
+    pub task: Arc<Task>,
+    pub opcode: Opcode,
+    pub source: u64,
+    pub length: u64,
+    pub dest: u64,
+    pub target_id: SegmentId,
+    /// Location of the local buffer (key into our priority matrix).
+    pub location: Arc<str>,
+    /// Attempts consumed so far.
+    pub retry: u32,
+    /// Routing, filled by `Shared::route`.
+    pub local: usize,
+    pub lkey: u32,
+    pub peer_path: Arc<str>,
+    pub rkey: u32,
+}
+
+/// A posted WR: the slice, the endpoint and QP it went out on.
+pub struct Inflight {
+    pub slice: Slice,
+    pub ep: Arc<Endpoint>,
+    pub qp: usize,
+    pub posted_at: Instant,
+}
+
+/// Queues of one posting thread: peer NIC path → slices.
+#[derive(Default)]
+pub struct Worker {
+    queues: Mutex<HashMap<Arc<str>, VecDeque<Slice>>>,
+    cv: Condvar,
+}
+
+impl Worker {
+    pub fn push(&self, s: Slice) {
+        self.queues
+            .lock()
+            .entry(s.peer_path.clone())
+            .or_default()
+            .push_back(s);
+        self.cv.notify_one();
+    }
+
+    pub fn push_many(&self, v: Vec<Slice>) {
+        if v.is_empty() {
+            return;
+        }
+        let mut q = self.queues.lock();
+        for s in v {
+            q.entry(s.peer_path.clone()).or_default().push_back(s);
+        }
+        drop(q);
+        self.cv.notify_one();
+    }
+
+    pub fn wake(&self) {
+        let _g = self.queues.lock();
+        self.cv.notify_all();
+    }
+
+    /// Put slices that could not go yet back in front of newer ones.
+    fn put_back(&self, path: Arc<str>, mut v: VecDeque<Slice>) {
+        if v.is_empty() {
+            return;
+        }
+        let mut q = self.queues.lock();
+        let e = q.entry(path).or_default();
+        v.append(e);
+        *e = v;
+    }
+
+    pub fn drain(&self) -> Vec<Slice> {
+        self.queues
+            .lock()
+            .drain()
+            .flat_map(|(_, v)| v.into_iter())
+            .collect()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queues.lock().values().map(VecDeque::len).sum()
+    }
+}
+
+/// Everything the threads of one context share.
+pub struct ContextWorkers {
+    pub ctx: Arc<RdmaContext>,
+    pub posters: Vec<Arc<Worker>>,
+    pub inflight: Mutex<HashMap<u64, Inflight>>,
+    /// Wakes the poller when WRs were posted.
+    poll_cv: Condvar,
+    poll_idle: Mutex<()>,
+    next_wr_id: AtomicU64,
+    pub stop: AtomicBool,
+}
+
+impl ContextWorkers {
+    pub fn new(ctx: Arc<RdmaContext>, posters: usize) -> ContextWorkers {
+        ContextWorkers {
+            ctx,
+            posters: (0..posters.max(1))
+                .map(|_| Arc::new(Worker::default()))
+                .collect(),
+            inflight: Mutex::new(HashMap::new()),
+            poll_cv: Condvar::new(),
+            poll_idle: Mutex::new(()),
+            next_wr_id: AtomicU64::new(1),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// The posting thread that owns `peer_path`.
+    pub fn worker_for(&self, peer_path: &str) -> &Arc<Worker> {
+        let h = peer_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        &self.posters[(h % self.posters.len() as u64) as usize]
+    }
+
+    pub fn wake_all(&self) {
+        for w in &self.posters {
+            w.wake();
+        }
+        let _g = self.poll_idle.lock();
+        self.poll_cv.notify_all();
+    }
+}
+
+/// Posting thread `k` of a context (with one worker it also polls).
+pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_poll: bool) {
+    let me = cw.posters[k].clone();
+    let mut comps = Vec::with_capacity(64);
+    let mut last_sweep = Instant::now();
+    loop {
+        if cw.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(sh) = shared.upgrade() else { return };
+        let mut progressed = false;
+        let paths: Vec<Arc<str>> = me
+            .queues
+            .lock()
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let waiting = !paths.is_empty();
+        for p in paths {
+            progressed |= process_peer(&sh, &cw, &me, p);
+        }
+        if also_poll {
+            progressed |= poll_once(&sh, &cw, &mut comps);
+            if last_sweep.elapsed() >= Duration::from_millis(100) {
+                sweep_timeouts(&sh, &cw);
+                last_sweep = Instant::now();
+            }
+        }
+        let inflight = also_poll && !cw.inflight.lock().is_empty();
+        drop(sh);
+        if progressed {
+            continue;
+        }
+        if inflight {
+            if let Some(d) = &cw.ctx.device {
+                d.wait_completions(Duration::from_micros(200));
+            }
+            continue;
+        }
+        let mut q = me.queues.lock();
+        if cw.stop.load(Ordering::Acquire) {
+            return;
+        }
+        // Slices parked behind a gate: re-check soon (handshake progress
+        // also wakes us); otherwise sleep until work arrives.
+        let t = if waiting || q.values().any(|v| !v.is_empty()) {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(200)
+        };
+        me.cv.wait_for(&mut q, t);
+    }
+}
+
+/// The dedicated poller of a context (when it has ≥ 2 workers).
+pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
+    let mut comps = Vec::with_capacity(64);
+    let mut last_sweep = Instant::now();
+    loop {
+        if cw.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(sh) = shared.upgrade() else { return };
+        let progressed = poll_once(&sh, &cw, &mut comps);
+        if last_sweep.elapsed() >= Duration::from_millis(100) {
+            sweep_timeouts(&sh, &cw);
+            last_sweep = Instant::now();
+        }
+        drop(sh);
+        if progressed {
+            continue;
+        }
+        if !cw.inflight.lock().is_empty() {
+            if let Some(d) = &cw.ctx.device {
+                d.wait_completions(Duration::from_millis(1));
+            }
+            continue;
+        }
+        let mut g = cw.poll_idle.lock();
+        if cw.stop.load(Ordering::Acquire) {
+            return;
+        }
+        if cw.inflight.lock().is_empty() {
+            cw.poll_cv.wait_for(&mut g, Duration::from_millis(100));
+        }
+    }
+}
+
+/// Handle the queue of one peer path. Returns whether anything moved.
+fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: Arc<str>) -> bool {
+    let Some(mut slices) = me.queues.lock().remove(&path) else {
+        return false;
+    };
+    if slices.is_empty() {
+        return false;
+    }
+    if !cw.ctx.is_active() {
+        // Device down: move the slices to another context, no retry consumed.
+        sh.retire_context_endpoints(&cw.ctx);
+        for s in slices {
+            sh.reroute(s);
+        }
+        return true;
+    }
+    if !sh.rails.usable(&path) {
+        for s in slices {
+            sh.retry_or_fail(s, "rail paused");
+        }
+        return true;
+    }
+    let ep = match sh.endpoint(&cw.ctx, &path) {
+        Ok(ep) => ep,
+        Err(e) => {
+            log::warn!("no endpoint {} -> {path}: {e}", cw.ctx.name);
+            for s in slices {
+                sh.retry_or_fail(s, "endpoint creation failed");
+            }
+            return true;
+        }
+    };
+    match ep.gate(sh.cfg.handshake.ack_timeout) {
+        Gate::Post => {
+            let posted = post_slices(sh, cw, &ep, &mut slices);
+            me.put_back(path, slices);
+            posted
+        }
+        Gate::Wait => {
+            me.put_back(path, slices);
+            false
+        }
+        Gate::Connect => {
+            me.put_back(path, slices);
+            sh.start_handshake(cw.clone(), ep);
+            true
+        }
+        Gate::Fail => {
+            cw.ctx.forget_endpoint(&path, &ep);
+            if let Some(first) = slices.front() {
+                sh.rails
+                    .failed(&path, sh.has_alternative_rail(first.target_id, &path));
+            }
+            for s in slices {
+                sh.retry_or_fail(s, "endpoint failed");
+            }
+            true
+        }
+    }
+}
+
+/// Post as many queued slices as QP and CQ depth allow, spread over the QPs.
+fn post_slices(
+    sh: &Shared,
+    cw: &ContextWorkers,
+    ep: &Arc<Endpoint>,
+    slices: &mut VecDeque<Slice>,
+) -> bool {
+    let cq_room = sh.cfg.max_cqe.saturating_sub(cw.inflight.lock().len());
+    let mut budget = slices.len().min(cq_room);
+    let nqp = ep.num_qps();
+    let mut any = false;
+    let mut wrs = Vec::new();
+    for i in 0..nqp {
+        if budget == 0 {
+            break;
+        }
+        let share = budget.div_ceil(nqp - i);
+        let n = share.min(ep.free_slots(i) as usize);
+        if n == 0 {
+            continue;
+        }
+        wrs.clear();
+        let mut batch = Vec::with_capacity(n);
+        {
+            let mut infl = cw.inflight.lock();
+            let now = Instant::now();
+            for _ in 0..n {
+                let Some(s) = slices.pop_front() else { break };
+                let wr_id = cw.next_wr_id.fetch_add(1, Ordering::Relaxed);
+                wrs.push(WorkRequest {
+                    wr_id,
+                    opcode: s.opcode,
+                    local_addr: s.source,
+                    length: s.length as u32,
+                    lkey: s.lkey,
+                    remote_addr: s.dest,
+                    rkey: s.rkey,
+                });
+                cw.ctx.stats.posted(s.length);
+                batch.push(wr_id);
+                infl.insert(
+                    wr_id,
+                    Inflight {
+                        slice: s,
+                        ep: ep.clone(),
+                        qp: i,
+                        posted_at: now,
+                    },
+                );
+            }
+        }
+        let accepted = match ep.post(i, &wrs) {
+            Ok(k) => k.min(wrs.len()),
+            Err(e) => {
+                log::warn!("post on {} -> {}: {e}", cw.ctx.name, ep.peer_path);
+                0
+            }
+        };
+        budget -= accepted;
+        any |= accepted > 0;
+        // Unaccepted WRs go back to the queue front, in order.
+        let mut back = Vec::new();
+        {
+            let mut infl = cw.inflight.lock();
+            for id in &batch[accepted..] {
+                if let Some(f) = infl.remove(id) {
+                    cw.ctx.stats.finished(f.slice.length, false);
+                    back.push(f.slice);
+                }
+            }
+        }
+        for s in back.into_iter().rev() {
+            slices.push_front(s);
+        }
+        if accepted < wrs.len() {
+            break;
+        }
+    }
+    if any {
+        let _g = cw.poll_idle.lock();
+        cw.poll_cv.notify_one();
+    }
+    any
+}
+
+/// Poll the context's CQ once; returns whether completions were handled.
+fn poll_once(sh: &Shared, cw: &ContextWorkers, comps: &mut Vec<Completion>) -> bool {
+    let Some(dev) = &cw.ctx.device else {
+        return false;
+    };
+    comps.clear();
+    if dev.poll(comps, 64) == 0 {
+        return false;
+    }
+    let done: Vec<(Completion, Inflight)> = {
+        let mut infl = cw.inflight.lock();
+        comps
+            .iter()
+            .filter_map(|c| infl.remove(&c.wr_id).map(|f| (*c, f)))
+            .collect()
+    };
+    for (c, f) in done {
+        f.ep.completed(f.qp);
+        let ok = c.status == CompletionStatus::Success;
+        cw.ctx.stats.finished(f.slice.length, ok);
+        match c.status {
+            CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
+            CompletionStatus::Flushed => {
+                sh.counters.flushed.fetch_add(1, Ordering::Relaxed);
+                sh.retry_or_fail(f.slice, "flushed");
+            }
+            CompletionStatus::RemoteError | CompletionStatus::LocalError => {
+                sh.counters
+                    .error_completions
+                    .fetch_add(1, Ordering::Relaxed);
+                let path = f.slice.peer_path.clone();
+                f.ep.retire();
+                cw.ctx.forget_endpoint(&path, &f.ep);
+                sh.rails
+                    .failed(&path, sh.has_alternative_rail(f.slice.target_id, &path));
+                sh.retry_or_fail(f.slice, "work completion error");
+            }
+        }
+    }
+    true
+}
+
+/// `MC_SLICE_TIMEOUT`: fail slices whose WR never completed.
+fn sweep_timeouts(sh: &Shared, cw: &ContextWorkers) {
+    let Some(limit) = sh.cfg.slice_timeout else {
+        return;
+    };
+    let lost: Vec<Inflight> = {
+        let mut infl = cw.inflight.lock();
+        let ids: Vec<u64> = infl
+            .iter()
+            .filter(|(_, f)| f.posted_at.elapsed() > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter().filter_map(|id| infl.remove(&id)).collect()
+    };
+    for f in lost {
+        log::warn!(
+            "slice to {} lost: no completion within {limit:?}",
+            f.slice.peer_path
+        );
+        f.ep.completed(f.qp);
+        cw.ctx.stats.finished(f.slice.length, false);
+        f.ep.retire();
+        cw.ctx.forget_endpoint(&f.slice.peer_path, &f.ep);
+        sh.fail_slice(f.slice);
+    }
+}
