@@ -2,6 +2,8 @@
 //! regions, ready-ACK-gated endpoints, worker pool (spec §5, §6).
 //! PLACEHOLDER until the RDMA work lands.
 
+pub mod verbs;
+
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -10,7 +12,17 @@ use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 
 /// Names of usable RDMA devices from the selected provider, in order.
 pub fn discover_devices() -> Vec<String> {
-    Vec::new()
+    match verbs::provider().devices() {
+        Ok(devices) => devices
+            .into_iter()
+            .filter(|d| d.port_active)
+            .map(|d| d.name)
+            .collect(),
+        Err(e) => {
+            log::warn!("RDMA device discovery failed: {e}");
+            Vec::new()
+        }
+    }
 }
 
 pub struct RdmaTransport {
