@@ -182,6 +182,9 @@ mod tests {
 
     #[test]
     fn ib_link_local_gid_is_still_chosen_when_alone() {
-        assert_eq!(select_gid(&[cand(0, link_local(), GidType::Ib, None)]), Some(0));
+        assert_eq!(
+            select_gid(&[cand(0, link_local(), GidType::Ib, None)]),
+            Some(0)
+        );
     }
 }

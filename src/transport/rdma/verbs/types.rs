@@ -446,9 +446,7 @@ mod tests {
 
     #[test]
     fn gid_text_round_trip_and_rejects_bad_forms() {
-        let gid: Gid = [
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 168, 1, 7,
-        ];
+        let gid: Gid = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 168, 1, 7];
         let s = gid_to_string(&gid);
         assert_eq!(s, "00:00:00:00:00:00:00:00:00:00:ff:ff:c0:a8:01:07");
         assert_eq!(gid_from_string(&s), Some(gid));

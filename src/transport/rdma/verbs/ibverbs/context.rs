@@ -45,25 +45,37 @@ pub(super) struct IbvContext {
     port: PortInfo,
 }
 
-fn query_port_attr(ctx: NonNull<ffi::ibv_context>, name: &str, port: u8) -> Result<ffi::ibv_port_attr> {
+fn query_port_attr(
+    ctx: NonNull<ffi::ibv_context>,
+    name: &str,
+    port: u8,
+) -> Result<ffi::ibv_port_attr> {
     // SAFETY: ibv_port_attr is a plain C struct; all-zero is valid.
     let mut attr: ffi::ibv_port_attr = unsafe { std::mem::zeroed() };
     // SAFETY: `ctx` is an open context and `attr` a valid out-parameter.
     let rc = unsafe { ffi::___ibv_query_port(ctx.as_ptr(), port, &mut attr) };
     if rc != 0 {
         let errno = if rc > 0 { rc } else { last_errno() };
-        return Err(verb_error("ibv_query_port", "open", errno, &format!("{name} port {port}")));
+        return Err(verb_error(
+            "ibv_query_port",
+            "open",
+            errno,
+            &format!("{name} port {port}"),
+        ));
     }
     Ok(attr)
 }
 
 impl IbvContext {
-    pub fn open_raw(name: &str, dev: *mut ffi::ibv_device, opts: &OpenOptions) -> Result<IbvContext> {
+    pub fn open_raw(
+        name: &str,
+        dev: *mut ffi::ibv_device,
+        opts: &OpenOptions,
+    ) -> Result<IbvContext> {
         // SAFETY: `dev` is an entry of a live device list.
         let raw = unsafe { ffi::ibv_open_device(dev) };
-        let ctx = NonNull::new(raw).ok_or_else(|| {
-            verb_error("ibv_open_device", "open", last_errno(), name)
-        })?;
+        let ctx = NonNull::new(raw)
+            .ok_or_else(|| verb_error("ibv_open_device", "open", last_errno(), name))?;
         let mut handle = ContextHandle {
             ctx,
             name: name.to_string(),
@@ -90,7 +102,12 @@ impl IbvContext {
         let gid_index = match opts.gid_index {
             Some(i) => i,
             None => select_gid(&table).ok_or_else(|| {
-                verb_error("ibv_query_gid", "open", libc::ENODEV, &format!("{name} port {} has no usable GID", opts.port))
+                verb_error(
+                    "ibv_query_gid",
+                    "open",
+                    libc::ENODEV,
+                    &format!("{name} port {} has no usable GID", opts.port),
+                )
             })?,
         };
         let gid = table
@@ -162,10 +179,20 @@ impl Context for IbvContext {
         let mut gid = ffi::ibv_gid { raw: [0; 16] };
         // SAFETY: open context, valid out-parameter.
         let rc = unsafe {
-            ffi::ibv_query_gid(self.handle.ctx.as_ptr(), self.port.port, self.port.gid_index as i32, &mut gid)
+            ffi::ibv_query_gid(
+                self.handle.ctx.as_ptr(),
+                self.port.port,
+                self.port.gid_index as i32,
+                &mut gid,
+            )
         };
         if rc != 0 {
-            return Err(verb_error("ibv_query_gid", "query", last_errno(), &self.handle.name));
+            return Err(verb_error(
+                "ibv_query_gid",
+                "query",
+                last_errno(),
+                &self.handle.name,
+            ));
         }
         Ok(PortInfo {
             port: self.port.port,
@@ -197,7 +224,12 @@ impl Context for IbvContext {
             if errno == libc::EAGAIN {
                 return Ok(None);
             }
-            return Err(verb_error("ibv_get_async_event", "poll", errno, &self.handle.name));
+            return Err(verb_error(
+                "ibv_get_async_event",
+                "poll",
+                errno,
+                &self.handle.name,
+            ));
         }
         let kind = event_kind(ev.event_type);
         let (port, qp_num) = match kind {

@@ -44,10 +44,21 @@ impl IbvCq {
         let cqe = libc::c_int::try_from(depth).unwrap_or(libc::c_int::MAX);
         // SAFETY: open context; no completion channel, vector 0.
         let raw = unsafe {
-            ffi::ibv_create_cq(ctx.ctx.as_ptr(), cqe, std::ptr::null_mut(), std::ptr::null_mut(), 0)
+            ffi::ibv_create_cq(
+                ctx.ctx.as_ptr(),
+                cqe,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
         };
         let cq = NonNull::new(raw).ok_or_else(|| {
-            verb_error("ibv_create_cq", "create", last_errno(), &format!("{} depth {depth}", ctx.name))
+            verb_error(
+                "ibv_create_cq",
+                "create",
+                last_errno(),
+                &format!("{} depth {depth}", ctx.name),
+            )
         })?;
         // SAFETY: fresh CQ; `cqe` is the real capacity (≥ requested).
         let capacity = unsafe { (*cq.as_ptr()).cqe }.max(0) as usize;
@@ -65,7 +76,12 @@ impl Cq for IbvCq {
         // SAFETY: the CQ is live and `wcs` has room for `max` entries.
         let n = unsafe { ffi::ibv_poll_cq(self.handle.cq.as_ptr(), max as i32, wcs.as_mut_ptr()) };
         if n < 0 {
-            return Err(verb_error("ibv_poll_cq", "poll", last_errno(), &self.handle.ctx.name));
+            return Err(verb_error(
+                "ibv_poll_cq",
+                "poll",
+                last_errno(),
+                &self.handle.ctx.name,
+            ));
         }
         // SAFETY: ibv_poll_cq initialised the first `n` (≤ max) entries;
         // ibv_wc has no drop glue.

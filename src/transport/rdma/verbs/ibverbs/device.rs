@@ -56,7 +56,9 @@ impl DeviceList {
                     return None;
                 }
                 // SAFETY: checked non-NULL above; valid C string.
-                let name = unsafe { CStr::from_ptr(name) }.to_string_lossy().into_owned();
+                let name = unsafe { CStr::from_ptr(name) }
+                    .to_string_lossy()
+                    .into_owned();
                 Some((name, dev))
             })
             .collect()

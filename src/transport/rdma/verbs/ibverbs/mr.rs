@@ -29,18 +29,31 @@ unsafe impl Sync for IbvMr {}
 impl IbvMr {
     /// # Safety
     /// As `Pd::reg_mr`: the range stays allocated while registered.
-    pub unsafe fn register(pd: Arc<PdHandle>, addr: u64, len: usize, access: Access) -> Result<IbvMr> {
+    pub unsafe fn register(
+        pd: Arc<PdHandle>,
+        addr: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<IbvMr> {
         // SAFETY: the PD is live; the caller guarantees the range (the NIC
         // pins it).
         let raw = unsafe {
-            ffi::ibv_reg_mr(pd.pd.as_ptr(), addr as usize as *mut libc::c_void, len, access.0 as libc::c_int)
+            ffi::ibv_reg_mr(
+                pd.pd.as_ptr(),
+                addr as usize as *mut libc::c_void,
+                len,
+                access.0 as libc::c_int,
+            )
         };
         let mr = NonNull::new(raw).ok_or_else(|| {
             verb_error(
                 "ibv_reg_mr",
                 "register",
                 last_errno(),
-                &format!("{} addr {addr:#x} len {len} access {:#x}", pd.ctx.name, access.0),
+                &format!(
+                    "{} addr {addr:#x} len {len} access {:#x}",
+                    pd.ctx.name, access.0
+                ),
             )
         })?;
         // SAFETY: a freshly registered MR; reading its key fields.

@@ -54,7 +54,12 @@ impl IbvPd {
 
 impl Pd for IbvPd {
     unsafe fn reg_mr(&self, addr: u64, len: usize, access: Access) -> Result<Box<dyn Mr>> {
-        Ok(Box::new(IbvMr::register(self.handle.clone(), addr, len, access)?))
+        Ok(Box::new(IbvMr::register(
+            self.handle.clone(),
+            addr,
+            len,
+            access,
+        )?))
     }
 
     fn create_qp(&self, cq: &Arc<dyn Cq>, caps: &QpCaps) -> Result<Arc<dyn Qp>> {
@@ -63,6 +68,10 @@ impl Pd for IbvPd {
                 "ibv_create_qp: create: the CQ does not belong to the ibverbs provider".into(),
             ));
         };
-        Ok(Arc::new(IbvQp::create(self.handle.clone(), ib_cq.handle.clone(), caps)?))
+        Ok(Arc::new(IbvQp::create(
+            self.handle.clone(),
+            ib_cq.handle.clone(),
+            caps,
+        )?))
     }
 }

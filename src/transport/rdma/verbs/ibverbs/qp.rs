@@ -51,7 +51,10 @@ impl IbvQp {
                 "ibv_create_qp",
                 "create",
                 last_errno(),
-                &format!("{} max_send_wr {} max_sge {}", pd.ctx.name, caps.max_send_wr, caps.max_send_sge),
+                &format!(
+                    "{} max_send_wr {} max_sge {}",
+                    pd.ctx.name, caps.max_send_wr, caps.max_send_sge
+                ),
             )
         })?;
         // SAFETY: fresh QP; reading a plain field.
@@ -68,7 +71,13 @@ impl IbvQp {
 
     /// Run `ibv_modify_qp` to `to` with `attr`/`mask`, enforcing our view of
     /// the state machine first so the error names the real problem.
-    fn modify(&self, to: QpState, attr: &mut ffi::ibv_qp_attr, mask: ffi::ibv_qp_attr_mask, detail: &str) -> Result<()> {
+    fn modify(
+        &self,
+        to: QpState,
+        attr: &mut ffi::ibv_qp_attr,
+        mask: ffi::ibv_qp_attr_mask,
+        detail: &str,
+    ) -> Result<()> {
         let mut state = self.state.lock();
         let from = *state;
         let step = format!("{from}→{to}");
@@ -123,7 +132,12 @@ impl Qp for IbvQp {
         attr.pkey_index = attrs.pkey_index;
         attr.qp_access_flags = attrs.access.0;
         let mask = M::IBV_QP_STATE | M::IBV_QP_PKEY_INDEX | M::IBV_QP_PORT | M::IBV_QP_ACCESS_FLAGS;
-        self.modify(QpState::Init, &mut attr, mask, &format!("port {}", attrs.port))
+        self.modify(
+            QpState::Init,
+            &mut attr,
+            mask,
+            &format!("port {}", attrs.port),
+        )
     }
 
     fn modify_to_rtr(&self, attrs: &RtrAttrs) -> Result<()> {
@@ -185,12 +199,22 @@ impl Qp for IbvQp {
 
     fn modify_to_err(&self) -> Result<()> {
         let mut attr = Self::zeroed_attr(ffi::ibv_qp_state::IBV_QPS_ERR);
-        self.modify(QpState::Err, &mut attr, ffi::ibv_qp_attr_mask::IBV_QP_STATE, "")
+        self.modify(
+            QpState::Err,
+            &mut attr,
+            ffi::ibv_qp_attr_mask::IBV_QP_STATE,
+            "",
+        )
     }
 
     fn reset(&self) -> Result<()> {
         let mut attr = Self::zeroed_attr(ffi::ibv_qp_state::IBV_QPS_RESET);
-        self.modify(QpState::Reset, &mut attr, ffi::ibv_qp_attr_mask::IBV_QP_STATE, "")
+        self.modify(
+            QpState::Reset,
+            &mut attr,
+            ffi::ibv_qp_attr_mask::IBV_QP_STATE,
+            "",
+        )
     }
 
     fn post_send(&self, wrs: &[WorkRequest]) -> std::result::Result<(), PostSendError> {
@@ -263,7 +287,12 @@ impl Qp for IbvQp {
                 "ibv_post_send",
                 "post",
                 errno,
-                &format!("QP {} on {}, WR {posted} of {}", self.qpn, self.pd.ctx.name, wrs.len()),
+                &format!(
+                    "QP {} on {}, WR {posted} of {}",
+                    self.qpn,
+                    self.pd.ctx.name,
+                    wrs.len()
+                ),
             ),
         })
     }
@@ -275,7 +304,11 @@ impl Drop for IbvQp {
         // it uses are kept alive by our Arcs until after this call.
         let rc = unsafe { ffi::ibv_destroy_qp(self.qp.as_ptr()) };
         if rc != 0 {
-            log::warn!("ibv_destroy_qp {} on {}: rc {rc}", self.qpn, self.pd.ctx.name);
+            log::warn!(
+                "ibv_destroy_qp {} on {}: rc {rc}",
+                self.qpn,
+                self.pd.ctx.name
+            );
         }
     }
 }

@@ -124,7 +124,10 @@ impl SoftContext {
                 "ibv_query_port",
                 "open",
                 libc::EINVAL,
-                &format!("soft device {} has only port 1, asked {}", device.name, opts.port),
+                &format!(
+                    "soft device {} has only port 1, asked {}",
+                    device.name, opts.port
+                ),
             ));
         }
         let gid_index = match opts.gid_index {

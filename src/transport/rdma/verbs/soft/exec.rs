@@ -31,7 +31,9 @@ fn run(weak: Weak<Fabric>) {
             if runnable.is_empty() {
                 let now = Instant::now();
                 let next = waiting.iter().map(|(t, _)| *t).min();
-                let wait = next.map_or(IDLE_WAIT, |t| t.saturating_duration_since(now).min(IDLE_WAIT));
+                let wait = next.map_or(IDLE_WAIT, |t| {
+                    t.saturating_duration_since(now).min(IDLE_WAIT)
+                });
                 if !wait.is_zero() {
                     fabric.wake.wait_for(&mut runnable, wait);
                 }
@@ -148,7 +150,10 @@ fn execute(fabric: &Fabric, qp: &QpShared, wr: &WorkRequest, rtr: Option<&RtrAtt
     if peer_dev.id != qp.device.id && take_drop(&mut peer_dev.faults.lock()) {
         return Outcome::Lost("dropped at peer (injected)");
     }
-    let Some(peer) = fabric.qp(rtr.dest_qp_num).filter(|p| p.device.id == peer_dev.id) else {
+    let Some(peer) = fabric
+        .qp(rtr.dest_qp_num)
+        .filter(|p| p.device.id == peer_dev.id)
+    else {
         return Outcome::Lost("destination QP does not exist");
     };
     if !matches!(peer.core.lock().state, QpState::Rtr | QpState::Rts) {
@@ -164,7 +169,9 @@ fn execute(fabric: &Fabric, qp: &QpShared, wr: &WorkRequest, rtr: Option<&RtrAtt
         Opcode::Write => Access(0),
     };
     let local_ok = mrs.get(&wr.lkey).is_some_and(|m| {
-        m.device_id == qp.device.id && m.contains(wr.local_addr, len) && m.access.contains(local_need)
+        m.device_id == qp.device.id
+            && m.contains(wr.local_addr, len)
+            && m.access.contains(local_need)
     });
     if !local_ok {
         return Outcome::Done(WcStatus::LocalProtectionError);
@@ -174,7 +181,9 @@ fn execute(fabric: &Fabric, qp: &QpShared, wr: &WorkRequest, rtr: Option<&RtrAtt
         Opcode::Write => Access::REMOTE_WRITE,
     };
     let remote_ok = mrs.get(&wr.rkey).is_some_and(|m| {
-        m.device_id == peer_dev.id && m.contains(wr.remote_addr, len) && m.access.contains(remote_need)
+        m.device_id == peer_dev.id
+            && m.contains(wr.remote_addr, len)
+            && m.access.contains(remote_need)
     });
     if !remote_ok {
         return Outcome::Done(WcStatus::RemoteAccessError);
@@ -190,7 +199,11 @@ fn execute(fabric: &Fabric, qp: &QpShared, wr: &WorkRequest, rtr: Option<&RtrAtt
         // be deregistered during the copy. `ptr::copy` allows overlap
         // (a QP looped back onto the same region).
         unsafe {
-            std::ptr::copy(src as usize as *const u8, dst as usize as *mut u8, len as usize);
+            std::ptr::copy(
+                src as usize as *const u8,
+                dst as usize as *mut u8,
+                len as usize,
+            );
         }
     }
     Outcome::Done(WcStatus::Success)

@@ -111,7 +111,10 @@ mod tests {
     fn device_names_parse_counts_and_lists() {
         assert_eq!(parse_device_names(None), vec!["soft0", "soft1"]);
         assert_eq!(parse_device_names(Some(" ")), vec!["soft0", "soft1"]);
-        assert_eq!(parse_device_names(Some("3")), vec!["soft0", "soft1", "soft2"]);
+        assert_eq!(
+            parse_device_names(Some("3")),
+            vec!["soft0", "soft1", "soft2"]
+        );
         assert!(parse_device_names(Some("0")).is_empty());
         assert_eq!(
             parse_device_names(Some("mlx5_0, mlx5_1,,mlx5_0")),

@@ -107,7 +107,10 @@ impl SoftQp {
         let (errno, delay) = {
             let mut dev = self.shared.device.faults.lock();
             let mut all = fabric.all_faults.lock();
-            let errno = dev.fail_next_modify.take().or_else(|| all.fail_next_modify.take());
+            let errno = dev
+                .fail_next_modify
+                .take()
+                .or_else(|| all.fail_next_modify.take());
             let delay = match to {
                 QpState::Rtr => dev.rtr_delay.or(all.rtr_delay),
                 QpState::Rts => dev.rts_delay.or(all.rts_delay),
@@ -121,7 +124,10 @@ impl SoftQp {
                 "ibv_modify_qp",
                 &Self::step(from, to),
                 errno,
-                &format!("QP {} on {}: injected fault", self.shared.qpn, self.shared.device.name),
+                &format!(
+                    "QP {} on {}: injected fault",
+                    self.shared.qpn, self.shared.device.name
+                ),
             ));
         }
         if let Some(d) = delay {
@@ -149,7 +155,11 @@ impl SoftQp {
                     "QP {} on {} is in state {from}{}",
                     self.shared.qpn,
                     self.shared.device.name,
-                    if detail.is_empty() { String::new() } else { format!(", {detail}") }
+                    if detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {detail}")
+                    }
                 ),
             ));
         }
@@ -178,7 +188,10 @@ impl Qp for SoftQp {
                 "ibv_modify_qp",
                 "reset→init",
                 libc::EINVAL,
-                &format!("port {} does not exist on {}", attrs.port, self.shared.device.name),
+                &format!(
+                    "port {} does not exist on {}",
+                    attrs.port, self.shared.device.name
+                ),
             ));
         }
         self.transition(QpState::Init, "", |_| {})
