@@ -38,14 +38,11 @@ impl RailState {
 
     /// Count an error on `path`; `immediate` pauses it at once.
     pub fn mark_failed(&mut self, path: &str, immediate: bool, now: Instant) {
-        let rail = self
-            .rails
-            .entry(path.to_string())
-            .or_insert(RailHealth {
-                error_count: 0,
-                pause_until: None,
-                last_error: now,
-            });
+        let rail = self.rails.entry(path.to_string()).or_insert(RailHealth {
+            error_count: 0,
+            pause_until: None,
+            last_error: now,
+        });
         if now.saturating_duration_since(rail.last_error) > RAIL_ERROR_WINDOW {
             rail.error_count = 0;
         }

@@ -181,12 +181,18 @@ mod tests {
         let mut b = HandshakeBackoff::new(BackoffConfig::default());
         b.on_attempt(t0);
         b.on_failure(t0);
-        assert_eq!(b.check(t0 + ms(49)), BackoffDecision::WaitUntil(t0 + ms(50)));
+        assert_eq!(
+            b.check(t0 + ms(49)),
+            BackoffDecision::WaitUntil(t0 + ms(50))
+        );
         assert_eq!(b.check(t0 + ms(50)), BackoffDecision::Attempt);
         let t1 = t0 + ms(50);
         b.on_attempt(t1);
         b.on_failure(t1);
-        assert_eq!(b.check(t1 + ms(99)), BackoffDecision::WaitUntil(t1 + ms(100)));
+        assert_eq!(
+            b.check(t1 + ms(99)),
+            BackoffDecision::WaitUntil(t1 + ms(100))
+        );
         assert_eq!(b.check(t1 + ms(100)), BackoffDecision::Attempt);
         assert_eq!(b.failures(), 2);
     }

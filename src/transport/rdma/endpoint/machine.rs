@@ -68,9 +68,12 @@ impl EndpointConfig {
 /// Progress of this side's active attempt in the current generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ActivePhase {
-    AwaitReply,
-    AwaitConfigure,
-    AwaitAckSent,
+    /// Waiting for the handshake RPC's reply.
+    Reply,
+    /// Waiting for our QPs to reach RTS.
+    Configure,
+    /// Waiting for the ready-ACK RPC to return.
+    AckSent,
 }
 
 /// A QP configuration handed to the driver and not yet reported back.
@@ -240,7 +243,7 @@ impl Endpoint {
                     lid: self.cfg.local_lid,
                 };
                 self.state = EndpointState::Connecting;
-                self.active = Some(ActivePhase::AwaitConfigure);
+                self.active = Some(ActivePhase::Configure);
                 self.configuring = Some(Configuring {
                     role: Role::Active,
                     peer: peer.clone(),
@@ -254,7 +257,7 @@ impl Endpoint {
             }
             EndpointState::Unconnected => {
                 self.state = EndpointState::Connecting;
-                self.active = Some(ActivePhase::AwaitReply);
+                self.active = Some(ActivePhase::Reply);
                 Ok(StartActive::SendHandshake {
                     generation: self.generation,
                     request: self.local_desc(false),
@@ -279,7 +282,7 @@ impl Endpoint {
             self.deferred_reply = Some((generation, reply));
             return Vec::new();
         }
-        if self.active != Some(ActivePhase::AwaitReply) {
+        if self.active != Some(ActivePhase::Reply) {
             debug!(
                 "RDMA endpoint {}: ignoring unexpected handshake reply",
                 self.cfg.peer_nic_path
@@ -324,7 +327,7 @@ impl Endpoint {
             gid: reply.local_gid.clone(),
             lid: reply.local_lid,
         };
-        self.active = Some(ActivePhase::AwaitConfigure);
+        self.active = Some(ActivePhase::Configure);
         self.configuring = Some(Configuring {
             role: Role::Active,
             peer: peer.clone(),
@@ -353,7 +356,7 @@ impl Endpoint {
             );
         }
         if reply.supports_ready_ack() {
-            self.active = Some(ActivePhase::AwaitAckSent);
+            self.active = Some(ActivePhase::AckSent);
             vec![Action::SendReadyAck {
                 generation: self.generation,
                 request: self.local_desc(true),
@@ -407,7 +410,7 @@ impl Endpoint {
                         if conf.peer_supports_ack {
                             // The active side's wait is the ACK RPC itself: no timer.
                             self.state = EndpointState::ConnectedWaitReadyAck;
-                            self.active = Some(ActivePhase::AwaitAckSent);
+                            self.active = Some(ActivePhase::AckSent);
                             vec![Action::SendReadyAck {
                                 generation: self.generation,
                                 request: self.local_desc(true),
@@ -449,7 +452,7 @@ impl Endpoint {
             // result belongs to QPs that no longer exist.
             return vec![self.stale_active("ready ACK")];
         }
-        if self.active != Some(ActivePhase::AwaitAckSent) {
+        if self.active != Some(ActivePhase::AckSent) {
             debug!(
                 "RDMA endpoint {}: ignoring duplicate ready ACK completion",
                 self.cfg.peer_nic_path

@@ -318,8 +318,7 @@ fn active_qp_setup_failure_rebuilds_and_reports_error() {
 #[test]
 fn active_ack_rejected_or_failed_retires() {
     let t0 = Instant::now();
-    let mut rejected = HandShakeDesc::default();
-    rejected.reply_msg = MSG_ACK_STALE.into();
+    let rejected = HandShakeDesc::rejected(MSG_ACK_STALE);
     for result in [Ok(rejected), Err(Error::Socket("reset by peer".into()))] {
         let (mut a, g, _) = active_waiting_for_ack(t0);
         let acts = a.on_ready_ack_sent(g, result, t0);
@@ -578,8 +577,14 @@ fn passive_request_with_new_qpns_retires_and_retries_on_fresh_endpoint() {
 fn passive_rejects_bad_requests_without_state_change() {
     let t0 = Instant::now();
     let cases = [
-        (desc(A, "10.0.0.2:15000@mlx5_1", &QA, Some(false)), "inconsistency"),
-        (desc("10.0.0.3:1@mlx5_0", B, &QA, Some(false)), "inconsistency"),
+        (
+            desc(A, "10.0.0.2:15000@mlx5_1", &QA, Some(false)),
+            "inconsistency",
+        ),
+        (
+            desc("10.0.0.3:1@mlx5_0", B, &QA, Some(false)),
+            "inconsistency",
+        ),
         (desc(A, B, &[1, 2, 3], Some(false)), MSG_QP_COUNT),
     ];
     for (req, want) in cases {
@@ -620,7 +625,9 @@ fn passive_qp_setup_failure_rebuilds_and_rejects() {
         t0,
     );
     assert_eq!(acts[0], Action::RebuildQps { generation: g + 1 });
-    assert!(reply_of(&acts).reply_msg.contains("Failed to modify QP to RTR"));
+    assert!(reply_of(&acts)
+        .reply_msg
+        .contains("Failed to modify QP to RTR"));
     assert_eq!(b.state(), EndpointState::Initializing);
 }
 
