@@ -920,3 +920,21 @@ fn simultaneous_open_with_legacy_reply_connects() {
     assert_eq!(acts, vec![Action::ActiveDone(Ok(()))]);
     assert_eq!(a.state(), EndpointState::Connected);
 }
+
+#[test]
+fn wire_form_signals_capability_by_key_presence() {
+    let t0 = Instant::now();
+    let mut a = ep_a();
+    let (_, req) = send_handshake(&mut a);
+    let json = serde_json::to_string(&req).unwrap();
+    assert!(json.contains("\"ready_ack\":false"), "{json}");
+    let (_, _, ack) = active_waiting_for_ack(t0);
+    let json = serde_json::to_string(&ack).unwrap();
+    assert!(json.contains("\"ready_ack\":true"), "{json}");
+    // The reply to an ACK is an empty desc without the key.
+    let mut b = passive_waiting_for_ack(t0);
+    let reply = reply_of(&b.on_handshake_request(&ack, t0));
+    let json = serde_json::to_string(&reply).unwrap();
+    assert!(!json.contains("ready_ack"), "{json}");
+    assert_eq!(b.state(), EndpointState::Connected);
+}
