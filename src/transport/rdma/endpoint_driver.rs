@@ -1,206 +1,185 @@
 //! Drives one endpoint (all RC QPs between a local device and one peer NIC
-//! path) with real QPs and handshake RPCs (spec §5.3-§5.6).
+//! path) with real QPs and handshake RPCs. Every decision comes from the
+//! pure state machine in `endpoint/`; this file only executes its actions
+//! (QP transitions, RPCs, retirement) and feeds the results back.
 //!
-//! Connection decisions (may we post, must we wait, connect or give up)
-//! come from the endpoint's state; QP transitions and RPCs happen here
-//! without holding the state lock, so a worker asking for the gate is never
-//! blocked behind a slow handshake.
+//! QP configuration runs under the endpoint lock, as the machine asks; a
+//! worker asking for the gate uses `try_lock` and treats a busy endpoint as
+//! `Wait`, so a slow handshake never stalls the worker's other peers. RPCs
+//! run unlocked.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::error::{Error, Result};
 use crate::metadata::handshake::HandShakeDesc;
 use crate::metadata::name;
 use crate::metadata::Metadata;
 
-use super::context::{parse_gid, QueuePair, WorkRequest};
-
-/// What a worker may do with slices queued for an endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Gate {
-    /// Connected and ready: post.
-    Post,
-    /// Connecting or waiting for the peer's ready ACK: keep slices queued,
-    /// consuming no retry.
-    Wait,
-    /// Never connected: this caller must start the active handshake.
-    Connect,
-    /// Retired, failed, or the ready ACK timed out: slices consume a retry.
-    Fail,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EpState {
-    Unconnected,
-    Connecting,
-    /// Our QPs are in RTS; the peer has not confirmed its own (ready ACK).
-    /// `since` is set on the passive side only (active never times out).
-    WaitReadyAck {
-        since: Option<Instant>,
-    },
-    Connected,
-    /// Retired: QPs in ERR, destroyed once the last WR completed.
-    Retired,
-}
-
-impl EpState {
-    pub fn label(&self) -> &'static str {
-        match self {
-            EpState::Unconnected => "unconnected",
-            EpState::Connecting => "connecting",
-            EpState::WaitReadyAck { .. } => "wait_ready_ack",
-            EpState::Connected => "connected",
-            EpState::Retired => "retired",
-        }
-    }
-
-    fn connected(&self) -> bool {
-        matches!(self, EpState::WaitReadyAck { .. } | EpState::Connected)
-    }
-}
+use super::context::{parse_gid, Device, QueuePair, WorkRequest};
+use super::endpoint::{
+    Action, Endpoint as Machine, EndpointConfig, EndpointState, Gate, PeerQps, StartActive,
+};
 
 /// Handshake behaviour of this transport.
 #[derive(Clone, Copy, Debug)]
 pub struct HandshakeMode {
-    /// Omit `ready_ack` (legacy peer behaviour; `MC_TE_RS_LEGACY_HANDSHAKE`).
+    /// Act as a legacy peer: omit `ready_ack` from what we send and ignore
+    /// it in what we receive (`MC_TE_RS_LEGACY_HANDSHAKE`, test switch).
     pub legacy: bool,
     /// `MC_READY_ACK_TIMEOUT_MS`.
     pub ack_timeout: Duration,
-    /// Test hook: do not send the ready ACK but act as if it was sent.
+    /// Test hook: do not send the ready ACK but act as if it was accepted.
     pub drop_ack: bool,
     /// Test hook: sleep before sending the ready ACK.
     pub ack_delay: Duration,
 }
 
-struct Inner {
-    state: EpState,
-    peer_qpns: Vec<u32>,
+/// The passive handler's verdict.
+pub enum PassiveOutcome {
+    Reply(HandShakeDesc),
+    /// This endpoint is retired: handle the request once more on a fresh one.
+    RetryFresh,
+}
+
+/// What executing a list of actions left for the caller.
+#[derive(Default)]
+struct Pending {
+    reply: Option<HandShakeDesc>,
+    retry_fresh: bool,
+    /// An RPC to make unlocked: (generation, request, is_ready_ack).
+    rpc: Option<(u64, HandShakeDesc, bool)>,
+    done: Option<Result<()>>,
+    timed_out: bool,
 }
 
 pub struct Endpoint {
     pub local_path: String,
     pub peer_path: String,
-    qps: Vec<Box<dyn QueuePair>>,
-    /// WRs posted and not yet completed, per QP.
-    outstanding: Vec<AtomicU32>,
+    device: Arc<dyn Device>,
+    qps: RwLock<Vec<Box<dyn QueuePair>>>,
+    /// WRs posted and not yet completed, per QP (fixed count: `num_qp`).
+    outstanding: Vec<std::sync::atomic::AtomicU32>,
     max_wr: u32,
-    gid: String,
-    lid: u16,
-    inner: Mutex<Inner>,
-    /// Serializes QP transitions (active and passive setup may overlap).
-    setup: Mutex<()>,
+    machine: Mutex<Machine>,
+    mode: HandshakeMode,
 }
 
-/// The passive handler's verdict.
-pub enum PassiveOutcome {
-    Reply(HandShakeDesc),
-    /// The endpoint was connected to an older QP generation of the peer
-    /// and is now retired: retry once on a fresh endpoint.
-    RetryFresh,
+fn create_qps(dev: &dyn Device, n: usize, max_wr: u32) -> Result<Vec<Box<dyn QueuePair>>> {
+    (0..n).map(|_| dev.create_qp(max_wr)).collect()
 }
 
 impl Endpoint {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         local_path: String,
         peer_path: String,
-        qps: Vec<Box<dyn QueuePair>>,
+        device: Arc<dyn Device>,
+        num_qp: usize,
         max_wr: u32,
         gid: String,
         lid: u16,
-    ) -> Endpoint {
-        let outstanding = qps.iter().map(|_| AtomicU32::new(0)).collect();
-        Endpoint {
+        generation: u64,
+        mode: HandshakeMode,
+    ) -> Result<Endpoint> {
+        let qps = create_qps(device.as_ref(), num_qp, max_wr)?;
+        let qpns = qps.iter().map(|q| q.qp_num()).collect();
+        let cfg = EndpointConfig::new(local_path.clone(), peer_path.clone(), gid, lid)
+            .with_ready_ack_timeout(mode.ack_timeout);
+        Ok(Endpoint {
             local_path,
             peer_path,
-            qps,
-            outstanding,
+            device,
+            qps: RwLock::new(qps),
+            outstanding: (0..num_qp)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
             max_wr,
-            gid,
-            lid,
-            inner: Mutex::new(Inner {
-                state: EpState::Unconnected,
-                peer_qpns: Vec::new(),
-            }),
-            setup: Mutex::new(()),
-        }
+            machine: Mutex::new(Machine::with_qps(cfg, generation, qpns)),
+            mode,
+        })
     }
 
-    pub fn state(&self) -> EpState {
-        self.inner.lock().state
+    pub fn state(&self) -> EndpointState {
+        self.machine.lock().state()
     }
 
     pub fn qp_nums(&self) -> Vec<u32> {
-        self.qps.iter().map(|q| q.qp_num()).collect()
+        self.qps.read().iter().map(|q| q.qp_num()).collect()
     }
 
     pub fn is_loopback(&self) -> bool {
         self.local_path == self.peer_path
     }
 
-    /// Decide for queued slices; `Connect` is returned to exactly one caller
-    /// (the state moves to Connecting atomically).
-    pub fn gate(&self, ack_timeout: Duration) -> Gate {
-        let mut g = self.inner.lock();
-        match g.state {
-            EpState::Connected => Gate::Post,
-            EpState::Connecting => Gate::Wait,
-            EpState::WaitReadyAck { since: Some(t) } if t.elapsed() >= ack_timeout => {
-                log::warn!(
-                    "endpoint {} -> {}: no ready ACK within {:?}, retiring it",
-                    self.local_path,
-                    self.peer_path,
-                    ack_timeout
-                );
-                self.retire_locked(&mut g);
-                Gate::Fail
+    fn outgoing(&self, mut d: HandShakeDesc) -> HandShakeDesc {
+        if self.mode.legacy {
+            d.ready_ack = None;
+        }
+        d
+    }
+
+    /// Run the machine's actions; RPCs are handed back to the caller.
+    fn execute(&self, m: &mut MutexGuard<'_, Machine>, actions: Vec<Action>, p: &mut Pending) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::SendHandshake {
+                    generation,
+                    request,
+                } => p.rpc = Some((generation, self.outgoing(request), false)),
+                Action::SendReadyAck {
+                    generation,
+                    request,
+                } => p.rpc = Some((generation, self.outgoing(request), true)),
+                Action::ConfigureQps {
+                    generation,
+                    role,
+                    peer,
+                } => {
+                    let r = self.configure(&peer);
+                    queue.extend(m.on_qps_configured(generation, role, r, Instant::now()));
+                }
+                Action::Reply(d) => p.reply = Some(self.outgoing(d)),
+                Action::RebuildQps { generation } => {
+                    let n = self.outstanding.len();
+                    let r = create_qps(self.device.as_ref(), n, self.max_wr).map(|v| {
+                        let qpns = v.iter().map(|q| q.qp_num()).collect();
+                        *self.qps.write() = v;
+                        qpns
+                    });
+                    queue.extend(m.on_qps_rebuilt(generation, r));
+                }
+                Action::Retire => {
+                    for q in self.qps.read().iter() {
+                        q.set_error();
+                    }
+                }
+                Action::RetryOnFreshEndpoint => p.retry_fresh = true,
+                Action::ActiveDone(r) => p.done = Some(r),
+                Action::TimedOut => p.timed_out = true,
             }
-            EpState::WaitReadyAck { .. } => Gate::Wait,
-            EpState::Unconnected => {
-                g.state = EpState::Connecting;
-                Gate::Connect
-            }
-            EpState::Retired => Gate::Fail,
         }
     }
 
-    /// Retire: QPs to ERR so outstanding WRs flush; QPs are destroyed when
-    /// the last `Arc<Endpoint>` (held by in-flight WRs) goes away.
-    pub fn retire(&self) {
-        let mut g = self.inner.lock();
-        self.retire_locked(&mut g);
-    }
-
-    fn retire_locked(&self, g: &mut Inner) {
-        if g.state == EpState::Retired {
-            return;
+    /// QP i → peer QP i, RESET→INIT→RTR→RTS.
+    fn configure(&self, peer: &PeerQps) -> Result<()> {
+        let gid = parse_gid(&peer.gid)
+            .ok_or_else(|| Error::RejectHandshake(format!("Invalid peer GID: {}", peer.gid)))?;
+        let qps = self.qps.read();
+        if qps.len() != peer.qpns.len() {
+            return Err(Error::RejectHandshake(format!(
+                "peer has {} QPs, we have {}",
+                peer.qpns.len(),
+                qps.len()
+            )));
         }
-        g.state = EpState::Retired;
-        for q in &self.qps {
-            q.set_error();
-        }
-    }
-
-    fn desc(&self, mode: HandshakeMode, ready_ack: bool) -> HandShakeDesc {
-        HandShakeDesc {
-            local_gid: self.gid.clone(),
-            local_lid: self.lid,
-            local_nic_path: self.local_path.clone(),
-            peer_nic_path: self.peer_path.clone(),
-            qp_num: self.qp_nums(),
-            ready_ack: if mode.legacy { None } else { Some(ready_ack) },
-            ..Default::default()
-        }
-    }
-
-    fn connect_qps(&self, peer_qpns: &[u32], gid: [u8; 16], lid: u16) -> Result<()> {
-        let _s = self.setup.lock();
-        for (q, &peer) in self.qps.iter().zip(peer_qpns) {
-            q.connect(peer, gid, lid).map_err(|e| {
+        for (q, &pq) in qps.iter().zip(&peer.qpns) {
+            q.connect(pq, gid, peer.lid).map_err(|e| {
                 Error::Endpoint(format!(
-                    "{} -> {}: QP {} to peer QP {peer}: {e}",
+                    "{} -> {}: QP {} to peer QP {pq}: {e}",
                     self.local_path,
                     self.peer_path,
                     q.qp_num()
@@ -210,208 +189,136 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Loopback: each QP connects to itself, no RPC.
-    pub fn connect_loopback(&self, gid: [u8; 16], lid: u16) -> Result<()> {
-        let own = self.qp_nums();
-        let r = self.connect_qps(&own, gid, lid);
-        let mut g = self.inner.lock();
-        match r {
-            Ok(()) if g.state == EpState::Connecting => {
-                g.peer_qpns = own;
-                g.state = EpState::Connected;
-                Ok(())
-            }
-            Ok(()) => Err(Error::Endpoint(
-                "endpoint retired during loopback setup".into(),
-            )),
-            Err(e) => {
-                self.retire_locked(&mut g);
-                Err(e)
+    /// Gate for a worker with queued slices. Busy endpoint → `Wait`.
+    pub fn gate(&self) -> Gate {
+        let Some(mut m) = self.machine.try_lock() else {
+            return Gate::Wait;
+        };
+        let now = Instant::now();
+        let acts = m.poll_timeout(now);
+        if !acts.is_empty() {
+            let mut p = Pending::default();
+            self.execute(&mut m, acts, &mut p);
+            if p.timed_out {
+                return Gate::Fail;
             }
         }
+        m.gate(now)
     }
 
-    /// Active setup (§5.3), run on a handshake thread after `gate` said
-    /// `Connect`. On failure the endpoint is retired.
-    pub fn connect_active(&self, meta: &Metadata, mode: HandshakeMode) -> Result<()> {
-        let r = self.connect_active_inner(meta, mode);
+    /// Retire (QPs to ERR; destroyed when the last in-flight WR released
+    /// its `Arc<Endpoint>`).
+    pub fn retire(&self, reason: &str) {
+        let mut m = self.machine.lock();
+        let acts = m.retire(reason);
+        self.execute(&mut m, acts, &mut Pending::default());
+    }
+
+    /// Active connect, run on a handshake thread after the gate said
+    /// `Connect`. Returns when the attempt is over.
+    pub fn connect_active(&self, meta: &Metadata) -> Result<()> {
+        let mut p = Pending::default();
+        {
+            let mut m = self.machine.lock();
+            match m.start_active()? {
+                StartActive::SendHandshake {
+                    generation,
+                    request,
+                } => p.rpc = Some((generation, self.outgoing(request), false)),
+                StartActive::Configure {
+                    generation,
+                    role,
+                    peer,
+                } => {
+                    let acts = vec![Action::ConfigureQps {
+                        generation,
+                        role,
+                        peer,
+                    }];
+                    self.execute(&mut m, acts, &mut p);
+                }
+                StartActive::AlreadyConnected | StartActive::WaitForHandshake => return Ok(()),
+            }
+        }
+        let server = name::split_nic_path(&self.peer_path)
+            .map(|(s, _)| s.to_string())
+            .ok_or_else(|| Error::InvalidArgument(format!("bad NIC path {}", self.peer_path)))?;
+        while let Some((generation, req, is_ack)) = p.rpc.take() {
+            let reply = if is_ack {
+                if !self.mode.ack_delay.is_zero() {
+                    std::thread::sleep(self.mode.ack_delay);
+                }
+                if self.mode.drop_ack {
+                    Ok(HandShakeDesc::default())
+                } else {
+                    meta.send_handshake(&server, &req)
+                }
+            } else {
+                meta.send_handshake(&server, &req).map(|mut r| {
+                    if self.mode.legacy {
+                        r.ready_ack = None;
+                    }
+                    r
+                })
+            };
+            let mut m = self.machine.lock();
+            let acts = if is_ack {
+                m.on_ready_ack_sent(generation, reply, Instant::now())
+            } else {
+                m.on_handshake_reply(generation, reply, Instant::now())
+            };
+            self.execute(&mut m, acts, &mut p);
+        }
+        let r = p.done.unwrap_or(Ok(()));
         if let Err(e) = &r {
             log::warn!(
                 "handshake {} -> {} failed: {e}",
                 self.local_path,
                 self.peer_path
             );
-            self.retire();
         }
         r
     }
 
-    fn connect_active_inner(&self, meta: &Metadata, mode: HandshakeMode) -> Result<()> {
-        let (server, _) = name::split_nic_path(&self.peer_path)
-            .ok_or_else(|| Error::InvalidArgument(format!("bad NIC path {}", self.peer_path)))?;
-        let req = self.desc(mode, false);
-        let reply = meta.send_handshake(server, &req)?;
-        if !reply.reply_msg.is_empty() {
-            return Err(Error::RejectHandshake(reply.reply_msg));
+    /// Passive side: answer a Connection RPC addressed to this endpoint.
+    pub fn on_request(&self, req: &HandShakeDesc) -> PassiveOutcome {
+        let mut req = req.clone();
+        if self.mode.legacy {
+            req.ready_ack = None;
         }
-        if reply.local_nic_path != self.peer_path || reply.peer_nic_path != self.local_path {
-            return Err(Error::RejectHandshake(format!(
-                "peer NIC path mismatch: expected {} + {}, got {} + {}",
-                self.peer_path, self.local_path, reply.local_nic_path, reply.peer_nic_path
-            )));
-        }
-        if reply.qp_num.len() != self.qps.len() {
-            return Err(Error::RejectHandshake(format!(
-                "peer has {} QPs per endpoint, we have {} (MC_NUM_QP_PER_EP must match)",
-                reply.qp_num.len(),
-                self.qps.len()
-            )));
-        }
-        let gid = parse_gid(&reply.local_gid).ok_or_else(|| {
-            Error::RejectHandshake(format!("invalid peer GID '{}'", reply.local_gid))
-        })?;
-        let wants_ack = reply.supports_ready_ack() && !mode.legacy;
-        {
-            let g = self.inner.lock();
-            match g.state {
-                EpState::Retired => return Err(Error::Endpoint("retired during handshake".into())),
-                // Simultaneous open: the peer's own handshake configured us.
-                s if s.connected() && g.peer_qpns != reply.qp_num => {
-                    return Err(Error::Endpoint(
-                        "simultaneous open with different peer QPs".into(),
-                    ))
-                }
-                _ => {}
-            }
-        }
-        let already = self.inner.lock().state.connected();
-        if !already {
-            self.connect_qps(&reply.qp_num, gid, reply.local_lid)?;
-        }
-        {
-            let mut g = self.inner.lock();
-            if g.state == EpState::Retired {
-                return Err(Error::Endpoint("retired during QP setup".into()));
-            }
-            g.peer_qpns = reply.qp_num.clone();
-            g.state = if wants_ack {
-                EpState::WaitReadyAck { since: None }
-            } else {
-                EpState::Connected
-            };
-        }
-        if wants_ack {
-            if !mode.ack_delay.is_zero() {
-                std::thread::sleep(mode.ack_delay);
-            }
-            if !mode.drop_ack {
-                let ack = meta.send_handshake(server, &self.desc(mode, true))?;
-                if !ack.reply_msg.is_empty() {
-                    return Err(Error::RejectHandshake(ack.reply_msg));
-                }
-            }
-            let mut g = self.inner.lock();
-            if !g.state.connected() {
-                return Err(Error::Endpoint(
-                    "reset while the ready ACK was in flight".into(),
-                ));
-            }
-            g.state = EpState::Connected;
-        }
-        Ok(())
-    }
-
-    /// Passive setup (§5.4) for a request addressed to this endpoint.
-    pub fn on_request(&self, req: &HandShakeDesc, mode: HandshakeMode) -> PassiveOutcome {
-        if req.is_ready_ack() {
-            let mut g = self.inner.lock();
-            if !g.state.connected() {
-                return PassiveOutcome::Reply(HandShakeDesc::rejected(
-                    "Received RDMA ready ACK for unconnected endpoint",
-                ));
-            }
-            if g.peer_qpns != req.qp_num {
-                return PassiveOutcome::Reply(HandShakeDesc::rejected(
-                    "Received stale RDMA ready ACK with mismatched peer QP numbers",
-                ));
-            }
-            g.state = EpState::Connected;
-            return PassiveOutcome::Reply(HandShakeDesc::default());
-        }
-        let peer_acks = req.supports_ready_ack() && !mode.legacy;
-        {
-            let mut g = self.inner.lock();
-            if g.state.connected() {
-                if g.peer_qpns == req.qp_num {
-                    if !peer_acks {
-                        g.state = EpState::Connected;
-                    }
-                    return PassiveOutcome::Reply(self.desc(mode, false));
-                }
-                self.retire_locked(&mut g);
-                return PassiveOutcome::RetryFresh;
-            }
-            if g.state == EpState::Retired {
-                return PassiveOutcome::RetryFresh;
-            }
-            if req.peer_nic_path != self.local_path || req.local_nic_path != self.peer_path {
-                return PassiveOutcome::Reply(HandShakeDesc::rejected(format!(
-                    "Invalid argument: peer nic path inconsistency, expect {} + {}, while got {} + {}",
-                    self.local_path, self.peer_path, req.peer_nic_path, req.local_nic_path
-                )));
-            }
-            if req.qp_num.len() != self.qps.len() {
-                return PassiveOutcome::Reply(HandShakeDesc::rejected(
-                    "QP count mismatch in peer and local endpoints, check MC_MAX_EP_PER_CTX",
-                ));
-            }
-            g.state = EpState::Connecting;
-        }
-        let gid = match parse_gid(&req.local_gid) {
-            Some(g) => g,
-            None => {
-                self.inner.lock().state = EpState::Unconnected;
-                return PassiveOutcome::Reply(HandShakeDesc::rejected(format!(
-                    "Invalid peer GID: {}",
-                    req.local_gid
-                )));
-            }
-        };
-        if let Err(e) = self.connect_qps(&req.qp_num, gid, req.local_lid) {
-            self.retire();
-            return PassiveOutcome::Reply(HandShakeDesc::rejected(format!(
-                "Failed to modify QP: {e}"
-            )));
-        }
-        let mut g = self.inner.lock();
-        if g.state == EpState::Retired {
+        let mut m = self.machine.lock();
+        let acts = m.on_handshake_request(&req, Instant::now());
+        let mut p = Pending::default();
+        self.execute(&mut m, acts, &mut p);
+        if p.retry_fresh {
             return PassiveOutcome::RetryFresh;
         }
-        g.peer_qpns = req.qp_num.clone();
-        g.state = if peer_acks {
-            EpState::WaitReadyAck {
-                since: Some(Instant::now()),
-            }
-        } else {
-            EpState::Connected
-        };
-        PassiveOutcome::Reply(self.desc(mode, false))
+        PassiveOutcome::Reply(p.reply.unwrap_or_else(|| {
+            HandShakeDesc::rejected(format!(
+                "Local RDMA endpoint unavailable for {}",
+                self.peer_path
+            ))
+        }))
     }
 
     /// Free WR slots on QP `i`.
     pub fn free_slots(&self, i: usize) -> u32 {
         self.max_wr
-            .saturating_sub(self.outstanding[i].load(Ordering::Acquire))
+            .saturating_sub(self.outstanding[i].load(std::sync::atomic::Ordering::Acquire))
     }
 
     pub fn num_qps(&self) -> usize {
-        self.qps.len()
+        self.outstanding.len()
     }
 
     /// Post a chain on QP `i`; returns how many WRs were accepted.
     pub fn post(&self, i: usize, wrs: &[WorkRequest]) -> Result<usize> {
+        use std::sync::atomic::Ordering;
         self.outstanding[i].fetch_add(wrs.len() as u32, Ordering::AcqRel);
-        let r = self.qps[i].post(wrs);
+        let r = match self.qps.read().get(i) {
+            Some(q) => q.post(wrs),
+            None => Err(Error::Endpoint(format!("no QP {i}"))),
+        };
         let accepted = *r.as_ref().unwrap_or(&0);
         let rejected = wrs.len() - accepted.min(wrs.len());
         if rejected > 0 {
@@ -422,13 +329,26 @@ impl Endpoint {
 
     /// A WR posted on QP `i` completed.
     pub fn completed(&self, i: usize) {
-        self.outstanding[i].fetch_sub(1, Ordering::AcqRel);
+        self.outstanding[i].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub fn outstanding(&self) -> u32 {
         self.outstanding
             .iter()
-            .map(|o| o.load(Ordering::Acquire))
+            .map(|o| o.load(std::sync::atomic::Ordering::Acquire))
             .sum()
+    }
+}
+
+/// Label for `showLinks`.
+pub fn state_label(s: EndpointState) -> &'static str {
+    match s {
+        EndpointState::Initializing => "initializing",
+        EndpointState::Unconnected => "unconnected",
+        EndpointState::Connecting => "connecting",
+        EndpointState::ConnectedWaitReadyAck => "wait_ready_ack",
+        EndpointState::Connected => "connected",
+        EndpointState::Destroying => "destroying",
+        EndpointState::Destroyed => "destroyed",
     }
 }

@@ -8,13 +8,16 @@
 //! the context's poller turns completions into task counters or retries.
 
 pub mod context;
+pub mod endpoint;
 pub mod endpoint_driver;
 pub mod memory;
 pub mod provider;
+pub mod rail;
 pub mod rails;
 pub mod selection;
 pub mod slicing;
 pub mod stats;
+pub mod verbs;
 pub mod worker;
 
 use std::sync::atomic::Ordering;
@@ -33,7 +36,8 @@ use crate::metadata::name;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 
 use context::RdmaContext;
-use endpoint_driver::{Endpoint, HandshakeMode, PassiveOutcome};
+use endpoint::GENERATION_STRIDE;
+use endpoint_driver::{state_label, Endpoint, HandshakeMode, PassiveOutcome};
 use memory::{MemoryTable, Region};
 use rails::RailBook;
 use selection::{select_device, select_peer_device, SelectionPolicy};
@@ -106,6 +110,7 @@ pub struct Shared {
     pub cfg: RdmaConfig,
     pub counters: Counters,
     pub rails: RailBook,
+    next_generation: std::sync::atomic::AtomicU64,
     me: Weak<Shared>,
 }
 
@@ -124,40 +129,38 @@ impl Shared {
         if let Some(e) = eps.get(peer) {
             return Ok(e.clone());
         }
-        let qps = (0..self.cfg.num_qp_per_ep)
-            .map(|_| dev.create_qp(self.cfg.max_wr))
-            .collect::<Result<Vec<_>>>()?;
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) * GENERATION_STRIDE;
         let ep = Arc::new(Endpoint::new(
             self.nic_path(&ctx.name),
             peer.to_string(),
-            qps,
+            dev.clone(),
+            self.cfg.num_qp_per_ep,
             self.cfg.max_wr,
             ctx.gid_string(),
             ctx.lid(),
-        ));
+            generation,
+            self.cfg.handshake,
+        )?);
         eps.insert(peer.to_string(), ep.clone());
         Ok(ep)
     }
 
     /// Run the active handshake for `ep` off the worker thread.
     pub fn start_handshake(&self, cw: Arc<ContextWorkers>, ep: Arc<Endpoint>) {
+        let meta = self.tctx.metadata.clone();
         if ep.is_loopback() {
-            if let Some(dev) = &cw.ctx.device {
-                if let Err(e) = ep.connect_loopback(dev.gid(), dev.lid()) {
-                    log::warn!("loopback endpoint {}: {e}", ep.peer_path);
-                }
+            // No RPC: QPs connect to themselves right here.
+            if ep.connect_active(&meta).is_ok() {
+                self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
             }
-            self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
             cw.wake_all();
             return;
         }
-        let meta = self.tctx.metadata.clone();
-        let mode = self.cfg.handshake;
         let me = self.me.clone();
         let spawned = std::thread::Builder::new()
             .name("te-rdma-handshake".into())
             .spawn(move || {
-                if ep.connect_active(&meta, mode).is_ok() {
+                if ep.connect_active(&meta).is_ok() {
                     if let Some(sh) = me.upgrade() {
                         sh.counters.handshakes.fetch_add(1, Ordering::Relaxed);
                     }
@@ -279,7 +282,7 @@ impl Shared {
     pub fn retire_context_endpoints(&self, ctx: &RdmaContext) {
         let eps: Vec<Arc<Endpoint>> = ctx.endpoints.lock().drain().map(|(_, e)| e).collect();
         for e in eps {
-            e.retire();
+            e.retire("local device down");
         }
     }
 }
@@ -341,6 +344,7 @@ impl RdmaTransport {
             cfg,
             counters: Counters::default(),
             rails: RailBook::new(Duration::from_secs(30)),
+            next_generation: std::sync::atomic::AtomicU64::new(1),
             me: me.clone(),
         });
         shared.rails.set_pause(shared.cfg.rail_pause);
@@ -598,7 +602,7 @@ impl Transport for RdmaTransport {
                     ))
                 }
             };
-            match ep.on_request(req, sh.cfg.handshake) {
+            match ep.on_request(req) {
                 PassiveOutcome::Reply(r) => {
                     if r.reply_msg.is_empty() {
                         sh.counters.handshakes.fetch_add(1, Ordering::Relaxed);
@@ -662,7 +666,7 @@ impl Transport for RdmaTransport {
                 endpoints.push(serde_json::json!({
                     "device": c.name,
                     "peer": peer,
-                    "state": ep.state().label(),
+                    "state": state_label(ep.state()),
                     "qpns": ep.qp_nums(),
                     "outstanding": ep.outstanding(),
                 }));

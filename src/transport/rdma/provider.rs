@@ -1,13 +1,261 @@
-//! TEMP stub
-use super::context::Device;
-use crate::error::{Error, Result};
+//! Adapts the verbs layer (`verbs::Provider`, ibverbs or soft) to the
+//! transport's device view in `context.rs`: one PD and one CQ per device,
+//! Mooncake's QP attributes, completion statuses classified for the worker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{env_i64, env_u64};
+use crate::engine::task::Opcode;
+use crate::error::{Error, Result};
+
+use super::context::{Completion, CompletionStatus, Device, MemoryRegion, QueuePair, WorkRequest};
+use super::verbs::{self, AsyncEventKind, WcStatus};
+
+/// Name of the provider `MC_RDMA_PROVIDER` selects.
 pub fn selected() -> &'static str {
-    "none"
+    verbs::provider().name()
 }
+
+/// Devices of the selected provider with an active port, in provider order
+/// (`MC_TE_FILTERS` narrows the list).
 pub fn discover() -> Vec<String> {
-    Vec::new()
+    let filters: Option<Vec<String>> = crate::config::env_str("MC_TE_FILTERS").map(|f| {
+        f.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    match verbs::provider().devices() {
+        Ok(devs) => devs
+            .into_iter()
+            .filter(|d| d.port_active)
+            .map(|d| d.name)
+            .filter(|n| filters.as_ref().is_none_or(|f| f.contains(n)))
+            .collect(),
+        Err(e) => {
+            log::warn!("RDMA device discovery failed: {e}");
+            Vec::new()
+        }
+    }
 }
-pub fn open(name: &str, _cq_depth: usize) -> Result<Arc<dyn Device>> {
-    Err(Error::DeviceNotFound(name.into()))
+
+/// Open `name` with a PD and one CQ of `cq_depth` entries.
+pub fn open(name: &str, cq_depth: usize) -> Result<Arc<dyn Device>> {
+    let provider = verbs::provider();
+    let ctx = provider.open(name, &verbs::OpenOptions::from_env())?;
+    let pd = ctx.alloc_pd()?;
+    let cq = ctx.create_cq(cq_depth)?;
+    let port = ctx.port_info().clone();
+    let mtu_cap = env_u64("MC_MTU", 4096, 256, 4096) as u32;
+    Ok(Arc::new(VerbsDevice {
+        name: name.to_string(),
+        ctx,
+        pd,
+        cq,
+        path_mtu: port.active_mtu.min(mtu_cap),
+        port,
+        down: AtomicBool::new(false),
+        caps: verbs::QpCaps {
+            max_send_sge: env_u64("MC_MAX_SGE", 4, 1, 65535) as u32,
+            max_recv_sge: env_u64("MC_MAX_SGE", 4, 1, 65535) as u32,
+            max_inline_data: env_u64("MC_MAX_INLINE", 64, 0, 65535) as u32,
+            ..Default::default()
+        },
+        traffic_class: env_i64("MC_IB_TC", 0, 0, 255) as u8,
+        sl: env_i64("MC_IB_SL", 0, 0, 15) as u8,
+    }))
+}
+
+struct VerbsDevice {
+    name: String,
+    ctx: Arc<dyn verbs::Context>,
+    pd: Arc<dyn verbs::Pd>,
+    cq: Arc<dyn verbs::Cq>,
+    port: verbs::PortInfo,
+    path_mtu: u32,
+    down: AtomicBool,
+    caps: verbs::QpCaps,
+    traffic_class: u8,
+    sl: u8,
+}
+
+struct VerbsMr(Box<dyn verbs::Mr>);
+
+impl MemoryRegion for VerbsMr {
+    fn lkey(&self) -> u32 {
+        self.0.lkey()
+    }
+    fn rkey(&self) -> u32 {
+        self.0.rkey()
+    }
+}
+
+struct VerbsQp {
+    qp: Arc<dyn verbs::Qp>,
+    port: u8,
+    gid_index: u8,
+    path_mtu: u32,
+    traffic_class: u8,
+    sl: u8,
+}
+
+impl QueuePair for VerbsQp {
+    fn qp_num(&self) -> u32 {
+        self.qp.qp_num()
+    }
+
+    fn connect(&self, peer_qpn: u32, peer_gid: [u8; 16], peer_lid: u16) -> Result<()> {
+        if self.qp.state() != verbs::QpState::Reset {
+            self.qp.reset()?;
+        }
+        self.qp.modify_to_init(&verbs::InitAttrs {
+            port: self.port,
+            ..Default::default()
+        })?;
+        self.qp.modify_to_rtr(&verbs::RtrAttrs {
+            dest_qp_num: peer_qpn,
+            dgid: peer_gid,
+            dlid: peer_lid,
+            path_mtu: self.path_mtu,
+            sgid_index: self.gid_index,
+            port: self.port,
+            traffic_class: self.traffic_class,
+            sl: self.sl,
+            ..Default::default()
+        })?;
+        self.qp.modify_to_rts(&verbs::RtsAttrs::default())
+    }
+
+    fn set_error(&self) {
+        if let Err(e) = self.qp.modify_to_err() {
+            log::debug!("QP {} to ERR: {e}", self.qp.qp_num());
+        }
+    }
+
+    fn post(&self, wrs: &[WorkRequest]) -> Result<usize> {
+        let v: Vec<verbs::WorkRequest> = wrs
+            .iter()
+            .map(|w| verbs::WorkRequest {
+                wr_id: w.wr_id,
+                opcode: match w.opcode {
+                    Opcode::Read => verbs::Opcode::Read,
+                    Opcode::Write => verbs::Opcode::Write,
+                },
+                local_addr: w.local_addr,
+                length: w.length,
+                lkey: w.lkey,
+                remote_addr: w.remote_addr,
+                rkey: w.rkey,
+                signaled: true,
+            })
+            .collect();
+        match self.qp.post_send(&v) {
+            Ok(()) => Ok(wrs.len()),
+            Err(e) if e.posted > 0 => {
+                log::warn!("post_send on QP {}: {e}", self.qp.qp_num());
+                Ok(e.posted)
+            }
+            Err(e) => Err(e.error),
+        }
+    }
+}
+
+fn classify(s: WcStatus) -> CompletionStatus {
+    match s {
+        WcStatus::Success => CompletionStatus::Success,
+        WcStatus::WrFlushError => CompletionStatus::Flushed,
+        s if s.is_local_fault() => CompletionStatus::LocalError,
+        _ => CompletionStatus::RemoteError,
+    }
+}
+
+impl Device for VerbsDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn gid(&self) -> [u8; 16] {
+        self.port.gid
+    }
+
+    fn lid(&self) -> u16 {
+        self.port.lid
+    }
+
+    fn register(&self, addr: u64, len: u64) -> Result<Box<dyn MemoryRegion>> {
+        let len = usize::try_from(len)
+            .map_err(|_| Error::InvalidArgument(format!("region length {len} too large")))?;
+        // SAFETY: the engine's registration contract: the caller keeps
+        // `[addr, addr+len)` allocated until it unregisters the region, and
+        // unregistering drops this MR (context.mrs) before returning.
+        let mr = unsafe { self.pd.reg_mr(addr, len, verbs::Access::ALL)? };
+        Ok(Box::new(VerbsMr(mr)))
+    }
+
+    fn create_qp(&self, max_wr: u32) -> Result<Box<dyn QueuePair>> {
+        let caps = verbs::QpCaps {
+            max_send_wr: max_wr,
+            max_recv_wr: max_wr,
+            ..self.caps
+        };
+        let qp = self.pd.create_qp(&self.cq, &caps)?;
+        Ok(Box::new(VerbsQp {
+            qp,
+            port: self.port.port,
+            gid_index: self.port.gid_index,
+            path_mtu: self.path_mtu,
+            traffic_class: self.traffic_class,
+            sl: self.sl,
+        }))
+    }
+
+    fn poll(&self, out: &mut Vec<Completion>, max: usize) -> usize {
+        match self.cq.poll(max) {
+            Ok(v) => {
+                let n = v.len();
+                out.extend(v.into_iter().map(|wc| Completion {
+                    wr_id: wc.wr_id,
+                    status: classify(wc.status),
+                }));
+                n
+            }
+            Err(e) => {
+                log::error!("CQ of {}: {e}", self.name);
+                self.down.store(true, Ordering::Release);
+                0
+            }
+        }
+    }
+
+    fn wait_completions(&self, timeout: Duration) {
+        // No completion channel in the verbs view: a short nap keeps an
+        // in-flight poller from spinning a core.
+        std::thread::sleep(timeout.min(Duration::from_micros(50)));
+    }
+
+    fn is_down(&self) -> bool {
+        loop {
+            match self.ctx.poll_async_event() {
+                Ok(Some(ev)) => match ev.kind {
+                    AsyncEventKind::DeviceFatal
+                    | AsyncEventKind::PortErr
+                    | AsyncEventKind::CqErr
+                    | AsyncEventKind::WqFatal
+                    | AsyncEventKind::LidChange => {
+                        log::warn!("RDMA device {}: async event {:?}", self.name, ev.kind);
+                        self.down.store(true, Ordering::Release);
+                    }
+                    other => log::info!("RDMA device {}: async event {other:?}", self.name),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    log::warn!("async events of {}: {e}", self.name);
+                    break;
+                }
+            }
+        }
+        self.down.load(Ordering::Acquire)
+    }
 }

@@ -14,7 +14,8 @@ use crate::engine::task::{Opcode, Task};
 use crate::metadata::SegmentId;
 
 use super::context::{Completion, CompletionStatus, RdmaContext, WorkRequest};
-use super::endpoint_driver::{Endpoint, Gate};
+use super::endpoint::Gate;
+use super::endpoint_driver::Endpoint;
 use super::Shared;
 
 /// One piece of a task on its way to the peer.
@@ -267,7 +268,7 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
             return true;
         }
     };
-    match ep.gate(sh.cfg.handshake.ack_timeout) {
+    match ep.gate() {
         Gate::Post => {
             let posted = post_slices(sh, cw, &ep, &mut slices);
             me.put_back(path, slices);
@@ -412,7 +413,7 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, comps: &mut Vec<Completion>) -> b
                     .error_completions
                     .fetch_add(1, Ordering::Relaxed);
                 let path = f.slice.peer_path.clone();
-                f.ep.retire();
+                f.ep.retire("work completion error");
                 cw.ctx.forget_endpoint(&path, &f.ep);
                 sh.rails
                     .failed(&path, sh.has_alternative_rail(f.slice.target_id, &path));
@@ -444,7 +445,7 @@ fn sweep_timeouts(sh: &Shared, cw: &ContextWorkers) {
         );
         f.ep.completed(f.qp);
         cw.ctx.stats.finished(f.slice.length, false);
-        f.ep.retire();
+        f.ep.retire("slice timeout");
         cw.ctx.forget_endpoint(&f.slice.peer_path, &f.ep);
         sh.fail_slice(f.slice);
     }
