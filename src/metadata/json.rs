@@ -104,7 +104,10 @@ mod tests {
     fn keys_sorted_and_compact() {
         let v = json!({"b": 1, "a": [true, null, "x"], "B": {}});
         assert_eq!(to_compact(&v), r#"{"B":{},"a":[true,null,"x"],"b":1}"#);
-        assert_eq!(to_fast_writer(&v), "{\"B\":{},\"a\":[true,null,\"x\"],\"b\":1}\n");
+        assert_eq!(
+            to_fast_writer(&v),
+            "{\"B\":{},\"a\":[true,null,\"x\"],\"b\":1}\n"
+        );
     }
 
     #[test]
@@ -127,6 +130,9 @@ mod tests {
 
     #[test]
     fn integers_plain() {
-        assert_eq!(to_compact(&json!([0, u64::MAX, -5])), "[0,18446744073709551615,-5]");
+        assert_eq!(
+            to_compact(&json!([0, u64::MAX, -5])),
+            "[0,18446744073709551615,-5]"
+        );
     }
 }

@@ -243,10 +243,16 @@ mod tests {
         e.push(2);
         assert!(matches!(decode(&e, MAX), Err(Error::MalformedJson(_))));
         let garbage = encode(Framing::Typed(MsgType::Notify), "{not json");
-        assert!(matches!(decode(&garbage, MAX), Err(Error::MalformedJson(_))));
+        assert!(matches!(
+            decode(&garbage, MAX),
+            Err(Error::MalformedJson(_))
+        ));
         let mut bad_utf8 = 3u64.to_ne_bytes().to_vec();
         bad_utf8.extend_from_slice(&[2, 0xff, 0xfe]);
-        assert!(matches!(decode(&bad_utf8, MAX), Err(Error::MalformedJson(_))));
+        assert!(matches!(
+            decode(&bad_utf8, MAX),
+            Err(Error::MalformedJson(_))
+        ));
         let full = encode(Framing::Typed(MsgType::Probe), "{}\n");
         assert!(decode(&full[..full.len() - 1], MAX).is_err());
         assert!(decode(&full[..5], MAX).is_err());
@@ -259,7 +265,9 @@ mod tests {
     fn probes_are_named() {
         let e = decode(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", MAX).unwrap_err();
         assert!(e.to_string().contains("HTTP"), "{e}");
-        let tls = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+        let tls = [
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ];
         let e = decode(&tls, MAX).unwrap_err();
         assert!(e.to_string().contains("TLS"), "{e}");
     }
