@@ -98,7 +98,12 @@ impl HandshakeServer {
             let _ = stream.shutdown(Shutdown::Both);
         }
         let threads = std::mem::take(&mut *self.conns.threads.lock());
+        let me = std::thread::current().id();
         for t in threads {
+            // A handler that stops its own daemon must not join itself.
+            if t.thread().id() == me {
+                continue;
+            }
             if t.join().is_err() {
                 log::error!("handshake connection thread panicked");
             }
