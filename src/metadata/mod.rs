@@ -6,6 +6,7 @@
 
 pub mod descriptor;
 pub mod handshake;
+pub mod http_server;
 pub mod json;
 pub mod name;
 pub mod store;
@@ -138,9 +139,17 @@ impl Metadata {
         }
     }
 
+    /// A value as Mooncake writes it to this store (spec §3.1).
+    fn store_text<T: serde::Serialize>(&self, value: &T) -> String {
+        match &self.store {
+            Some(s) if s.trailing_newline() => json::to_fast_writer(value),
+            _ => json::to_compact(value),
+        }
+    }
+
     pub fn publish_rpc_meta(&self, meta: &RpcMeta) -> Result<()> {
         let key = self.rpc_meta_key(&self.local_name());
-        self.store_set(&key, &json::to_compact(meta))
+        self.store_set(&key, &self.store_text(meta))
     }
 
     pub fn remove_rpc_meta(&self) {
@@ -157,7 +166,7 @@ impl Metadata {
         let desc = Arc::new(desc);
         *self.local_desc.write() = Some(desc.clone());
         let key = self.ram_key(&desc.name);
-        self.store_set(&key, &json::to_compact(&*desc))
+        self.store_set(&key, &self.store_text(&*desc))
     }
 
     pub fn local_desc(&self) -> Option<Arc<SegmentDesc>> {
