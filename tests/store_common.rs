@@ -197,3 +197,36 @@ pub fn cluster_isolation(conn: &str, raw: &dyn MetadataStore, trailing_newline: 
     a.remove_local_desc();
     assert_eq!(raw.get(&key).unwrap(), None);
 }
+
+/// Tests that restart a shared server take this for writing; all others
+/// hold it for reading, so nobody else sees the outage.
+pub static SERVICE_LOCK: parking_lot::RwLock<()> = parking_lot::RwLock::new(());
+
+/// `scripts/services.sh restart <which>`, failing the test if it fails.
+pub fn restart_service(which: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/services.sh");
+    let out = std::process::Command::new("bash")
+        .args([script, "restart", which])
+        .output()
+        .expect("run scripts/services.sh");
+    assert!(
+        out.status.success(),
+        "services.sh restart {which} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Wait (bounded) until `f` succeeds; returns its last error otherwise.
+pub fn eventually<T, E: std::fmt::Debug>(
+    limit: Duration,
+    mut f: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => panic!("still failing after {limit:?}: {e:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
