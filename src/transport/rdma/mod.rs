@@ -4,6 +4,7 @@
 
 pub mod endpoint;
 pub mod rail;
+pub mod verbs;
 
 use std::sync::Arc;
 
@@ -13,7 +14,17 @@ use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 
 /// Names of usable RDMA devices from the selected provider, in order.
 pub fn discover_devices() -> Vec<String> {
-    Vec::new()
+    match verbs::provider().devices() {
+        Ok(devices) => devices
+            .into_iter()
+            .filter(|d| d.port_active)
+            .map(|d| d.name)
+            .collect(),
+        Err(e) => {
+            log::warn!("RDMA device discovery failed: {e}");
+            Vec::new()
+        }
+    }
 }
 
 pub struct RdmaTransport {

@@ -1,0 +1,132 @@
+//! Fault injection on the soft fabric, for tests of timeouts and failover.
+//!
+//! Faults are scoped to one device by name or to all devices; tests should
+//! use their own device names (see `SoftProvider::with_devices`) so that
+//! parallel tests do not see each other's faults.
+
+use std::time::Duration;
+
+use super::fabric::fabric;
+use crate::error::{Error, Result};
+use crate::transport::rdma::verbs::types::{AsyncEvent, AsyncEventKind, QpState};
+
+/// Where a fault applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope<'a> {
+    Device(&'a str),
+    All,
+}
+
+/// Faults pending on a device (or on all devices).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FaultSet {
+    pub rtr_delay: Option<Duration>,
+    pub rts_delay: Option<Duration>,
+    pub drop_next: u64,
+    pub fail_next_modify: Option<i32>,
+}
+
+fn with_faults<R>(scope: Scope<'_>, f: impl FnOnce(&mut FaultSet) -> R) -> Result<R> {
+    let fabric = fabric();
+    match scope {
+        Scope::All => Ok(f(&mut fabric.all_faults.lock())),
+        Scope::Device(name) => {
+            let dev = fabric
+                .device(name)
+                .ok_or_else(|| Error::DeviceNotFound(format!("soft device {name}")))?;
+            let r = f(&mut dev.faults.lock());
+            Ok(r)
+        }
+    }
+}
+
+/// Every `modify_to_rtr` (`to == Rtr`) or `modify_to_rts` (`to == Rts`) of a
+/// QP in `scope` sleeps `delay` first (`None` clears). Other states are
+/// refused.
+pub fn delay_transition(scope: Scope<'_>, to: QpState, delay: Option<Duration>) -> Result<()> {
+    match to {
+        QpState::Rtr => with_faults(scope, |f| f.rtr_delay = delay),
+        QpState::Rts => with_faults(scope, |f| f.rts_delay = delay),
+        other => Err(Error::InvalidArgument(format!(
+            "only rtr and rts transitions can be delayed, not {other}"
+        ))),
+    }
+}
+
+/// The next `n` WRs sent from or to a device in `scope` are lost (they end
+/// `RetryExceeded` after the retry timeout).
+pub fn drop_next_packets(scope: Scope<'_>, n: u64) -> Result<()> {
+    with_faults(scope, |f| f.drop_next = n)
+}
+
+/// The next `modify_qp` of a QP in `scope` fails with `errno` and leaves the
+/// QP's state unchanged.
+pub fn fail_next_modify(scope: Scope<'_>, errno: i32) -> Result<()> {
+    with_faults(scope, |f| f.fail_next_modify = Some(errno))
+}
+
+/// Clear all pending faults in `scope` (ports are left as they are).
+pub fn clear(scope: Scope<'_>) -> Result<()> {
+    with_faults(scope, |f| *f = FaultSet::default())
+}
+
+/// Take the port of `device` down: WRs from or to it are lost, and its
+/// contexts get `PORT_ERR` (or `DEVICE_FATAL` when `fatal`).
+pub fn port_down(device: &str, fatal: bool) -> Result<()> {
+    let dev = fabric()
+        .device(device)
+        .ok_or_else(|| Error::DeviceNotFound(format!("soft device {device}")))?;
+    {
+        let mut p = dev.port.lock();
+        p.down = true;
+        p.fatal |= fatal;
+    }
+    dev.raise(AsyncEvent {
+        kind: if fatal {
+            AsyncEventKind::DeviceFatal
+        } else {
+            AsyncEventKind::PortErr
+        },
+        port: 1,
+        qp_num: None,
+    });
+    Ok(())
+}
+
+/// Bring the port of `device` back (`PORT_ACTIVE`).
+pub fn port_up(device: &str) -> Result<()> {
+    let dev = fabric()
+        .device(device)
+        .ok_or_else(|| Error::DeviceNotFound(format!("soft device {device}")))?;
+    *dev.port.lock() = Default::default();
+    dev.raise(AsyncEvent {
+        kind: AsyncEventKind::PortActive,
+        port: 1,
+        qp_num: None,
+    });
+    Ok(())
+}
+
+/// Set the simulated transport retry timeout of the whole fabric (how long
+/// a lost WR takes to end `RetryExceeded`).
+pub fn set_retry_timeout(timeout: Duration) {
+    *fabric().retry_timeout.lock() = timeout;
+}
+
+pub fn retry_timeout() -> Duration {
+    fabric().retry_timeout()
+}
+
+/// Consume one dropped-packet credit of `dev` or of the fabric.
+pub(crate) fn take_drop(dev_faults: &mut FaultSet) -> bool {
+    if dev_faults.drop_next > 0 {
+        dev_faults.drop_next -= 1;
+        return true;
+    }
+    let mut all = fabric().all_faults.lock();
+    if all.drop_next > 0 {
+        all.drop_next -= 1;
+        return true;
+    }
+    false
+}
