@@ -279,10 +279,10 @@ impl Shared {
         }
     }
 
-    pub fn retire_context_endpoints(&self, ctx: &RdmaContext) {
+    pub fn retire_context_endpoints(&self, ctx: &RdmaContext, reason: &str) {
         let eps: Vec<Arc<Endpoint>> = ctx.endpoints.lock().drain().map(|(_, e)| e).collect();
         for e in eps {
-            e.retire("local device down");
+            e.retire(reason);
         }
     }
 }
@@ -699,7 +699,7 @@ impl Transport for RdmaTransport {
             for f in infl {
                 sh.fail_slice(f.slice);
             }
-            sh.retire_context_endpoints(&cw.ctx);
+            sh.retire_context_endpoints(&cw.ctx, "transport shutdown");
             cw.ctx.mrs.lock().clear();
         }
         sh.memory.write().clear();

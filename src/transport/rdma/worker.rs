@@ -246,7 +246,7 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
     }
     if !cw.ctx.is_active() {
         // Device down: move the slices to another context, no retry consumed.
-        sh.retire_context_endpoints(&cw.ctx);
+        sh.retire_context_endpoints(&cw.ctx, "local device down");
         for s in slices {
             sh.reroute(s);
         }
