@@ -145,8 +145,6 @@ fn race_rounds(legacy: bool, rounds: u32) -> u64 {
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let rtr = Duration::from_millis(80 + (seed >> 16) as u64 % 120);
         let rts = Duration::from_millis((seed >> 8) as u64 % 40);
-        fault::delay_transition(Scope::Device("race0"), QpState::Rtr, Some(rtr)).unwrap();
-        fault::delay_transition(Scope::Device("race0"), QpState::Rts, Some(rts)).unwrap();
         let vars: &[(&str, &str)] = if legacy {
             &[("MC_TE_RS_LEGACY_HANDSHAKE", "1")]
         } else {
@@ -154,6 +152,9 @@ fn race_rounds(legacy: bool, rounds: u32) -> u64 {
         };
         let a = engine_with(&["race0"], vars);
         let b = rdma_engine(&["race1"]);
+        // After install: the fabric creates the device when it is opened.
+        fault::delay_transition(Scope::Device("race0"), QpState::Rtr, Some(rtr)).unwrap();
+        fault::delay_transition(Scope::Device("race0"), QpState::Rts, Some(rts)).unwrap();
         let (st, ok) = cross_write(&a, &b, 256 << 10, r as u8);
         fault::clear(Scope::Device("race0")).unwrap();
         let errs = counter(&b, "error_completions");

@@ -109,8 +109,9 @@ pub fn wait_batch(e: &TransferEngine, b: u64, n: usize, timeout: Duration) -> Ve
         }
         assert!(
             Instant::now() < deadline,
-            "batch not done within {timeout:?}: {:?}",
-            st.iter().map(|s| s.status).collect::<Vec<_>>()
+            "batch not done within {timeout:?}: {:?}\nlinks: {}",
+            st.iter().map(|s| s.status).collect::<Vec<_>>(),
+            links(e)
         );
         std::thread::sleep(Duration::from_millis(2));
     }

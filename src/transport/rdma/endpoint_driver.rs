@@ -65,6 +65,9 @@ pub struct Endpoint {
     max_wr: u32,
     machine: Mutex<Machine>,
     mode: HandshakeMode,
+    /// The last active attempt failed: the slices that waited for it pay
+    /// one retry (told once through the gate).
+    handshake_failed: std::sync::atomic::AtomicBool,
 }
 
 fn create_qps(dev: &dyn Device, n: usize, max_wr: u32) -> Result<Vec<Box<dyn QueuePair>>> {
@@ -99,6 +102,7 @@ impl Endpoint {
             max_wr,
             machine: Mutex::new(Machine::with_qps(cfg, generation, qpns)),
             mode,
+            handshake_failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -191,6 +195,12 @@ impl Endpoint {
 
     /// Gate for a worker with queued slices. Busy endpoint → `Wait`.
     pub fn gate(&self) -> Gate {
+        if self
+            .handshake_failed
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Gate::Fail;
+        }
         let Some(mut m) = self.machine.try_lock() else {
             return Gate::Wait;
         };
@@ -271,6 +281,8 @@ impl Endpoint {
         }
         let r = p.done.unwrap_or(Ok(()));
         if let Err(e) = &r {
+            self.handshake_failed
+                .store(true, std::sync::atomic::Ordering::Release);
             log::warn!(
                 "handshake {} -> {} failed: {e}",
                 self.local_path,

@@ -415,8 +415,12 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, comps: &mut Vec<Completion>) -> b
                 let path = f.slice.peer_path.clone();
                 f.ep.retire("work completion error");
                 cw.ctx.forget_endpoint(&path, &f.ep);
-                sh.rails
-                    .failed(&path, sh.has_alternative_rail(f.slice.target_id, &path));
+                // A dead local device is not the peer rail's fault.
+                let local_fault = c.status == CompletionStatus::LocalError || !cw.ctx.is_active();
+                if !local_fault {
+                    sh.rails
+                        .failed(&path, sh.has_alternative_rail(f.slice.target_id, &path));
+                }
                 sh.retry_or_fail(f.slice, "work completion error");
             }
         }
