@@ -6,7 +6,9 @@
 
 pub mod descriptor;
 pub mod handshake;
+pub mod http_server;
 pub mod json;
+mod keeper;
 pub mod name;
 pub mod store;
 
@@ -48,6 +50,9 @@ pub struct Metadata {
     connection_handler: RwLock<Option<ConnectionHandler>>,
     server: Mutex<Option<HandshakeServer>>,
     cache_disabled: bool,
+    /// What we published, so the keeper can put it back if the store lost it.
+    published_rpc: Mutex<Option<RpcMeta>>,
+    keeper: Mutex<Option<keeper::Keeper>>,
 }
 
 impl Metadata {
@@ -77,6 +82,8 @@ impl Metadata {
             connection_handler: RwLock::new(None),
             server: Mutex::new(None),
             cache_disabled: crate::config::env_is_set("MC_DISABLE_METACACHE"),
+            published_rpc: Mutex::new(None),
+            keeper: Mutex::new(None),
         }))
     }
 
@@ -138,12 +145,60 @@ impl Metadata {
         }
     }
 
-    pub fn publish_rpc_meta(&self, meta: &RpcMeta) -> Result<()> {
+    /// A value as Mooncake writes it to this store (spec §3.1).
+    fn store_text<T: serde::Serialize>(&self, value: &T) -> String {
+        match &self.store {
+            Some(s) if s.trailing_newline() => json::to_fast_writer(value),
+            _ => json::to_compact(value),
+        }
+    }
+
+    pub fn publish_rpc_meta(self: &Arc<Self>, meta: &RpcMeta) -> Result<()> {
         let key = self.rpc_meta_key(&self.local_name());
-        self.store_set(&key, &json::to_compact(meta))
+        self.store_set(&key, &self.store_text(meta))?;
+        *self.published_rpc.lock() = Some(meta.clone());
+        let mut k = self.keeper.lock();
+        if k.is_none() && self.store.is_some() {
+            *k = Some(keeper::Keeper::start(Arc::downgrade(self)));
+        }
+        Ok(())
+    }
+
+    /// Put our keys back if the store lost them (e.g. a metadata server
+    /// restarted without persistence). Returns whether anything was restored.
+    pub fn restore_lost_keys(&self) -> Result<bool> {
+        let Some(s) = &self.store else {
+            return Ok(false);
+        };
+        let Some(meta) = self.published_rpc.lock().clone() else {
+            return Ok(false);
+        };
+        let name = self.local_name();
+        let mut restored = false;
+        if s.get(&self.rpc_meta_key(&name))?.is_none() {
+            s.set(&self.rpc_meta_key(&name), &self.store_text(&meta))?;
+            restored = true;
+        }
+        if let Some(desc) = self.local_desc() {
+            if s.get(&self.ram_key(&name))?.is_none() {
+                s.set(&self.ram_key(&name), &self.store_text(&*desc))?;
+                restored = true;
+            }
+        }
+        if restored {
+            log::warn!(
+                "metadata store {} had lost the keys of '{name}'; published them again",
+                s.describe()
+            );
+        }
+        Ok(restored)
     }
 
     pub fn remove_rpc_meta(&self) {
+        self.published_rpc.lock().take();
+        if let Some(k) = self.keeper.lock().take() {
+            k.stop();
+        }
         if let Some(s) = &self.store {
             let key = self.rpc_meta_key(&self.local_name());
             if let Err(e) = s.remove(&key) {
@@ -157,7 +212,7 @@ impl Metadata {
         let desc = Arc::new(desc);
         *self.local_desc.write() = Some(desc.clone());
         let key = self.ram_key(&desc.name);
-        self.store_set(&key, &json::to_compact(&*desc))
+        self.store_set(&key, &self.store_text(&*desc))
     }
 
     pub fn local_desc(&self) -> Option<Arc<SegmentDesc>> {
@@ -398,6 +453,9 @@ impl Metadata {
 
     /// Stop the daemon; called once on engine destroy.
     pub fn shutdown(&self) {
+        if let Some(k) = self.keeper.lock().take() {
+            k.stop();
+        }
         if let Some(server) = self.server.lock().take() {
             server.stop();
         }
