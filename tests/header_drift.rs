@@ -206,16 +206,20 @@ fn drift(header: &Api, rust: &Api) -> Vec<String> {
     let mut out = Vec::new();
     for (name, sig) in &header.functions {
         match rust.functions.get(name) {
-            None => out.push(format!("function {name} is in the header but not exported by Rust")),
-            Some(r) if r != sig => out.push(format!(
-                "function {name}: header {sig:?} vs Rust {r:?}"
+            None => out.push(format!(
+                "function {name} is in the header but not exported by Rust"
             )),
+            Some(r) if r != sig => {
+                out.push(format!("function {name}: header {sig:?} vs Rust {r:?}"))
+            }
             _ => {}
         }
     }
     for name in rust.functions.keys() {
         if !header.functions.contains_key(name) {
-            out.push(format!("function {name} is exported by Rust but not in the header"));
+            out.push(format!(
+                "function {name} is exported by Rust but not in the header"
+            ));
         }
     }
     for (name, fields) in &header.structs {
@@ -291,7 +295,11 @@ fn normalisation_resolves_aliases() {
     assert_eq!(params, &["void *", "uint64_t", "notify_msg"]);
     assert_eq!(
         header.structs["nic_load_stat"],
-        ["char device_name[64]", "uint64_t inflight_bytes", "double ewma_bandwidth_bps"]
+        [
+            "char device_name[64]",
+            "uint64_t inflight_bytes",
+            "double ewma_bandwidth_bps"
+        ]
     );
     assert_eq!(header.constants["INVALID_BATCH"], "UINT64_MAX");
 }
@@ -304,14 +312,32 @@ fn detects_every_kind_of_drift() {
     let mutations: &[(&str, &str)] = &[
         ("int freeBatchID(", "int freeBatchId("),
         ("size_t task_id,", "uint64_t task_id,"),
-        ("int closeSegment(transfer_engine_t engine, segment_id_t segment_id);", ""),
-        ("int syncSegmentCache(transfer_engine_t engine);", "int syncSegmentCache(transfer_engine_t engine);\nint extraFunction(void);"),
-        ("    uint64_t inflight_bytes;", "    uint32_t inflight_bytes;"),
+        (
+            "int closeSegment(transfer_engine_t engine, segment_id_t segment_id);",
+            "",
+        ),
+        (
+            "int syncSegmentCache(transfer_engine_t engine);",
+            "int syncSegmentCache(transfer_engine_t engine);\nint extraFunction(void);",
+        ),
+        (
+            "    uint64_t inflight_bytes;",
+            "    uint32_t inflight_bytes;",
+        ),
         ("    char device_name[64];", "    char device_name[32];"),
-        ("    void *addr;\n    size_t length;", "    size_t length;\n    void *addr;"),
+        (
+            "    void *addr;\n    size_t length;",
+            "    size_t length;\n    void *addr;",
+        ),
         ("#define STATUS_FAILED (6)", "#define STATUS_FAILED (7)"),
-        ("#define segment_id_t int32_t", "#define segment_id_t int64_t"),
-        ("void enableGracefulShutdown(transfer_engine_t engine);", "int enableGracefulShutdown(transfer_engine_t engine);"),
+        (
+            "#define segment_id_t int32_t",
+            "#define segment_id_t int64_t",
+        ),
+        (
+            "void enableGracefulShutdown(transfer_engine_t engine);",
+            "int enableGracefulShutdown(transfer_engine_t engine);",
+        ),
     ];
     for (from, to) in mutations {
         assert!(good.contains(from), "mutation source not found: {from}");
