@@ -7,6 +7,7 @@
 pub mod descriptor;
 pub mod handshake;
 pub mod json;
+mod keeper;
 pub mod name;
 pub mod store;
 
@@ -48,6 +49,9 @@ pub struct Metadata {
     connection_handler: RwLock<Option<ConnectionHandler>>,
     server: Mutex<Option<HandshakeServer>>,
     cache_disabled: bool,
+    /// What we published, so the keeper can put it back if the store lost it.
+    published_rpc: Mutex<Option<RpcMeta>>,
+    keeper: Mutex<Option<keeper::Keeper>>,
 }
 
 impl Metadata {
@@ -77,6 +81,8 @@ impl Metadata {
             connection_handler: RwLock::new(None),
             server: Mutex::new(None),
             cache_disabled: crate::config::env_is_set("MC_DISABLE_METACACHE"),
+            published_rpc: Mutex::new(None),
+            keeper: Mutex::new(None),
         }))
     }
 
@@ -138,12 +144,52 @@ impl Metadata {
         }
     }
 
-    pub fn publish_rpc_meta(&self, meta: &RpcMeta) -> Result<()> {
+    pub fn publish_rpc_meta(self: &Arc<Self>, meta: &RpcMeta) -> Result<()> {
         let key = self.rpc_meta_key(&self.local_name());
-        self.store_set(&key, &json::to_compact(meta))
+        self.store_set(&key, &json::to_compact(meta))?;
+        *self.published_rpc.lock() = Some(meta.clone());
+        let mut k = self.keeper.lock();
+        if k.is_none() && self.store.is_some() {
+            *k = Some(keeper::Keeper::start(Arc::downgrade(self)));
+        }
+        Ok(())
+    }
+
+    /// Put our keys back if the store lost them (e.g. a metadata server
+    /// restarted without persistence). Returns whether anything was restored.
+    pub fn restore_lost_keys(&self) -> Result<bool> {
+        let Some(s) = &self.store else {
+            return Ok(false);
+        };
+        let Some(meta) = self.published_rpc.lock().clone() else {
+            return Ok(false);
+        };
+        let name = self.local_name();
+        let mut restored = false;
+        if s.get(&self.rpc_meta_key(&name))?.is_none() {
+            s.set(&self.rpc_meta_key(&name), &json::to_compact(&meta))?;
+            restored = true;
+        }
+        if let Some(desc) = self.local_desc() {
+            if s.get(&self.ram_key(&name))?.is_none() {
+                s.set(&self.ram_key(&name), &json::to_compact(&*desc))?;
+                restored = true;
+            }
+        }
+        if restored {
+            log::warn!(
+                "metadata store {} had lost the keys of '{name}'; published them again",
+                s.describe()
+            );
+        }
+        Ok(restored)
     }
 
     pub fn remove_rpc_meta(&self) {
+        self.published_rpc.lock().take();
+        if let Some(k) = self.keeper.lock().take() {
+            k.stop();
+        }
         if let Some(s) = &self.store {
             let key = self.rpc_meta_key(&self.local_name());
             if let Err(e) = s.remove(&key) {
@@ -398,6 +444,9 @@ impl Metadata {
 
     /// Stop the daemon; called once on engine destroy.
     pub fn shutdown(&self) {
+        if let Some(k) = self.keeper.lock().take() {
+            k.stop();
+        }
         if let Some(server) = self.server.lock().take() {
             server.stop();
         }
