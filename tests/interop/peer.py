@@ -1,6 +1,8 @@
 """One transfer engine in its own process, driven by JSON-line commands.
 
-Usage: peer.py mooncake|te-rs
+Usage: peer.py mooncake|te-rs [METADATA [LOCAL_NAME]]
+METADATA defaults to P2PHANDSHAKE (the segment name is then 127.0.0.1:<rpc
+port>); with a store URL the segment name is LOCAL_NAME.
 
 Commands arrive one per line on stdin; each gets exactly one JSON reply line
 on the original stdout. fd 1 is redirected to stderr before any engine is
@@ -41,15 +43,18 @@ class MooncakePeer:
 
     kind = "mooncake"
 
-    def __init__(self):
+    def __init__(self, metadata, local_name):
         from mooncake.engine import TransferEngine, TransferNotify, TransferOpcode
         self.TransferNotify = TransferNotify
         self.Op = TransferOpcode
         self.te = TransferEngine()
-        rc = self.te.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "")
+        rc = self.te.initialize(local_name, metadata, "tcp", "")
         if rc != 0:
-            raise RuntimeError("mooncake initialize rc=%d" % rc)
-        self.name = "127.0.0.1:%d" % self.te.get_rpc_port()
+            raise RuntimeError("mooncake initialize(%s, %s) rc=%d" % (local_name, metadata, rc))
+        if metadata == "P2PHANDSHAKE":
+            self.name = "%s:%d" % (local_name, self.te.get_rpc_port())
+        else:
+            self.name = local_name
 
     def register(self, addr, size):
         rc = self.te.register_memory(addr, size, "cpu:0")
@@ -92,11 +97,12 @@ class TeRsPeer:
 
     kind = "te-rs"
 
-    def __init__(self):
+    def __init__(self, metadata, local_name):
         import te_rs
         self.m = te_rs
-        self.e = te_rs.Engine("P2PHANDSHAKE", "127.0.0.1", "tcp")
-        self.name = self.e.segment_name()
+        self.e = te_rs.Engine(metadata, local_name, "tcp")
+        # P2P: getLocalIpAndPort is the segment name; stores: the given name.
+        self.name = self.e.segment_name() if metadata == "P2PHANDSHAKE" else local_name
         self.segments = {}
 
     def register(self, addr, size):
@@ -188,8 +194,11 @@ def serve(peer):
 
 def main():
     kind = sys.argv[1]
+    metadata = sys.argv[2] if len(sys.argv) > 2 else "P2PHANDSHAKE"
+    local_name = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
     try:
-        peer = MooncakePeer() if kind == "mooncake" else TeRsPeer()
+        cls = MooncakePeer if kind == "mooncake" else TeRsPeer
+        peer = cls(metadata, local_name)
         REPLY.write(json.dumps({"ok": True, "name": peer.name, "kind": kind}) + "\n")
     except Exception as e:
         REPLY.write(json.dumps({"ok": False, "error": "%s: %s" % (type(e).__name__, e)}) + "\n")

@@ -6,7 +6,8 @@ them through JSON-line pipes; every wait is bounded. Must run inside a
 loopback-only network namespace (scripts/interop.sh does that).
 
 Usage: run_interop.py [--pairs mooncake:mooncake,te-rs:mooncake,...] [--logdir D]
-A pair is INITIATOR:TARGET. Prints one PASS/FAIL line per check and a final
+A pair is INITIATOR:TARGET, optionally suffixed @http to use HTTP metadata
+(Mooncake's http_metadata_server.py) instead of P2PHANDSHAKE. Prints one PASS/FAIL line per check and a final
 "N passed, N failed" line; exit status 1 if anything failed.
 """
 
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +26,8 @@ SIZES = [("4KiB", 4 * KiB), ("1MiB", MiB), ("64MiB", 64 * MiB)]
 TARGET_BUF = 66 * MiB
 REMOTE_OFF = MiB + 8  # unaligned on purpose
 GUARD = 64
-DEFAULT_PAIRS = "mooncake:mooncake,te-rs:mooncake,mooncake:te-rs"
+DEFAULT_PAIRS = ("mooncake:mooncake,te-rs:mooncake,mooncake:te-rs,"
+                 "mooncake:mooncake@http,te-rs:mooncake@http,mooncake:te-rs@http")
 NOTE_SPECIAL = 'q"uo\\te/ {br} \n\t ünï €'
 
 
@@ -33,13 +36,17 @@ class PeerError(RuntimeError):
 
 
 class Peer:
-    def __init__(self, kind, role, logdir, tag):
+    def __init__(self, kind, role, logdir, tag, metadata="P2PHANDSHAKE"):
         self.kind, self.role = kind, role
         self.log_path = os.path.join(logdir, "%s.%s-%s.log" % (tag.replace(">", ""), role, kind))
         self.log = open(self.log_path, "w")
         env = dict(os.environ)
         env.setdefault("MC_LOG_LEVEL", "WARNING")
-        self.p = subprocess.Popen([sys.executable, os.path.join(HERE, "peer.py"), kind],
+        # Store modes advertise an RPC IP; the namespace has only lo.
+        env.setdefault("MC_TCP_BIND_ADDRESS", "127.0.0.1")
+        local_name = "127.0.0.1" if metadata == "P2PHANDSHAKE" else "%s-%s" % (role, kind)
+        self.p = subprocess.Popen([sys.executable, os.path.join(HERE, "peer.py"), kind,
+                                   metadata, local_name],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=self.log, env=env)
         self.buf = b""
@@ -106,15 +113,72 @@ class Results:
             print("FAIL %-58s %5.2fs %s" % (label, time.monotonic() - t0, e), flush=True)
 
 
-def pair_checks(res, ikind, tkind, logdir):
-    tag = "%s->%s" % (ikind, tkind)
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class HttpMetadataServer:
+    """Mooncake's own http_metadata_server.py (aiohttp), on 127.0.0.1."""
+
+    def __init__(self, logdir, tag):
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d/metadata" % self.port
+        self.log = open(os.path.join(logdir, "%s.http-metadata.log" % tag), "w")
+        self.p = subprocess.Popen([sys.executable, "-m", "mooncake.http_metadata_server",
+                                   "--host", "127.0.0.1", "--port", str(self.port)],
+                                  stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.p.poll() is not None:
+                    break
+                time.sleep(0.1)
+        self.stop()
+        raise PeerError("http_metadata_server did not start on port %d" % self.port)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+
+
+def pair_checks(res, ikind, tkind, logdir, store=""):
+    tag = "%s->%s" % (ikind, tkind) + ("@" + store if store else "")
+    metadata, server, sizes = "P2PHANDSHAKE", None, SIZES
+    if store == "http":
+        try:
+            server = HttpMetadataServer(logdir, tag.replace(">", ""))
+        except Exception as e:
+            res.run("[%s] start http metadata server" % tag, lambda: (_ for _ in ()).throw(e))
+            return
+        metadata, sizes = server.url, SIZES[:2]
     try:
-        tgt = Peer(tkind, "target", logdir, tag)
+        _pair_checks(res, ikind, tkind, logdir, tag, metadata, sizes)
+    finally:
+        if server:
+            server.stop()
+
+
+def _pair_checks(res, ikind, tkind, logdir, tag, metadata, sizes):
+    try:
+        tgt = Peer(tkind, "target", logdir, tag, metadata)
     except Exception as e:
         res.run("[%s] start target" % tag, lambda: (_ for _ in ()).throw(e))
         return
     try:
-        ini = Peer(ikind, "initiator", logdir, tag)
+        ini = Peer(ikind, "initiator", logdir, tag, metadata)
     except Exception as e:
         res.run("[%s] start initiator" % tag, lambda: (_ for _ in ()).throw(e))
         tgt.kill()
@@ -136,7 +200,7 @@ def pair_checks(res, ikind, tkind, logdir):
             res.run("[%s] open segment %s, descriptor addr" % (tag, seg), descriptor)
 
         seed = 100
-        for label, n in SIZES:
+        for label, n in sizes:
             seed += 1
 
             def write_readback(n=n, seed=seed):
@@ -240,8 +304,9 @@ def main():
     res = Results()
     t0 = time.monotonic()
     for pair in a.pairs.split(","):
+        pair, _, store = pair.partition("@")
         ikind, tkind = pair.split(":")
-        pair_checks(res, ikind, tkind, a.logdir)
+        pair_checks(res, ikind, tkind, a.logdir, store)
     print("logs: %s; %.1fs" % (a.logdir, time.monotonic() - t0))
     print("%d passed, %d failed" % (res.passed, res.failed))
     sys.exit(1 if res.failed else 0)
