@@ -6,8 +6,10 @@ them through JSON-line pipes; every wait is bounded. Must run inside a
 loopback-only network namespace (scripts/interop.sh does that).
 
 Usage: run_interop.py [--pairs mooncake:mooncake,te-rs:mooncake,...] [--logdir D]
-A pair is INITIATOR:TARGET, optionally suffixed @http to use HTTP metadata
-(Mooncake's http_metadata_server.py) instead of P2PHANDSHAKE. Prints one PASS/FAIL line per check and a final
+A pair is INITIATOR:TARGET, optionally suffixed @http (HTTP metadata through
+Mooncake's http_metadata_server.py) or @te-http (through te-rs's
+te-metadata-server, TE_METADATA_SERVER or next to TE_RS_LIB) instead of
+P2PHANDSHAKE. Prints one PASS/FAIL line per check and a final
 "N passed, N failed" line; exit status 1 if anything failed.
 """
 
@@ -21,13 +23,15 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 KiB, MiB = 1 << 10, 1 << 20
 SIZES = [("4KiB", 4 * KiB), ("1MiB", MiB), ("64MiB", 64 * MiB)]
 TARGET_BUF = 66 * MiB
 REMOTE_OFF = MiB + 8  # unaligned on purpose
 GUARD = 64
 DEFAULT_PAIRS = ("mooncake:mooncake,te-rs:mooncake,mooncake:te-rs,"
-                 "mooncake:mooncake@http,te-rs:mooncake@http,mooncake:te-rs@http")
+                 "mooncake:mooncake@http,te-rs:mooncake@http,mooncake:te-rs@http,"
+                 "mooncake:mooncake@te-http,te-rs:mooncake@te-http,mooncake:te-rs@te-http")
 NOTE_SPECIAL = 'q"uo\\te/ {br} \n\t ünï €'
 
 
@@ -121,15 +125,26 @@ def free_port():
     return port
 
 
-class HttpMetadataServer:
-    """Mooncake's own http_metadata_server.py (aiohttp), on 127.0.0.1."""
+def te_metadata_server():
+    return os.environ.get("TE_METADATA_SERVER") or os.path.join(
+        os.path.dirname(os.environ.get("TE_RS_LIB", os.path.join(REPO, "target", "release", "x"))),
+        "te-metadata-server")
 
-    def __init__(self, logdir, tag):
+
+class HttpMetadataServer:
+    """An HTTP metadata server on 127.0.0.1: Mooncake's own
+    http_metadata_server.py (kind "http") or te-rs's te-metadata-server
+    (kind "te-http")."""
+
+    def __init__(self, kind, logdir, tag):
         self.port = free_port()
         self.url = "http://127.0.0.1:%d/metadata" % self.port
-        self.log = open(os.path.join(logdir, "%s.http-metadata.log" % tag), "w")
-        self.p = subprocess.Popen([sys.executable, "-m", "mooncake.http_metadata_server",
-                                   "--host", "127.0.0.1", "--port", str(self.port)],
+        self.log = open(os.path.join(logdir, "%s.%s-metadata.log" % (tag, kind)), "w")
+        if kind == "http":
+            argv = [sys.executable, "-m", "mooncake.http_metadata_server"]
+        else:
+            argv = [te_metadata_server()]
+        self.p = subprocess.Popen(argv + ["--host", "127.0.0.1", "--port", str(self.port)],
                                   stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -141,7 +156,7 @@ class HttpMetadataServer:
                     break
                 time.sleep(0.1)
         self.stop()
-        raise PeerError("http_metadata_server did not start on port %d" % self.port)
+        raise PeerError("%s did not start on port %d (rc=%s)" % (argv[-1], self.port, self.p.returncode))
 
     def stop(self):
         if self.p.poll() is None:
@@ -157,9 +172,9 @@ class HttpMetadataServer:
 def pair_checks(res, ikind, tkind, logdir, store=""):
     tag = "%s->%s" % (ikind, tkind) + ("@" + store if store else "")
     metadata, server, sizes = "P2PHANDSHAKE", None, SIZES
-    if store == "http":
+    if store in ("http", "te-http"):
         try:
-            server = HttpMetadataServer(logdir, tag.replace(">", ""))
+            server = HttpMetadataServer(store, logdir, tag.replace(">", ""))
         except Exception as e:
             res.run("[%s] start http metadata server" % tag, lambda: (_ for _ in ()).throw(e))
             return
