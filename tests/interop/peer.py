@@ -88,6 +88,9 @@ class MooncakePeer:
     def first_buffer(self, segment):
         return self.te.get_first_buffer_address(segment)
 
+    def probe(self, segment):
+        return self.te.send_probe(segment)
+
     def notifies(self):
         return [(n.name, n.msg) for n in self.te.get_notifies()]
 
@@ -134,6 +137,9 @@ class TeRsPeer:
     def first_buffer(self, segment):
         raise RuntimeError("the C ABI exposes no segment descriptor")
 
+    def probe(self, segment):
+        raise RuntimeError("the C ABI has no probe call")
+
     def notifies(self):
         return self.e.get_notifies()
 
@@ -179,6 +185,8 @@ def serve(peer):
                 peer.notify(cmd["segment"], cmd["name"], cmd["msg"])
             elif op == "notifies":
                 out["list"] = peer.notifies()
+            elif op == "probe":
+                out["rc"] = peer.probe(cmd["segment"])
             elif op == "first_buffer":
                 out["addr"] = peer.first_buffer(cmd["segment"])
             elif op == "quit":

@@ -214,6 +214,12 @@ def _pair_checks(res, ikind, tkind, logdir, tag, metadata, sizes):
                 return "buffers[0].addr=%#x" % tbuf
             res.run("[%s] open segment %s, descriptor addr" % (tag, seg), descriptor)
 
+            def probe():
+                rc = ini.must(op="probe", segment=seg)["rc"]
+                if rc != 0:
+                    raise PeerError("send_probe(%s) = %d" % (seg, rc))
+            res.run("[%s] Probe RPC answered" % tag, probe)
+
         seed = 100
         for label, n in sizes:
             seed += 1
