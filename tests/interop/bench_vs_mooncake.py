@@ -85,7 +85,7 @@ class Target:
 
 def run_initiator(kind, a, segment, op, block, logdir):
     """One timed run. Returns dict(bytes_per_s, wall, cpu_initiator)."""
-    log_path = os.path.join(logdir, "initiator-%s-%s-%d.log" % (kind, op, block))
+    log_path = os.path.join(logdir, "initiator-%s-to-%s-%s-%d.log" % (kind, segment, op, block))
     common = ["--mode=initiator", "--protocol=tcp", "--metadata_server=P2PHANDSHAKE",
               "--local_server_name=127.0.0.1", "--segment_id=%s" % segment,
               "--operation=%s" % op, "--block_size=%d" % block,
@@ -158,40 +158,51 @@ def main():
     ops = a.operations.split(",")
     os.makedirs(a.logdir, exist_ok=True)
 
-    results = []  # one dict per (pair, op, block)
+    # All targets stay up for the whole run and the pairs take turns within
+    # each case, so load changes on the machine hit every engine alike.
+    pairs, targets = [], {}
     failures = 0
     for pair in a.pairs.split(","):
         ikind, _, tkind = pair.partition(":")
         tkind = tkind or ikind
         label = ikind if ikind == tkind else "%s->%s" % (ikind, tkind)
-        print("== %s (initiator %s, target %s)" % (label, ikind, tkind), flush=True)
-        try:
-            tgt = Target(tkind, a, a.logdir)
-        except Exception as e:
-            print("   SKIP %s: %s" % (label, e), flush=True)
-            failures += 1
-            continue
-        try:
-            for op in ops:
-                for block in blocks:
-                    runs = []
-                    for i in range(a.runs):
+        if tkind not in targets:
+            try:
+                targets[tkind] = Target(tkind, a, a.logdir)
+                print("target %s: segment %s" % (tkind, targets[tkind].segment), flush=True)
+            except Exception as e:
+                print("SKIP target %s: %s" % (tkind, e), flush=True)
+                targets[tkind] = None
+                failures += 1
+        if targets[tkind]:
+            pairs.append((label, ikind, targets[tkind]))
+    results = []  # one dict per (pair, op, block)
+    try:
+        for op in ops:
+            for block in blocks:
+                runs = {label: [] for label, _, _ in pairs}
+                for i in range(a.runs):
+                    for label, ikind, tgt in pairs:
                         c0 = tgt.cpu()
                         try:
                             r = run_initiator(ikind, a, tgt.segment, op, block, a.logdir)
                         except Exception as e:
-                            print("   %s %s run %d FAILED: %s" % (op, human(block), i + 1, e), flush=True)
+                            print("   %-16s %-5s %-8s run %d FAILED: %s" %
+                                  (label, op, human(block), i + 1, e), flush=True)
                             failures += 1
                             continue
                         r["cpu_target"] = tgt.cpu() - c0
-                        runs.append(r)
-                        print("   %-5s %-8s run %d: %8.3f GB/s  cpu init %.2fs target %.2fs over %.2fs" %
-                              (op, human(block), i + 1, r["bps"] / 1e9, r["cpu_initiator"],
+                        runs[label].append(r)
+                        print("   %-16s %-5s %-8s run %d: %8.3f GB/s  cpu init %.2fs target %.2fs over %.2fs" %
+                              (label, op, human(block), i + 1, r["bps"] / 1e9, r["cpu_initiator"],
                                r["cpu_target"], r["wall"]), flush=True)
-                    if runs:
-                        results.append({"pair": label, "op": op, "block": block, "runs": runs})
-        finally:
-            tgt.stop()
+                for label, _, _ in pairs:
+                    if runs[label]:
+                        results.append({"pair": label, "op": op, "block": block, "runs": runs[label]})
+    finally:
+        for t in targets.values():
+            if t:
+                t.stop()
 
     def med(rs, f):
         return statistics.median(f(r) for r in rs)
