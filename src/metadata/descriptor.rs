@@ -183,3 +183,91 @@ impl SegmentDesc {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metadata::json::{to_compact, to_fast_writer};
+
+    macro_rules! vector {
+        ($name:literal) => {
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/vectors/descriptors/",
+                $name
+            ))
+        };
+    }
+
+    /// (file, bytes, whether it is a FastWriter (handshake) capture)
+    const SEGMENTS: [(&str, &str, bool); 6] = [
+        (
+            "tcp_segment_0_buffers.handshake.json",
+            vector!("tcp_segment_0_buffers.handshake.json"),
+            true,
+        ),
+        (
+            "tcp_segment_1_buffer.handshake.json",
+            vector!("tcp_segment_1_buffer.handshake.json"),
+            true,
+        ),
+        (
+            "tcp_segment_3_buffers.handshake.json",
+            vector!("tcp_segment_3_buffers.handshake.json"),
+            true,
+        ),
+        (
+            "tcp_segment_0_buffers.http.json",
+            vector!("tcp_segment_0_buffers.http.json"),
+            false,
+        ),
+        (
+            "tcp_segment_1_buffer.http.json",
+            vector!("tcp_segment_1_buffer.http.json"),
+            false,
+        ),
+        (
+            "tcp_segment_3_buffers.http.json",
+            vector!("tcp_segment_3_buffers.http.json"),
+            false,
+        ),
+    ];
+
+    #[test]
+    fn segment_vectors_round_trip_byte_identical() {
+        for (name, text, fast) in SEGMENTS {
+            let desc: SegmentDesc = serde_json::from_str(text).unwrap();
+            assert_eq!(desc.protocol, "tcp", "{name}");
+            assert_eq!(desc.tcp_proto_version, 2, "{name}");
+            assert!(desc.validate().is_ok(), "{name}");
+            let out = if fast {
+                to_fast_writer(&desc)
+            } else {
+                to_compact(&desc)
+            };
+            assert_eq!(out, text, "{name}");
+        }
+    }
+
+    #[test]
+    fn three_buffers_keep_registration_order() {
+        let desc: SegmentDesc =
+            serde_json::from_str(vector!("tcp_segment_3_buffers.handshake.json")).unwrap();
+        let lens: Vec<u64> = desc.buffers.iter().map(|b| b.length).collect();
+        assert_eq!(lens, [1048576, 65536, 4096]);
+        assert!(desc.buffers.iter().all(|b| b.name == desc.name));
+        assert!(desc.buffers[0].addr > desc.buffers[1].addr);
+    }
+
+    #[test]
+    fn rpc_meta_vectors_round_trip_byte_identical() {
+        for text in [
+            vector!("rpc_meta.http.json"),
+            vector!("rpc_meta_host_port_name.http.json"),
+        ] {
+            let meta: RpcMeta = serde_json::from_str(text).unwrap();
+            assert_eq!(meta.ip_or_host_name, "127.0.0.1");
+            assert_eq!(to_compact(&meta), text);
+        }
+    }
+}

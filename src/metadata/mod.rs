@@ -6,6 +6,7 @@
 
 pub mod descriptor;
 pub mod handshake;
+pub mod http_server;
 pub mod json;
 mod keeper;
 pub mod name;
@@ -144,9 +145,17 @@ impl Metadata {
         }
     }
 
+    /// A value as Mooncake writes it to this store (spec §3.1).
+    fn store_text<T: serde::Serialize>(&self, value: &T) -> String {
+        match &self.store {
+            Some(s) if s.trailing_newline() => json::to_fast_writer(value),
+            _ => json::to_compact(value),
+        }
+    }
+
     pub fn publish_rpc_meta(self: &Arc<Self>, meta: &RpcMeta) -> Result<()> {
         let key = self.rpc_meta_key(&self.local_name());
-        self.store_set(&key, &json::to_compact(meta))?;
+        self.store_set(&key, &self.store_text(meta))?;
         *self.published_rpc.lock() = Some(meta.clone());
         let mut k = self.keeper.lock();
         if k.is_none() && self.store.is_some() {
@@ -167,12 +176,12 @@ impl Metadata {
         let name = self.local_name();
         let mut restored = false;
         if s.get(&self.rpc_meta_key(&name))?.is_none() {
-            s.set(&self.rpc_meta_key(&name), &json::to_compact(&meta))?;
+            s.set(&self.rpc_meta_key(&name), &self.store_text(&meta))?;
             restored = true;
         }
         if let Some(desc) = self.local_desc() {
             if s.get(&self.ram_key(&name))?.is_none() {
-                s.set(&self.ram_key(&name), &json::to_compact(&*desc))?;
+                s.set(&self.ram_key(&name), &self.store_text(&*desc))?;
                 restored = true;
             }
         }
@@ -203,7 +212,7 @@ impl Metadata {
         let desc = Arc::new(desc);
         *self.local_desc.write() = Some(desc.clone());
         let key = self.ram_key(&desc.name);
-        self.store_set(&key, &json::to_compact(&*desc))
+        self.store_set(&key, &self.store_text(&*desc))
     }
 
     pub fn local_desc(&self) -> Option<Arc<SegmentDesc>> {

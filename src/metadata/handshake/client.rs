@@ -1,16 +1,138 @@
-//! Handshake RPC client (placeholder; the handshake work replaces it).
+//! Handshake RPC client (spec §4.1): one request/reply per TCP connection.
 
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use super::desc::{NotifyDesc, ProbeReply};
+use super::frame::{self, Framing};
 use super::{HandShakeDesc, MsgType};
 use crate::error::{Error, Result};
+use crate::metadata::json;
+
+/// Timeouts of one call.
+#[derive(Clone, Copy, Debug)]
+pub struct CallOptions {
+    /// `MC_HANDSHAKE_CONNECT_TIMEOUT` (default 5 s, 1..3599).
+    pub connect_timeout: Duration,
+    /// Per-read timeout while waiting for the reply (upstream 60 s).
+    pub read_timeout: Duration,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            connect_timeout: crate::config::env_secs("MC_HANDSHAKE_CONNECT_TIMEOUT", 5, 1, 3599),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
 
 /// One request/reply exchange with `host:port`; returns the reply JSON text.
 pub fn call(host: &str, port: u16, kind: MsgType, json: &str) -> Result<String> {
-    let _ = (host, port, kind, json);
-    Err(Error::NotImplemented("handshake client".into()))
+    call_with(
+        host,
+        port,
+        Framing::Typed(kind),
+        json,
+        &CallOptions::default(),
+    )
+}
+
+/// `call` with explicit framing (legacy peers) and timeouts. Each resolved
+/// address is tried in turn; a malformed reply stops the search (upstream).
+pub fn call_with(
+    host: &str,
+    port: u16,
+    framing: Framing,
+    json: &str,
+    opts: &CallOptions,
+) -> Result<String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| Error::Dns(format!("resolving {host}:{port}: {e}")))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::Dns(format!("{host}:{port} resolved to no address")));
+    }
+    let mut last = None;
+    for addr in addrs {
+        match call_addr(addr, framing, json, opts) {
+            Ok(reply) => return Ok(reply),
+            Err(e @ Error::MalformedJson(_)) => {
+                log::warn!("handshake with {addr}: {e}");
+                return Err(e);
+            }
+            Err(e) => {
+                log::warn!("handshake with {addr}: {e}");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Socket(format!("no address for {host}:{port}"))))
+}
+
+fn call_addr(addr: SocketAddr, framing: Framing, json: &str, opts: &CallOptions) -> Result<String> {
+    let stream = TcpStream::connect_timeout(&addr, opts.connect_timeout)
+        .map_err(|e| Error::Socket(format!("connecting to {addr}: {e}")))?;
+    let sock_err = |what: &str, e: Error| Error::Socket(format!("{what} {addr}: {e}"));
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(opts.read_timeout))
+        .and_then(|_| stream.set_write_timeout(Some(opts.read_timeout)))
+        .map_err(|e| sock_err("configuring socket to", e.into()))?;
+    frame::write_frame(&mut &stream, framing, json)
+        .map_err(|e| sock_err("sending handshake to", e))?;
+    let reply = frame::read_frame(&mut &stream, frame::max_frame_len()).map_err(|e| match e {
+        Error::MalformedJson(m) => Error::MalformedJson(format!("reply from {addr}: {m}")),
+        e => sock_err("reading handshake reply from", e),
+    })?;
+    // Dropping the stream closes it right after the reply, as the server expects.
+    drop(stream);
+    if reply.framing != framing {
+        return Err(Error::Socket(format!(
+            "handshake reply from {addr} has framing {:?}, expected {framing:?}",
+            reply.framing
+        )));
+    }
+    String::from_utf8(reply.json)
+        .map_err(|e| Error::MalformedJson(format!("reply from {addr}: {e}")))
 }
 
 /// Connection RPC. A non-empty `reply_msg` is returned as `RejectHandshake`.
 pub fn connection(host: &str, port: u16, req: &HandShakeDesc) -> Result<HandShakeDesc> {
-    let _ = (host, port, req);
-    Err(Error::NotImplemented("handshake client".into()))
+    let text = call(host, port, MsgType::Connection, &json::to_fast_writer(req))?;
+    let reply: HandShakeDesc = serde_json::from_str(&text)
+        .map_err(|e| Error::MalformedJson(format!("Connection reply from {host}:{port}: {e}")))?;
+    if !reply.reply_msg.is_empty() {
+        return Err(Error::RejectHandshake(reply.reply_msg));
+    }
+    Ok(reply)
+}
+
+/// Notify RPC; returns the reply's `notify_msg` (`"success"` from a C++ or
+/// te-rs peer; empty means the peer did not take it).
+pub fn notify(host: &str, port: u16, name: &str, msg: &str) -> Result<String> {
+    let req = NotifyDesc {
+        name: name.to_string(),
+        notify_msg: msg.to_string(),
+    };
+    let text = call(host, port, MsgType::Notify, &json::to_fast_writer(&req))?;
+    let reply: NotifyDesc = serde_json::from_str(&text)
+        .map_err(|e| Error::MalformedJson(format!("Notify reply from {host}:{port}: {e}")))?;
+    Ok(reply.notify_msg)
+}
+
+/// Probe RPC: `Ok(())` when the peer answers `{"status":"success"}`.
+pub fn probe(host: &str, port: u16) -> Result<()> {
+    let text = call(host, port, MsgType::Probe, "{}\n")?;
+    let reply: ProbeReply = serde_json::from_str(&text)
+        .map_err(|e| Error::MalformedJson(format!("Probe reply from {host}:{port}: {e}")))?;
+    if reply.status == "success" {
+        Ok(())
+    } else {
+        Err(Error::Socket(format!(
+            "probe of {host}:{port} answered status '{}'",
+            reply.status
+        )))
+    }
 }

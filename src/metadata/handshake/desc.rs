@@ -59,3 +59,29 @@ fn lenient_ready_ack<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bo
     let v = serde_json::Value::deserialize(d)?;
     Ok(Some(v.as_bool().unwrap_or(false)))
 }
+
+/// Body of Notify (type 2) requests and replies (spec §9).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct NotifyDesc {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub notify_msg: String,
+}
+
+impl NotifyDesc {
+    /// What a receiver answers to every notification.
+    pub fn success() -> Self {
+        NotifyDesc {
+            name: String::new(),
+            notify_msg: "success".into(),
+        }
+    }
+}
+
+/// Body of a Probe (type 3) reply.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct ProbeReply {
+    #[serde(default)]
+    pub status: String,
+}

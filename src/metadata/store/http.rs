@@ -1,32 +1,175 @@
-//! http metadata store (placeholder until the metadata-store work lands).
+//! HTTP metadata store (spec §3.5): Mooncake's REST protocol as spoken by its
+//! libcurl client. The whole connection string is the base URL and the key
+//! goes into `?key=<curl_easy_escape(key)>`. Only status 200 is success.
 
-use super::MetadataStore;
+use std::io::Read;
+use std::time::Duration;
+
+use super::{urlcode, MetadataStore};
 use crate::error::{Error, Result};
 
+/// Mooncake's libcurl timeouts (transfer_metadata_plugin.cpp).
+const TOTAL_TIMEOUT: Duration = Duration::from_millis(3000);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Refuse absurd bodies instead of buffering them (ureq's own `into_string`
+/// stops at 10 MiB, which is below what a large descriptor may need).
+const MAX_BODY: u64 = 256 << 20;
+
 pub struct HttpStore {
-    url: String,
+    base: String,
+    agent: ureq::Agent,
 }
 
 impl HttpStore {
     pub fn new(url: &str) -> Result<Self> {
-        let _ = url;
-        Err(Error::NotImplemented(format!(
-            "http metadata store is not supported yet: {url}"
-        )))
+        let url = url.trim();
+        if url.starts_with("https://") {
+            return Err(Error::NotImplemented(format!(
+                "https metadata needs TLS, not built: {url}"
+            )));
+        }
+        if !url.starts_with("http://") || url.len() <= "http://".len() {
+            return Err(Error::InvalidArgument(format!(
+                "not an http metadata URL: '{url}'"
+            )));
+        }
+        let agent = ureq::AgentBuilder::new()
+            .timeout(TOTAL_TIMEOUT)
+            .timeout_connect(CONNECT_TIMEOUT)
+            // A fresh connection per call: a restarted metadata server never
+            // meets a stale pooled socket (PUT bodies are not retried by ureq).
+            .max_idle_connections(0)
+            .build();
+        Ok(HttpStore {
+            base: url.to_string(),
+            agent,
+        })
+    }
+
+    /// `<base>?key=<escaped>` (or `&key=` if the base already has a query),
+    /// exactly as Mooncake builds it.
+    pub fn key_url(&self, key: &str) -> String {
+        key_url(&self.base, key)
+    }
+
+    fn call(&self, method: &str, key: &str, body: Option<&str>) -> Result<(u16, String)> {
+        let url = self.key_url(key);
+        let req = self.agent.request(method, &url);
+        let result = match body {
+            Some(b) => req
+                .set("Content-Type", "application/json")
+                .send_bytes(b.as_bytes()),
+            None => req.call(),
+        };
+        let resp = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(ureq::Error::Transport(t)) => {
+                log::warn!("metadata {method} {url}: {t}");
+                return Err(Error::Metadata(format!("{method} {url}: {t}")));
+            }
+        };
+        let status = resp.status();
+        let mut text = String::new();
+        resp.into_reader()
+            .take(MAX_BODY)
+            .read_to_string(&mut text)
+            .map_err(|e| Error::Metadata(format!("{method} {url}: reading the body: {e}")))?;
+        Ok((status, text))
     }
 }
 
+pub(crate) fn key_url(base: &str, key: &str) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}key={}", urlcode::escape(key))
+}
+
 impl MetadataStore for HttpStore {
-    fn get(&self, _key: &str) -> Result<Option<String>> {
-        Err(Error::NotImplemented(self.url.clone()))
+    fn get(&self, key: &str) -> Result<Option<String>> {
+        let (status, body) = self.call("GET", key, None)?;
+        match status {
+            200 => {
+                // Mooncake parses the body and fails the lookup if it is not JSON.
+                serde_json::from_str::<serde_json::Value>(&body).map_err(|e| {
+                    Error::Metadata(format!("GET {}: body is not JSON: {e}", self.key_url(key)))
+                })?;
+                Ok(Some(body))
+            }
+            404 => Ok(None),
+            s => Err(Error::Metadata(format!(
+                "GET {}: HTTP {s}: {}",
+                self.key_url(key),
+                body.trim()
+            ))),
+        }
     }
-    fn set(&self, _key: &str, _value: &str) -> Result<()> {
-        Err(Error::NotImplemented(self.url.clone()))
+
+    fn set(&self, key: &str, value: &str) -> Result<()> {
+        let (status, body) = self.call("PUT", key, Some(value))?;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(Error::Metadata(format!(
+                "PUT {}: HTTP {status}: {}",
+                self.key_url(key),
+                body.trim()
+            )))
+        }
     }
-    fn remove(&self, _key: &str) -> Result<()> {
-        Err(Error::NotImplemented(self.url.clone()))
+
+    fn remove(&self, key: &str) -> Result<()> {
+        let (status, body) = self.call("DELETE", key, None)?;
+        match status {
+            200 => Ok(()),
+            // The Python bootstrap server answers 404 for a missing key; the
+            // key is gone either way.
+            404 => {
+                log::info!("DELETE {}: already absent (HTTP 404)", self.key_url(key));
+                Ok(())
+            }
+            s => Err(Error::Metadata(format!(
+                "DELETE {}: HTTP {s}: {}",
+                self.key_url(key),
+                body.trim()
+            ))),
+        }
     }
+
     fn describe(&self) -> String {
-        self.url.clone()
+        self.base.clone()
+    }
+
+    fn trailing_newline(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_mooncake_key_urls() {
+        assert_eq!(
+            key_url(
+                "http://127.0.0.1:18080/metadata",
+                "mooncake/rpc_meta/127.0.0.1:22067"
+            ),
+            "http://127.0.0.1:18080/metadata?key=mooncake%2Frpc_meta%2F127.0.0.1%3A22067"
+        );
+        assert_eq!(
+            key_url("http://h:1/m?x=1", "a b"),
+            "http://h:1/m?x=1&key=a%20b"
+        );
+    }
+
+    #[test]
+    fn https_is_refused_clearly() {
+        match HttpStore::new("https://example.invalid/metadata") {
+            Err(Error::NotImplemented(m)) => assert!(m.contains("TLS"), "{m}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("https must be refused"),
+        }
+        assert!(HttpStore::new("http://").is_err());
     }
 }

@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod http;
 pub mod redis;
+pub mod urlcode;
 
 use crate::error::{Error, Result};
 
@@ -14,6 +15,11 @@ pub trait MetadataStore: Send + Sync {
     fn remove(&self, key: &str) -> Result<()>;
     /// The URL, for log lines.
     fn describe(&self) -> String;
+    /// Whether values are written JsonCpp `FastWriter`-style with a trailing
+    /// `\n` (etcd, Redis) rather than compact without one (HTTP) (spec §3.1).
+    fn trailing_newline(&self) -> bool {
+        true
+    }
 }
 
 /// The exact string that selects peer-to-peer metadata.

@@ -2,6 +2,9 @@
 //! regions, ready-ACK-gated endpoints, worker pool (spec §5, §6).
 //! PLACEHOLDER until the RDMA work lands.
 
+pub mod endpoint;
+pub mod rail;
+
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
