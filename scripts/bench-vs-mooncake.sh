@@ -16,6 +16,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
+export PYTHONDONTWRITEBYTECODE=1  # keep __pycache__ out of the source tree
 
 if ! "$PY" -c 'import mooncake.engine' 2>/dev/null; then
     echo "bench-vs-mooncake: installing mooncake-transfer-engine-non-cuda from PyPI" >&2

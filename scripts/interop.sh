@@ -13,6 +13,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
+export PYTHONDONTWRITEBYTECODE=1  # keep __pycache__ out of the source tree
 
 fail() { echo "interop: $*" >&2; echo "0 passed, 1 failed"; exit 1; }
 
