@@ -98,15 +98,35 @@ fn server_shutdown_mid_transfer_fails_tasks() {
     let src = vec![0x5Au8; LEN];
     let mut back = vec![0u8; LEN];
     let mut tasks: Vec<_> = (0..12)
-        .map(|_| submit(&client, &tgt, true, src.as_ptr() as u64, dst.addr(), LEN as u64))
+        .map(|_| {
+            submit(
+                &client,
+                &tgt,
+                true,
+                src.as_ptr() as u64,
+                dst.addr(),
+                LEN as u64,
+            )
+        })
         .collect();
-    tasks.extend(
-        (0..4).map(|_| submit(&client, &tgt, false, back.as_mut_ptr() as u64, dst.addr(), LEN as u64)),
-    );
+    tasks.extend((0..4).map(|_| {
+        submit(
+            &client,
+            &tgt,
+            false,
+            back.as_mut_ptr() as u64,
+            dst.addr(),
+            LEN as u64,
+        )
+    }));
     std::thread::sleep(Duration::from_millis(30));
     let start = Instant::now();
     server.shutdown();
-    assert!(start.elapsed() < Duration::from_secs(2), "server shutdown took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "server shutdown took {:?}",
+        start.elapsed()
+    );
     let mut failed = 0;
     for t in &tasks {
         if wait(t, LIMIT) == TaskStatus::Failed {
@@ -177,7 +197,8 @@ fn malformed_status_fails_and_next_request_uses_a_new_connection() {
     let (port, peer) = fake_peer(2, |i, s, h| {
         drain_body(s, &h);
         if i == 0 {
-            s.write_all(&0x1122_3344_0000_0000u64.to_le_bytes()).unwrap();
+            s.write_all(&0x1122_3344_0000_0000u64.to_le_bytes())
+                .unwrap();
         } else {
             s.write_all(&Status::Ok.encode()).unwrap();
         }
@@ -187,14 +208,18 @@ fn malformed_status_fails_and_next_request_uses_a_new_connection() {
     });
     let client = transport(TcpConfig::default());
     let tgt = target(port, 2);
-    let src = vec![9u8; 128];
+    let src = [9u8; 128];
     let t = submit(&client, &tgt, true, src.as_ptr() as u64, 0x4000, 128);
     assert_eq!(wait(&t, LIMIT), TaskStatus::Failed);
     let t2 = submit(&client, &tgt, true, src.as_ptr() as u64, 0x4000, 128);
     assert_eq!(wait(&t2, LIMIT), TaskStatus::Completed);
     client.shutdown();
     let headers = peer.join().unwrap();
-    assert_eq!(headers.len(), 2, "second request came on a fresh connection");
+    assert_eq!(
+        headers.len(),
+        2,
+        "second request came on a fresh connection"
+    );
 }
 
 #[test]
@@ -211,7 +236,7 @@ fn silent_peer_times_out() {
     };
     let client = transport(cfg);
     let tgt = target(port, 2);
-    let src = vec![9u8; 64];
+    let src = [9u8; 64];
     let start = Instant::now();
     let t = submit(&client, &tgt, true, src.as_ptr() as u64, 0x4000, 64);
     assert_eq!(wait(&t, LIMIT), TaskStatus::Failed);
@@ -250,7 +275,7 @@ fn stale_v2_descriptor_against_legacy_server_fails() {
     });
     let client = transport(TcpConfig::default());
     let tgt = target(port, 2);
-    let src = vec![3u8; 16];
+    let src = [3u8; 16];
     let t = submit(&client, &tgt, true, src.as_ptr() as u64, 0x4000, 16);
     assert_eq!(wait(&t, LIMIT), TaskStatus::Failed);
     client.shutdown();

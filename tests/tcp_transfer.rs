@@ -22,17 +22,34 @@ fn round_trip(version: u32, cfg: TcpConfig, sizes: &[usize]) {
     for (i, &len) in sizes.iter().enumerate() {
         let src = pattern(len, i as u64 + 1);
         dst.data_mut().fill(0);
-        let t = submit(&client, &tgt, true, src.as_ptr() as u64, dst.addr(), len as u64);
+        let t = submit(
+            &client,
+            &tgt,
+            true,
+            src.as_ptr() as u64,
+            dst.addr(),
+            len as u64,
+        );
         assert_eq!(wait(&t, LIMIT), TaskStatus::Completed, "WRITE {len}");
         assert_eq!(t.transferred_bytes(), len as u64);
         if version >= 2 {
             // v2: COMPLETED means the bytes are in the target's memory.
-            assert!(dst.data()[..len] == src[..], "WRITE {len}: target bytes differ");
+            assert!(
+                dst.data()[..len] == src[..],
+                "WRITE {len}: target bytes differ"
+            );
         } else {
             // v1 completes when sent; a READ on the same FIFO peer comes after.
         }
         let mut back = vec![0u8; len];
-        let t = submit(&client, &tgt, false, back.as_mut_ptr() as u64, dst.addr(), len as u64);
+        let t = submit(
+            &client,
+            &tgt,
+            false,
+            back.as_mut_ptr() as u64,
+            dst.addr(),
+            len as u64,
+        );
         assert_eq!(wait(&t, LIMIT), TaskStatus::Completed, "READ {len}");
         assert_eq!(t.transferred_bytes(), len as u64);
         if version >= 2 {
@@ -179,7 +196,11 @@ fn shutdown_is_prompt_with_idle_lanes() {
     let start = Instant::now();
     client.shutdown();
     server.shutdown();
-    assert!(start.elapsed() < Duration::from_secs(2), "shutdown took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
     // After shutdown, new work fails instead of hanging.
     let late = submit(&client, &tgt, true, src.as_ptr() as u64, dst.addr(), 4096);
     assert_eq!(wait(&late, LIMIT), TaskStatus::Failed);

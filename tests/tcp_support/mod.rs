@@ -80,7 +80,10 @@ pub fn wait(task: &Task, limit: Duration) -> TaskStatus {
         if s != TaskStatus::Waiting {
             return s;
         }
-        assert!(Instant::now() < deadline, "task still WAITING after {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "task still WAITING after {limit:?}"
+        );
         std::thread::sleep(Duration::from_micros(200));
     }
 }

@@ -115,8 +115,8 @@ mod tests {
         assert_eq!(
             b,
             [
-                0x40, 0, 0, 0, 0, 0, 0, 0, 0x00, 0xa1, 0xe1, 0xbb, 0x54, 0x7f, 0, 0, 0x81, 0, 0,
-                0, 0, 0, 0, 0
+                0x40, 0, 0, 0, 0, 0, 0, 0, 0x00, 0xa1, 0xe1, 0xbb, 0x54, 0x7f, 0, 0, 0x81, 0, 0, 0,
+                0, 0, 0, 0
             ]
         );
         assert_eq!(Header::decode(&b), h);
@@ -140,10 +140,7 @@ mod tests {
 
     #[test]
     fn status_frames() {
-        assert_eq!(
-            Status::Ok.encode(),
-            [0, 0, 0, 0, 0x56, 0x54, 0x43, 0x4d]
-        );
+        assert_eq!(Status::Ok.encode(), [0, 0, 0, 0, 0x56, 0x54, 0x43, 0x4d]);
         assert_eq!(
             Status::AddrRejected.encode(),
             [1, 0, 0, 0, 0x56, 0x54, 0x43, 0x4d]
