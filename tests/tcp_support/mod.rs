@@ -16,6 +16,7 @@ use transfer_engine::transport::{LocalBuffer, Submission, Transport, TransportCo
 pub const TARGET_NAME: &str = "127.0.0.1:1234";
 
 pub fn ctx(name: &str) -> TransportContext {
+    transfer_engine::logging::init();
     TransportContext {
         local_server_name: name.to_string(),
         metadata: Metadata::new("P2PHANDSHAKE", name).expect("metadata"),

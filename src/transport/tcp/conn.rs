@@ -5,9 +5,10 @@
 //!
 //! After any error the connection is broken for good: the reader waits until
 //! no body is being sent from a source buffer (so callers may free it once
-//! the task is terminal), then fails every in-flight request. On a clean
-//! AddrRejected only the rejected request fails: the server closed without
-//! reading the ones behind it, so those go back to the peer's queue.
+//! the task is terminal), then settles every in-flight request: the head one
+//! fails, the ones behind it are retried on a fresh connection (see
+//! `Fate`). A rejected request therefore never takes innocent pipelined
+//! neighbours down with it, even when the server's close turns into a RST.
 
 use std::collections::VecDeque;
 use std::io;
@@ -41,7 +42,22 @@ pub struct Conn {
 
 enum ReadFail {
     Rejected,
+    /// No answer within the status timeout: the peer is unresponsive.
+    TimedOut,
     Broken(String),
+}
+
+/// What happens to in-flight requests when a connection ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Closed by our side (shutdown, idle): everything in flight fails.
+    FailAll,
+    /// The head request failed; those behind it are retried on a new
+    /// connection. The server works strictly in order and stops at the
+    /// failure, and a repeated READ/WRITE of the same range is idempotent.
+    RetryBehindHead,
+    /// The peer stopped answering: fail in-flight and queued work.
+    PeerDead,
 }
 
 impl Conn {
@@ -154,9 +170,12 @@ impl Conn {
                 while g.inflight.is_empty() && !g.broken {
                     self.cv.wait(&mut g);
                 }
+                // Even once broken (e.g. the sender hit a reset), answers
+                // already queued in the socket are still read: they may
+                // complete requests the server did finish.
                 match g.inflight.front() {
-                    Some(j) if !g.broken => (j.write, j.local, j.len),
-                    _ => break,
+                    Some(j) => (j.write, j.local, j.len),
+                    None => break,
                 }
             };
             match self.read_answer(write, local, len) {
@@ -173,22 +192,30 @@ impl Conn {
                         self.peer,
                         if write { "WRITE" } else { "READ" }
                     );
-                    self.finish(Some(queue));
+                    self.finish(queue, Fate::RetryBehindHead);
+                    return;
+                }
+                Err(ReadFail::TimedOut) => {
+                    log::warn!(
+                        "tcp: {} sent no answer within the status timeout; failing its queued requests",
+                        self.peer
+                    );
+                    self.finish(queue, Fate::PeerDead);
                     return;
                 }
                 Err(ReadFail::Broken(why)) => {
                     log::warn!("tcp: connection to {} failed: {why}", self.peer);
-                    self.finish(None);
+                    self.finish(queue, Fate::RetryBehindHead);
                     return;
                 }
             }
         }
-        self.finish(None);
+        self.finish(queue, Fate::FailAll);
     }
 
     /// Break the connection, wait for the sender to leave the socket, then
     /// settle every in-flight request.
-    fn finish(&self, requeue_behind_head: Option<&JobQueue>) {
+    fn finish(&self, queue: &JobQueue, fate: Fate) {
         let mut g = self.state.lock();
         g.broken = true;
         drop(g);
@@ -202,23 +229,35 @@ impl Conn {
         drop(g);
         self.cv.notify_all();
         let mut it = jobs.into_iter();
-        match requeue_behind_head {
-            Some(q) => {
+        match fate {
+            Fate::FailAll => it.for_each(Job::fail),
+            Fate::PeerDead => {
+                it.for_each(Job::fail);
+                queue.fail_queued();
+            }
+            Fate::RetryBehindHead => {
                 if let Some(head) = it.next() {
                     head.fail();
                 }
-                let rest: Vec<Job> = it.collect();
-                if !rest.is_empty() {
-                    q.requeue_front(rest);
+                // No retry cap needed: every broken connection fails its
+                // head request, so this always makes progress.
+                let retry: Vec<Job> = it.collect();
+                if !retry.is_empty() {
+                    queue.requeue_front(retry);
                 }
             }
-            None => it.for_each(Job::fail),
         }
     }
 
     fn read_answer(&self, write: bool, local: u64, len: u64) -> Result<(), ReadFail> {
         let fd = self.fd();
-        let io_err = |e: io::Error| ReadFail::Broken(e.to_string());
+        let io_err = |e: io::Error| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                ReadFail::TimedOut
+            } else {
+                ReadFail::Broken(e.to_string())
+            }
+        };
         if write {
             // Only v2 WRITEs are in flight.
             let b = sock::recv_array::<STATUS_LEN>(fd).map_err(io_err)?;
