@@ -29,9 +29,10 @@ SIZES = [("4KiB", 4 * KiB), ("1MiB", MiB), ("64MiB", 64 * MiB)]
 TARGET_BUF = 66 * MiB
 REMOTE_OFF = MiB + 8  # unaligned on purpose
 GUARD = 64
-DEFAULT_PAIRS = ("mooncake:mooncake,te-rs:mooncake,mooncake:te-rs,"
+DEFAULT_PAIRS = ("mooncake:mooncake,te-rs:mooncake,mooncake:te-rs,te-rs:te-rs,"
                  "mooncake:mooncake@http,te-rs:mooncake@http,mooncake:te-rs@http,"
-                 "mooncake:mooncake@te-http,te-rs:mooncake@te-http,mooncake:te-rs@te-http")
+                 "mooncake:mooncake@te-http,te-rs:mooncake@te-http,mooncake:te-rs@te-http,"
+                 "te-rs:te-rs@te-http")
 NOTE_SPECIAL = 'q"uo\\te/ {br} \n\t ünï €'
 
 
