@@ -398,3 +398,16 @@ fn unknown_metadata_url_is_refused_not_fatal() {
     assert!(e.local_ip_and_port().starts_with("127.0.0.1:"));
     assert_eq!(e.local_ip_and_port(), e.local_server_name());
 }
+
+#[test]
+fn auto_discover_without_rdma_devices_installs_tcp() {
+    // No RDMA device here (ibverbs reports none): upstream installs "tcp".
+    let e = TransferEngine::new("P2PHANDSHAKE", "127.0.0.1", true).unwrap();
+    assert_eq!(e.installed_protocols(), vec!["tcp"]);
+    assert_eq!(e.metadata().local_desc().unwrap().protocol, "tcp");
+    let plain = TransferEngine::new("P2PHANDSHAKE", "127.0.0.1", false).unwrap();
+    assert!(
+        plain.installed_protocols().is_empty(),
+        "auto_discover=0 installs nothing"
+    );
+}

@@ -2,6 +2,7 @@
 //! transports and notifications. The FFI layer calls only this type.
 
 pub mod batch;
+pub mod graceful;
 pub mod memory;
 pub mod net;
 pub mod task;

@@ -195,9 +195,12 @@ impl Metadata {
     }
 
     pub fn remove_rpc_meta(&self) {
-        self.published_rpc.lock().take();
+        let was_published = self.published_rpc.lock().take().is_some();
         if let Some(k) = self.keeper.lock().take() {
             k.stop();
+        }
+        if !was_published {
+            return;
         }
         if let Some(s) = &self.store {
             let key = self.rpc_meta_key(&self.local_name());

@@ -1,20 +1,66 @@
 //! TCP transport, wire-compatible with Mooncake's v1/v2 (spec §7).
-//! PLACEHOLDER until the TCP transport work lands.
+//!
+//! * `wire`: header and status-frame codec.
+//! * `server`: the data acceptor serving peers' requests against `regions`.
+//! * `client` → `peer` → `conn`: per-peer FIFO, persistent pipelined lanes.
+//!
+//! Caveat (as upstream): memory must not be freed or unregistered while
+//! transfers into or out of it may still run; the transport validates
+//! addresses per request but cannot stop bytes already on their way.
+
+pub mod client;
+pub mod config;
+pub mod conn;
+pub mod peer;
+pub mod queue;
+pub mod regions;
+pub mod server;
+pub mod sock;
+pub mod wire;
 
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::metadata::descriptor::SegmentDesc;
+use crate::error::Result;
+use crate::metadata::descriptor::{BufferDesc, SegmentDesc};
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
+use client::TcpClient;
+use config::TcpConfig;
+use regions::Regions;
+use server::DataServer;
+
+/// The protocol version we advertise: we send status frames (v2).
+pub const TCP_PROTO_VERSION: u32 = 2;
 
 pub struct TcpTransport {
-    _ctx: TransportContext,
+    ctx: TransportContext,
+    regions: Arc<Regions>,
+    server: DataServer,
+    client: TcpClient,
 }
 
 impl TcpTransport {
+    /// Bind the data acceptor in the RPC port range and start serving.
     pub fn install(ctx: TransportContext) -> Result<Arc<TcpTransport>> {
-        let _ = ctx;
-        Err(Error::NotImplemented("tcp transport".into()))
+        Self::install_with_config(ctx, TcpConfig::from_env())
+    }
+
+    /// `install` with explicit settings (tests, embedding).
+    pub fn install_with_config(ctx: TransportContext, cfg: TcpConfig) -> Result<Arc<TcpTransport>> {
+        let listener = crate::engine::net::bind_in_rpc_range()?;
+        let regions = Arc::new(Regions::default());
+        let server = DataServer::start(listener, regions.clone(), cfg.clone())?;
+        let client = TcpClient::new(cfg, ctx.metadata.clone());
+        Ok(Arc::new(TcpTransport {
+            ctx,
+            regions,
+            server,
+            client,
+        }))
+    }
+
+    /// The data port peers connect to (`tcp_data_port`).
+    pub fn data_port(&self) -> u16 {
+        self.server.port()
     }
 }
 
@@ -22,17 +68,54 @@ impl Transport for TcpTransport {
     fn protocol(&self) -> &'static str {
         "tcp"
     }
-    fn register_memory(&self, _buf: &LocalBuffer) -> Result<()> {
+
+    fn register_memory(&self, buf: &LocalBuffer) -> Result<()> {
+        self.regions.add(buf.addr, buf.length);
         Ok(())
     }
-    fn unregister_memory(&self, _addr: u64) -> Result<()> {
-        Ok(())
+
+    fn unregister_memory(&self, addr: u64) -> Result<()> {
+        self.regions.remove(addr)
     }
-    fn describe(&self, desc: &mut SegmentDesc, _buffers: &[LocalBuffer]) {
+
+    fn describe(&self, desc: &mut SegmentDesc, buffers: &[LocalBuffer]) {
         desc.protocol = "tcp".into();
+        desc.tcp_data_port = self.data_port();
+        desc.tcp_proto_version = TCP_PROTO_VERSION;
+        desc.buffers = buffers
+            .iter()
+            .map(|b| BufferDesc {
+                addr: b.addr,
+                length: b.length,
+                lkey: None,
+                name: self.ctx.local_server_name.clone(),
+                rkey: None,
+            })
+            .collect();
     }
-    fn submit(&self, _subs: Vec<Submission>) -> Result<()> {
-        Err(Error::NotImplemented("tcp transport".into()))
+
+    fn submit(&self, subs: Vec<Submission>) -> Result<()> {
+        self.client.submit(subs);
+        Ok(())
     }
-    fn shutdown(&self) {}
+
+    fn links(&self) -> serde_json::Value {
+        serde_json::json!({
+            "protocol": "tcp",
+            "tcp_data_port": self.data_port(),
+            "peers": self.client.peer_count(),
+        })
+    }
+
+    fn shutdown(&self) {
+        self.client.shutdown();
+        self.server.shutdown();
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.client.shutdown();
+        self.server.shutdown();
+    }
 }

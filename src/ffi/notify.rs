@@ -1,0 +1,149 @@
+//! Notifications. Buffers handed to C come from libc `malloc`, so callers
+//! (and `freeNotifsMsgBuf`) release them with libc `free` (spec pitfall 18).
+
+use std::ffi::{c_char, c_int, c_void};
+use std::ptr;
+
+use super::{engine_of, err_code, ffi_fn, str_arg};
+use super::{notify_msg, notify_msg_t, transfer_engine_t};
+use crate::error::err::{INVALID_ARGUMENT, METADATA};
+
+/// A malloc'd NUL-terminated copy of `s`, or NULL if malloc fails.
+fn malloc_c_string(s: &str) -> *mut c_char {
+    // SAFETY: plain allocation of len + 1 bytes.
+    let p = unsafe { libc::malloc(s.len() + 1) } as *mut u8;
+    if p.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: p has len + 1 writable bytes and cannot overlap `s`.
+    unsafe {
+        ptr::copy_nonoverlapping(s.as_ptr(), p, s.len());
+        *p.add(s.len()) = 0;
+    }
+    p as *mut c_char
+}
+
+/// Free `n` entries' strings and then the array itself.
+///
+/// # Safety
+/// `arr` is NULL or a malloc'd array whose first `n` entries hold NULL or
+/// malloc'd strings.
+unsafe fn free_notify_array(arr: *mut notify_msg_t, n: usize) {
+    if arr.is_null() {
+        return;
+    }
+    for i in 0..n {
+        // SAFETY: i < n entries, per the caller contract.
+        let m = unsafe { &*arr.add(i) };
+        // SAFETY: NULL or malloc'd; free(NULL) is a no-op.
+        unsafe {
+            libc::free(m.name as *mut c_void);
+            libc::free(m.msg as *mut c_void);
+        }
+    }
+    // SAFETY: the array itself came from malloc.
+    unsafe { libc::free(arr as *mut c_void) };
+}
+
+/// # Safety
+/// `size` is NULL or valid for one `int` write.
+#[no_mangle]
+pub unsafe extern "C" fn getNotifsFromEngine(
+    engine: transfer_engine_t,
+    size: *mut c_int,
+) -> *mut notify_msg_t {
+    const F: &str = "getNotifsFromEngine";
+    ffi_fn!("getNotifsFromEngine", ptr::null_mut(), {
+        if size.is_null() {
+            log::error!("{F}: NULL size pointer");
+            return ptr::null_mut();
+        }
+        // SAFETY: non-NULL and writable per the caller contract.
+        unsafe { size.write(0) };
+        let Some(e) = engine_of(engine, F) else {
+            return ptr::null_mut();
+        };
+        let notes = e.take_notifies();
+        if notes.is_empty() {
+            return ptr::null_mut();
+        }
+        let Ok(n) = c_int::try_from(notes.len()) else {
+            log::error!(
+                "{F}: {} notifications do not fit an int; dropped",
+                notes.len()
+            );
+            return ptr::null_mut();
+        };
+        // SAFETY: zeroed allocation, so every entry starts as {NULL, NULL}.
+        let arr = unsafe { libc::calloc(notes.len(), std::mem::size_of::<notify_msg_t>()) }
+            as *mut notify_msg_t;
+        if arr.is_null() {
+            log::error!("{F}: out of memory for {n} notifications; dropped");
+            return ptr::null_mut();
+        }
+        for (i, (name, msg)) in notes.iter().enumerate() {
+            let entry = notify_msg {
+                name: malloc_c_string(name),
+                msg: malloc_c_string(msg),
+            };
+            // SAFETY: i < len entries allocated above.
+            unsafe { arr.add(i).write(entry) };
+            if entry.name.is_null() || entry.msg.is_null() {
+                log::error!("{F}: out of memory copying notification {i}; all dropped");
+                // SAFETY: entries 0..=i hold NULL or malloc'd strings.
+                unsafe { free_notify_array(arr, i + 1) };
+                return ptr::null_mut();
+            }
+        }
+        // SAFETY: non-NULL and writable (checked above).
+        unsafe { size.write(n) };
+        arr
+    })
+}
+
+/// # Safety
+/// `msg` is NULL or an array returned by `getNotifsFromEngine` with its
+/// `size`, not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn freeNotifsMsgBuf(msg: *mut notify_msg_t, size: c_int) -> c_int {
+    ffi_fn!("freeNotifsMsgBuf", 0, {
+        let n = usize::try_from(size).unwrap_or(0);
+        // SAFETY: forwarded caller contract.
+        unsafe { free_notify_array(msg, n) };
+        0
+    })
+}
+
+/// # Safety
+/// `notify_msg.name` / `.msg` are NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn genNotifyInEngine(
+    engine: transfer_engine_t,
+    target_id: u64,
+    notify_msg: notify_msg_t,
+) -> c_int {
+    const F: &str = "genNotifyInEngine";
+    ffi_fn!("genNotifyInEngine", INVALID_ARGUMENT, {
+        let Some(e) = engine_of(engine, F) else {
+            return INVALID_ARGUMENT;
+        };
+        // SAFETY: NULL or NUL-terminated per the header contract.
+        let Some(name) = (unsafe { str_arg(notify_msg.name, F, "notify_msg.name") }) else {
+            return INVALID_ARGUMENT;
+        };
+        // SAFETY: as above.
+        let Some(msg) = (unsafe { str_arg(notify_msg.msg, F, "notify_msg.msg") }) else {
+            return INVALID_ARGUMENT;
+        };
+        // Segment ids are int32; anything wider names no segment (ERR_METADATA,
+        // as Mooncake reports for an unknown segment).
+        let Ok(target) = i32::try_from(target_id) else {
+            log::error!("{F}: target_id {target_id} is not a segment id");
+            return METADATA;
+        };
+        match e.send_notify(target, &name, &msg) {
+            Ok(()) => 0,
+            Err(err) => err_code(F, &err),
+        }
+    })
+}

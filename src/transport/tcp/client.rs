@@ -1,0 +1,114 @@
+//! The initiator side: routes each request to its peer's FIFO. `submit`
+//! only enqueues; lanes do all network work.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::config::TcpConfig;
+use super::peer::{Peer, PeerKey};
+use super::queue::Job;
+use crate::engine::task::Opcode;
+use crate::metadata::Metadata;
+use crate::transport::Submission;
+
+pub struct TcpClient {
+    cfg: TcpConfig,
+    metadata: Arc<Metadata>,
+    stop: Arc<AtomicBool>,
+    peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
+}
+
+impl TcpClient {
+    pub fn new(cfg: TcpConfig, metadata: Arc<Metadata>) -> TcpClient {
+        TcpClient {
+            cfg,
+            metadata,
+            stop: Arc::new(AtomicBool::new(false)),
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Each request is one slice; failures surface as FAILED tasks.
+    pub fn submit(&self, subs: Vec<Submission>) {
+        for s in subs {
+            let task = s.task;
+            task.set_slices(1);
+            let req = s.request;
+            if req.length == 0 {
+                task.slice_succeeded(0);
+                continue;
+            }
+            if self.stop.load(Ordering::Acquire) {
+                log::warn!("tcp: request submitted after shutdown");
+                task.slice_failed();
+                continue;
+            }
+            if s.target.tcp_data_port == 0 {
+                log::error!(
+                    "tcp: segment '{}' advertises no tcp_data_port",
+                    s.target.name
+                );
+                task.slice_failed();
+                continue;
+            }
+            let key = PeerKey {
+                name: s.target.name.clone(),
+                port: s.target.tcp_data_port,
+                v2: s.target.tcp_proto_version >= 2 && !self.cfg.force_v1,
+            };
+            let job = Job {
+                task,
+                write: req.opcode == Opcode::Write,
+                local: req.source,
+                remote: req.target_offset,
+                len: req.length,
+            };
+            match self.peer(key) {
+                Some(p) => p.push(job),
+                None => job.fail(),
+            }
+        }
+    }
+
+    fn peer(&self, key: PeerKey) -> Option<Arc<Peer>> {
+        let mut peers = self.peers.lock();
+        // Checked under the lock shutdown drains, so no lanes outlive it.
+        if self.stop.load(Ordering::Acquire) {
+            return None;
+        }
+        if let Some(p) = peers.get(&key) {
+            return Some(p.clone());
+        }
+        match Peer::start(
+            key.clone(),
+            self.cfg.clone(),
+            self.metadata.clone(),
+            self.stop.clone(),
+        ) {
+            Ok(p) => {
+                peers.insert(key, p.clone());
+                Some(p)
+            }
+            Err(e) => {
+                log::error!("tcp: cannot start lanes for {key:?}: {e}");
+                None
+            }
+        }
+    }
+
+    /// Number of peers with lanes (diagnostics).
+    pub fn peer_count(&self) -> usize {
+        self.peers.lock().len()
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Release);
+        let peers: Vec<Arc<Peer>> = self.peers.lock().drain().map(|(_, p)| p).collect();
+        for p in peers {
+            p.shutdown();
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! One persistent data connection to a peer, full duplex: the lane thread
+//! sends requests, a reader thread takes the answers in FIFO order (the
+//! server handles requests strictly in sequence). Requests are pipelined up
+//! to `pipeline_depth` deep.
+//!
+//! After any error the connection is broken for good: the reader waits until
+//! no body is being sent from a source buffer (so callers may free it once
+//! the task is terminal), then settles every in-flight request: the head one
+//! fails, the ones behind it are retried on a fresh connection (see
+//! `Fate`). A rejected request therefore never takes innocent pipelined
+//! neighbours down with it, even when the server's close turns into a RST.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::queue::{Job, JobQueue};
+use super::sock::{self, IoSpan};
+use super::wire::{Header, Status, STATUS_LEN};
+
+struct State {
+    /// Requests sent (or being sent) whose answer is still to be read.
+    inflight: VecDeque<Job>,
+    broken: bool,
+    /// The lane thread is inside a send on this socket.
+    sending: bool,
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    v2: bool,
+    depth: usize,
+    peer: String,
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+enum ReadFail {
+    Rejected,
+    /// No answer within the status timeout: the peer is unresponsive.
+    TimedOut,
+    Broken(String),
+}
+
+/// What happens to in-flight requests when a connection ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Closed by our side (shutdown, idle): everything in flight fails.
+    FailAll,
+    /// The head request failed; those behind it are retried on a new
+    /// connection. The server works strictly in order and stops at the
+    /// failure, and a repeated READ/WRITE of the same range is idempotent.
+    RetryBehindHead,
+    /// The peer stopped answering: fail in-flight and queued work.
+    PeerDead,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, v2: bool, depth: usize, peer: String) -> Conn {
+        Conn {
+            stream,
+            v2,
+            depth: depth.max(1),
+            peer,
+            state: Mutex::new(State {
+                inflight: VecDeque::new(),
+                broken: false,
+                sending: false,
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn fd(&self) -> i32 {
+        self.stream.as_raw_fd()
+    }
+
+    /// Mark broken and wake everything blocked on the socket or the state.
+    pub fn abort(&self) {
+        self.state.lock().broken = true;
+        sock::shutdown_fd(self.fd());
+        self.cv.notify_all();
+    }
+
+    /// Not worth sending on: broken, or idle yet readable (the server closed
+    /// it, or sent bytes nobody asked for).
+    pub fn is_stale(&self) -> bool {
+        let g = self.state.lock();
+        if g.broken {
+            return true;
+        }
+        g.inflight.is_empty()
+            && !g.sending
+            && sock::poll_readable(self.fd(), Duration::ZERO).unwrap_or(true)
+    }
+
+    pub fn is_idle(&self) -> bool {
+        let g = self.state.lock();
+        g.inflight.is_empty() && !g.sending
+    }
+
+    /// Send one request. `Err(job)` hands the job back untouched when the
+    /// connection was already broken; otherwise the job is owned by this
+    /// connection and will be completed or failed exactly once.
+    pub fn send(&self, job: Job) -> Result<(), Job> {
+        let mut g = self.state.lock();
+        while !g.broken && g.inflight.len() >= self.depth {
+            self.cv.wait(&mut g);
+        }
+        if g.broken {
+            return Err(job);
+        }
+        let header = Header::new(job.write, self.v2, job.remote, job.len).encode();
+        let body = IoSpan {
+            ptr: job.local as *mut u8,
+            len: if job.write { job.len as usize } else { 0 },
+        };
+        // v1 WRITE has no answer: it completes once the body is handed over.
+        let unanswered = if self.v2 || !job.write {
+            g.inflight.push_back(job);
+            None
+        } else {
+            Some(job)
+        };
+        g.sending = true;
+        drop(g);
+        self.cv.notify_all();
+        let hdr = IoSpan {
+            ptr: header.as_ptr() as *mut u8,
+            len: header.len(),
+        };
+        // SAFETY: `header` is a live local; the body is the caller's source
+        // range, which stays valid until the task is terminal (API contract),
+        // and the task cannot turn terminal while `sending` is set.
+        let res = unsafe { sock::send_all(self.fd(), &[hdr, body]) };
+        let mut g = self.state.lock();
+        g.sending = false;
+        if res.is_err() {
+            g.broken = true;
+        }
+        drop(g);
+        self.cv.notify_all();
+        match res {
+            Ok(()) => {
+                if let Some(j) = unanswered {
+                    j.succeed();
+                }
+            }
+            Err(e) => {
+                log::warn!("tcp: sending to {} failed: {e}", self.peer);
+                sock::shutdown_fd(self.fd());
+                if let Some(j) = unanswered {
+                    j.fail();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The reader thread: answers in FIFO order until the connection breaks.
+    pub fn read_loop(&self, queue: &JobQueue) {
+        loop {
+            let (write, local, len) = {
+                let mut g = self.state.lock();
+                while g.inflight.is_empty() && !g.broken {
+                    self.cv.wait(&mut g);
+                }
+                // Even once broken (e.g. the sender hit a reset), answers
+                // already queued in the socket are still read: they may
+                // complete requests the server did finish.
+                match g.inflight.front() {
+                    Some(j) => (j.write, j.local, j.len),
+                    None => break,
+                }
+            };
+            match self.read_answer(write, local, len) {
+                Ok(()) => {
+                    let j = self.state.lock().inflight.pop_front();
+                    self.cv.notify_all();
+                    if let Some(j) = j {
+                        j.succeed();
+                    }
+                }
+                Err(ReadFail::Rejected) => {
+                    log::warn!(
+                        "tcp: {} rejected {} of {len} bytes: address range not registered there",
+                        self.peer,
+                        if write { "WRITE" } else { "READ" }
+                    );
+                    self.finish(queue, Fate::RetryBehindHead);
+                    return;
+                }
+                Err(ReadFail::TimedOut) => {
+                    log::warn!(
+                        "tcp: {} sent no answer within the status timeout; failing its queued requests",
+                        self.peer
+                    );
+                    self.finish(queue, Fate::PeerDead);
+                    return;
+                }
+                Err(ReadFail::Broken(why)) => {
+                    log::warn!("tcp: connection to {} failed: {why}", self.peer);
+                    self.finish(queue, Fate::RetryBehindHead);
+                    return;
+                }
+            }
+        }
+        self.finish(queue, Fate::FailAll);
+    }
+
+    /// Break the connection, wait for the sender to leave the socket, then
+    /// settle every in-flight request.
+    fn finish(&self, queue: &JobQueue, fate: Fate) {
+        let mut g = self.state.lock();
+        g.broken = true;
+        drop(g);
+        sock::shutdown_fd(self.fd());
+        self.cv.notify_all();
+        let mut g = self.state.lock();
+        while g.sending {
+            self.cv.wait(&mut g);
+        }
+        let jobs: Vec<Job> = g.inflight.drain(..).collect();
+        drop(g);
+        self.cv.notify_all();
+        let mut it = jobs.into_iter();
+        match fate {
+            Fate::FailAll => it.for_each(Job::fail),
+            Fate::PeerDead => {
+                it.for_each(Job::fail);
+                queue.fail_queued();
+            }
+            Fate::RetryBehindHead => {
+                if let Some(head) = it.next() {
+                    head.fail();
+                }
+                // No retry cap needed: every broken connection fails its
+                // head request, so this always makes progress.
+                let retry: Vec<Job> = it.collect();
+                if !retry.is_empty() {
+                    queue.requeue_front(retry);
+                }
+            }
+        }
+    }
+
+    fn read_answer(&self, write: bool, local: u64, len: u64) -> Result<(), ReadFail> {
+        let fd = self.fd();
+        let io_err = |e: io::Error| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                ReadFail::TimedOut
+            } else {
+                ReadFail::Broken(e.to_string())
+            }
+        };
+        if write {
+            // Only v2 WRITEs are in flight.
+            let b = sock::recv_array::<STATUS_LEN>(fd).map_err(io_err)?;
+            return check_status(&b);
+        }
+        let body = IoSpan {
+            ptr: local as *mut u8,
+            len: len as usize,
+        };
+        if !self.v2 {
+            // SAFETY: the READ destination is the caller's source range,
+            // valid until the task is terminal (API contract).
+            return unsafe { sock::recv_all(fd, &[body]) }.map_err(io_err);
+        }
+        // Status and body in one call when they arrive together.
+        let mut status = [0u8; STATUS_LEN];
+        let mut got = 0usize;
+        let mut spans = vec![
+            IoSpan {
+                ptr: status.as_mut_ptr(),
+                len: STATUS_LEN,
+            },
+            body,
+        ];
+        while got < STATUS_LEN {
+            // SAFETY: `status` is a live local; `body` as above.
+            let n = unsafe { sock::recv_some(fd, &spans) }.map_err(io_err)?;
+            got += n;
+            sock::skip(&mut spans, n);
+        }
+        check_status(&status)?;
+        // SAFETY: the remaining spans lie inside `body` (see above).
+        unsafe { sock::recv_all(fd, &spans) }.map_err(io_err)
+    }
+}
+
+fn check_status(b: &[u8; STATUS_LEN]) -> Result<(), ReadFail> {
+    match Status::decode(b) {
+        Some(Status::Ok) => Ok(()),
+        Some(Status::AddrRejected) => Err(ReadFail::Rejected),
+        Some(Status::Other(c)) => Err(ReadFail::Broken(format!("unknown status code {c}"))),
+        None => Err(ReadFail::Broken(format!(
+            "malformed status frame {:016x}",
+            u64::from_le_bytes(*b)
+        ))),
+    }
+}
+
+/// A connection plus its reader thread, owned by one lane.
+pub struct ConnHandle {
+    pub conn: Arc<Conn>,
+    pub id: u64,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConnHandle {
+    pub fn spawn(conn: Arc<Conn>, id: u64, queue: Arc<JobQueue>) -> io::Result<ConnHandle> {
+        let c = conn.clone();
+        let reader = std::thread::Builder::new()
+            .name("te-tcp-reader".into())
+            .spawn(move || c.read_loop(&queue))?;
+        Ok(ConnHandle {
+            conn,
+            id,
+            reader: Some(reader),
+        })
+    }
+
+    /// Abort the connection and wait until every in-flight request settled.
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        self.conn.abort();
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! A peer's data endpoint (segment name, data port, framing) with its FIFO
+//! and its lanes: threads that each own one persistent connection and feed
+//! it requests from the FIFO. Connecting happens here, never in `submit`.
+
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::config::TcpConfig;
+use super::conn::{Conn, ConnHandle};
+use super::queue::{Job, JobQueue, Next};
+use super::sock;
+use crate::metadata::Metadata;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// Segment name; the host comes from its rpc_meta.
+    pub name: String,
+    pub port: u16,
+    pub v2: bool,
+}
+
+pub struct Peer {
+    key: PeerKey,
+    cfg: TcpConfig,
+    metadata: Arc<Metadata>,
+    stop: Arc<AtomicBool>,
+    pub queue: Arc<JobQueue>,
+    /// Live connections, so shutdown can break them.
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_conn: AtomicU64,
+    lanes: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Attempts per connect round (a short bounded retry, then queued work fails).
+const CONNECT_ATTEMPTS: u32 = 2;
+
+impl Peer {
+    pub fn start(
+        key: PeerKey,
+        cfg: TcpConfig,
+        metadata: Arc<Metadata>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<Arc<Peer>> {
+        let lanes = cfg.lanes_per_peer.clamp(1, 16);
+        let peer = Arc::new(Peer {
+            key,
+            cfg,
+            metadata,
+            stop,
+            queue: Arc::new(JobQueue::default()),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            lanes: Mutex::new(Vec::new()),
+        });
+        for i in 0..lanes {
+            let p = peer.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("te-tcp-lane-{i}"))
+                .spawn(move || p.lane_loop());
+            match h {
+                Ok(h) => peer.lanes.lock().push(h),
+                Err(e) if i == 0 => {
+                    peer.queue.stop();
+                    return Err(e);
+                }
+                Err(e) => {
+                    log::warn!("tcp: only {i} lanes to {:?}: {e}", peer.key);
+                    break;
+                }
+            }
+        }
+        Ok(peer)
+    }
+
+    pub fn push(&self, job: Job) {
+        self.queue.push(job);
+    }
+
+    /// Fail queued work, break every connection (failing in-flight work) and
+    /// join the lanes.
+    pub fn shutdown(&self) {
+        self.queue.stop();
+        for c in self.conns.lock().values() {
+            c.abort();
+        }
+        let lanes: Vec<JoinHandle<()>> = self.lanes.lock().drain(..).collect();
+        for h in lanes {
+            let _ = h.join();
+        }
+    }
+
+    fn lane_loop(self: &Arc<Self>) {
+        let mut conn: Option<ConnHandle> = None;
+        loop {
+            let mut job = match self.queue.next(self.cfg.lane_idle) {
+                Next::Job(j) => j,
+                Next::Idle => {
+                    if conn.as_ref().is_some_and(|c| c.conn.is_idle()) {
+                        self.drop_conn(&mut conn);
+                    }
+                    continue;
+                }
+                Next::Stop => break,
+            };
+            let mut tries = 0;
+            loop {
+                if conn.as_ref().is_some_and(|c| c.conn.is_stale()) {
+                    self.drop_conn(&mut conn);
+                }
+                if conn.is_none() {
+                    match self.open() {
+                        Ok(c) => conn = Some(c),
+                        Err(why) => {
+                            let queued = self.queue.fail_queued();
+                            log::error!(
+                                "tcp: cannot connect to segment '{}' data port {}: {why}; failing this request and {queued} queued",
+                                self.key.name,
+                                self.key.port
+                            );
+                            job.fail();
+                            break;
+                        }
+                    }
+                }
+                let Some(c) = conn.as_ref() else { break };
+                match c.conn.send(job) {
+                    Ok(()) => break,
+                    Err(back) => {
+                        // Broke before this request was taken: retry once on
+                        // a fresh connection.
+                        self.drop_conn(&mut conn);
+                        tries += 1;
+                        if tries >= 2 {
+                            back.fail();
+                            break;
+                        }
+                        job = back;
+                    }
+                }
+            }
+        }
+        self.drop_conn(&mut conn);
+    }
+
+    fn drop_conn(&self, conn: &mut Option<ConnHandle>) {
+        if let Some(c) = conn.take() {
+            self.conns.lock().remove(&c.id);
+            c.close();
+        }
+    }
+
+    fn open(&self) -> Result<ConnHandle, String> {
+        let meta = self
+            .metadata
+            .rpc_meta(&self.key.name)
+            .map_err(|e| format!("rpc_meta lookup: {e}"))?;
+        let host = meta.ip_or_host_name;
+        let addrs: Vec<_> = (host.as_str(), self.key.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("resolving {host}: {e}"))?
+            .collect();
+        let mut last = format!("{host} resolved to no address");
+        for attempt in 0..CONNECT_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            for a in &addrs {
+                if self.stop.load(Ordering::Acquire) {
+                    return Err("transport shutting down".into());
+                }
+                let stream = match sock::connect(a, self.cfg.connect_timeout, &self.stop) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        last = format!("{a}: {e}");
+                        continue;
+                    }
+                };
+                sock::tune(&stream, self.cfg.status_timeout, self.cfg.socket_buffer)
+                    .map_err(|e| format!("{a}: socket options: {e}"))?;
+                let conn = Arc::new(Conn::new(
+                    stream,
+                    self.key.v2,
+                    self.cfg.pipeline_depth,
+                    format!("{} ({a})", self.key.name),
+                ));
+                let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+                self.conns.lock().insert(id, conn.clone());
+                // Shutdown either saw the registration or we see its flag.
+                if self.stop.load(Ordering::Acquire) {
+                    conn.abort();
+                }
+                return ConnHandle::spawn(conn, id, self.queue.clone()).map_err(|e| {
+                    self.conns.lock().remove(&id);
+                    format!("spawning reader: {e}")
+                });
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,238 @@
+//! The data server: an acceptor thread and one thread per connection, each
+//! serving requests sequentially (spec §7.3 server loop).
+//!
+//! Payloads move straight between the socket and registered memory. The
+//! region list is checked per request; unregistering a region while a
+//! transfer into it runs only affects later requests. As upstream, the owner
+//! must not free registered memory while peers may still transfer into it:
+//! the bytes land wherever the (already validated) address points.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::config::TcpConfig;
+use super::regions::Regions;
+use super::sock::{self, IoSpan};
+use super::wire::{Header, Status, HEADER_LEN};
+use crate::error::{Error, Result};
+
+struct Shared {
+    regions: Arc<Regions>,
+    cfg: TcpConfig,
+    stop: AtomicBool,
+    /// Clones of live connections, so shutdown can wake their threads.
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    /// Connection threads still running.
+    live: Mutex<usize>,
+    live_cv: Condvar,
+    next_id: AtomicU64,
+}
+
+pub struct DataServer {
+    port: u16,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    acceptor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl DataServer {
+    /// Serve requests arriving on `listener` (already bound) against `regions`.
+    pub fn start(listener: TcpListener, regions: Arc<Regions>, cfg: TcpConfig) -> Result<Self> {
+        let port = listener
+            .local_addr()
+            .map_err(|e| Error::Socket(format!("tcp data listener address: {e}")))?
+            .port();
+        let shared = Arc::new(Shared {
+            regions,
+            cfg,
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+            live: Mutex::new(0),
+            live_cv: Condvar::new(),
+            next_id: AtomicU64::new(0),
+        });
+        let l = listener
+            .try_clone()
+            .map_err(|e| Error::Socket(format!("tcp data listener: {e}")))?;
+        let s = shared.clone();
+        let acceptor = std::thread::Builder::new()
+            .name(format!("te-tcp-accept-{port}"))
+            .spawn(move || accept_loop(l, s))
+            .map_err(|e| Error::Socket(format!("spawning tcp acceptor: {e}")))?;
+        log::info!("tcp data server listening on port {port}");
+        Ok(DataServer {
+            port,
+            listener,
+            shared,
+            acceptor: Mutex::new(Some(acceptor)),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Close the listener and every connection, then join all threads.
+    pub fn shutdown(&self) {
+        if self.shared.stop.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Wakes the blocked accept (Linux returns EINVAL); the poke below
+        // covers systems where it does not.
+        sock::shutdown_fd(self.listener.as_raw_fd());
+        let _ = TcpStream::connect_timeout(
+            &(std::net::Ipv4Addr::LOCALHOST, self.port).into(),
+            Duration::from_millis(100),
+        );
+        if let Some(h) = self.acceptor.lock().take() {
+            let _ = h.join();
+        }
+        for (_, c) in self.shared.conns.lock().drain() {
+            sock::shutdown_fd(c.as_raw_fd());
+        }
+        let mut live = self.shared.live.lock();
+        while *live > 0 {
+            self.shared.live_cv.wait(&mut live);
+        }
+        log::info!("tcp data server on port {} stopped", self.port);
+    }
+}
+
+impl Drop for DataServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Counts a connection thread as live until dropped.
+struct LiveGuard(Arc<Shared>, u64);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.conns.lock().remove(&self.1);
+        let mut live = self.0.live.lock();
+        *live -= 1;
+        self.0.live_cv.notify_all();
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(x) => x,
+            Err(e) => {
+                if shared.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::warn!("tcp data server: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+        };
+        if shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut live = shared.live.lock();
+            if *live >= shared.cfg.max_server_connections {
+                log::warn!(
+                    "tcp data server: refusing {peer}: {} connections already served",
+                    *live
+                );
+                continue;
+            }
+            let clone = match stream.try_clone() {
+                Ok(c) => c,
+                Err(e) => {
+                    log::warn!("tcp data server: cannot track connection from {peer}: {e}");
+                    continue;
+                }
+            };
+            *live += 1;
+            shared.conns.lock().insert(id, clone);
+        }
+        let guard = LiveGuard(shared.clone(), id);
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("te-tcp-serve".into())
+            .spawn(move || {
+                let _guard = guard;
+                if let Err(e) = serve(&s, &stream) {
+                    log::debug!("tcp data server: connection from {peer} ended: {e}");
+                }
+            });
+        if let Err(e) = spawned {
+            // The closure (and its guard) was dropped, so the count is right.
+            log::warn!("tcp data server: cannot spawn a thread for {peer}: {e}");
+        }
+    }
+}
+
+/// One connection: header, validate, move the payload, repeat.
+fn serve(shared: &Shared, stream: &TcpStream) -> io::Result<()> {
+    sock::tune(stream, shared.cfg.status_timeout, shared.cfg.socket_buffer)?;
+    let fd = stream.as_raw_fd();
+    loop {
+        if !sock::poll_readable(fd, shared.cfg.server_idle)? {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "idle connection closed",
+            ));
+        }
+        if shared.stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let raw = match sock::recv_array::<HEADER_LEN>(fd) {
+            Ok(b) => b,
+            // EOF between requests is the normal end of a session.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let h = Header::decode(&raw);
+        let v2 = h.is_v2();
+        if !shared.regions.allows(h.addr, h.size) || h.size > isize::MAX as u64 {
+            log::warn!(
+                "tcp data server: rejecting {} of {} bytes at {:#x}: not inside one registered region",
+                if h.is_write() { "WRITE" } else { "READ" },
+                h.size,
+                h.addr
+            );
+            if v2 {
+                let _ = sock::send_bytes(fd, &Status::AddrRejected.encode());
+            }
+            return Ok(());
+        }
+        let body = IoSpan {
+            ptr: h.addr as *mut u8,
+            len: h.size as usize,
+        };
+        if h.is_write() {
+            // SAFETY: the range lies inside a region the owner registered and
+            // promised to keep alive while peers may transfer into it.
+            unsafe { sock::recv_all(fd, &[body])? };
+            if v2 {
+                sock::send_bytes(fd, &Status::Ok.encode())?;
+            }
+        } else {
+            let status = Status::Ok.encode();
+            let st = IoSpan {
+                ptr: status.as_ptr() as *mut u8,
+                len: if v2 { status.len() } else { 0 },
+            };
+            // SAFETY: `status` is a live local; `body` lies inside a
+            // registered region (see above); both are only read.
+            unsafe { sock::send_all(fd, &[st, body])? };
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Socket I/O straight to and from raw memory: payloads are sent from and
+//! received into the registered/source regions with no intermediate copy.
+//!
+//! Every send uses `MSG_NOSIGNAL`: the library lives inside C programs that
+//! do not ignore SIGPIPE.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A byte range of raw memory to send from or receive into.
+#[derive(Clone, Copy, Debug)]
+pub struct IoSpan {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+fn last_err() -> io::Error {
+    io::Error::last_os_error()
+}
+
+/// A timed-out blocking socket call shows up as EAGAIN.
+fn map_timeout(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(io::ErrorKind::TimedOut, "socket timeout")
+    } else {
+        e
+    }
+}
+
+/// Drop the first `n` bytes from `spans` (after a partial transfer).
+fn advance(spans: &mut Vec<IoSpan>, mut n: usize) {
+    while n > 0 && !spans.is_empty() {
+        if n >= spans[0].len {
+            n -= spans[0].len;
+            spans.remove(0);
+        } else {
+            // SAFETY: `n < len`, so the advanced pointer stays inside the span.
+            spans[0].ptr = unsafe { spans[0].ptr.add(n) };
+            spans[0].len -= n;
+            n = 0;
+        }
+    }
+    spans.retain(|s| s.len > 0);
+}
+
+fn to_iovecs(spans: &[IoSpan]) -> Vec<libc::iovec> {
+    spans
+        .iter()
+        .take(64)
+        .map(|s| libc::iovec {
+            iov_base: s.ptr as *mut libc::c_void,
+            iov_len: s.len,
+        })
+        .collect()
+}
+
+/// Send every byte of `spans`, in order, in as few syscalls as the kernel
+/// allows (one `sendmsg` for a small header+body).
+///
+/// # Safety
+/// Each span must be readable memory for its whole length for the duration
+/// of the call.
+pub unsafe fn send_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
+    let mut spans: Vec<IoSpan> = spans.iter().copied().filter(|s| s.len > 0).collect();
+    while !spans.is_empty() {
+        let mut iov = to_iovecs(&spans);
+        // SAFETY: msghdr is plain data; zeroed is a valid empty message.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: the iovecs point at memory the caller vouched for.
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = last_err();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(map_timeout(e));
+        }
+        advance(&mut spans, n as usize);
+    }
+    Ok(())
+}
+
+/// Receive exactly the bytes of `spans`, in order. EOF before the end is
+/// `UnexpectedEof`.
+///
+/// # Safety
+/// Each span must be writable memory for its whole length for the duration
+/// of the call.
+pub unsafe fn recv_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
+    let mut spans: Vec<IoSpan> = spans.iter().copied().filter(|s| s.len > 0).collect();
+    while !spans.is_empty() {
+        let n = if spans.len() == 1 {
+            // SAFETY: the span is writable memory per the caller.
+            unsafe {
+                libc::recv(
+                    fd,
+                    spans[0].ptr as *mut libc::c_void,
+                    spans[0].len,
+                    libc::MSG_WAITALL,
+                )
+            }
+        } else {
+            let mut iov = to_iovecs(&spans);
+            // SAFETY: msghdr is plain data; zeroed is a valid empty message.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = iov.len() as _;
+            // SAFETY: the iovecs point at memory the caller vouched for.
+            unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_WAITALL) }
+        };
+        if n < 0 {
+            let e = last_err();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(map_timeout(e));
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed the connection",
+            ));
+        }
+        advance(&mut spans, n as usize);
+    }
+    Ok(())
+}
+
+/// One `recvmsg` into `spans`; returns the byte count (EOF is an error).
+///
+/// # Safety
+/// Each span must be writable memory for its whole length for the duration
+/// of the call.
+pub unsafe fn recv_some(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
+    let mut iov = to_iovecs(spans);
+    loop {
+        // SAFETY: msghdr is plain data; zeroed is a valid empty message.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        // SAFETY: the iovecs point at memory the caller vouched for.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+        if n < 0 {
+            let e = last_err();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(map_timeout(e));
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed the connection",
+            ));
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// Drop the first `n` bytes of `spans` (public form of the partial-I/O step).
+pub fn skip(spans: &mut Vec<IoSpan>, n: usize) {
+    advance(spans, n);
+}
+
+/// Receive into a local byte array.
+pub fn recv_array<const N: usize>(fd: RawFd) -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    let span = IoSpan {
+        ptr: b.as_mut_ptr(),
+        len: N,
+    };
+    // SAFETY: `b` is a live local array of exactly `span.len` bytes.
+    unsafe { recv_all(fd, &[span])? };
+    Ok(b)
+}
+
+/// Send a local byte slice.
+pub fn send_bytes(fd: RawFd, b: &[u8]) -> io::Result<()> {
+    let span = IoSpan {
+        ptr: b.as_ptr() as *mut u8,
+        len: b.len(),
+    };
+    // SAFETY: `b` is borrowed for the whole call; send only reads it.
+    unsafe { send_all(fd, &[span]) }
+}
+
+/// Wait up to `timeout` for `fd` to become readable (data, EOF or error).
+pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    loop {
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        if n < 0 {
+            let e = last_err();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        return Ok(n > 0);
+    }
+}
+
+/// Wake every thread blocked on `fd` (recv returns 0, send fails); the fd
+/// itself stays open until its owner drops it.
+pub fn shutdown_fd(fd: RawFd) {
+    // SAFETY: shutdown on a (possibly already shut) socket fd has no memory effects.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
+/// NODELAY, read/write timeouts and optional buffer sizes for a data socket.
+pub fn tune(s: &TcpStream, io_timeout: Duration, buf: usize) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(io_timeout))?;
+    s.set_write_timeout(Some(io_timeout))?;
+    if buf > 0 {
+        let v = buf.min(i32::MAX as usize) as libc::c_int;
+        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+            // SAFETY: passes a pointer to a live c_int of the stated size.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &v as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
+            (
+                ss,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            (
+                ss,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            )
+        }
+    }
+}
+
+/// Connect with a deadline, giving up early when `stop` is raised (so a
+/// transport shutdown never waits for a slow connect).
+pub fn connect(addr: &SocketAddr, timeout: Duration, stop: &AtomicBool) -> io::Result<TcpStream> {
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain socket creation; the fd is owned below.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(last_err());
+    }
+    // SAFETY: `fd` is a fresh socket we own; TcpStream closes it on drop.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (ss, len) = sockaddr_of(addr);
+    // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
+    let rc = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
+    if rc < 0 {
+        let e = last_err();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "transport shutting down",
+                ));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connect to {addr} timed out after {timeout:?}"),
+                ));
+            }
+            let step = (deadline - now).min(Duration::from_millis(100));
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, step.as_millis().max(1) as i32) };
+            if n < 0 {
+                let e = last_err();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n > 0 {
+                break;
+            }
+        }
+        let mut err: libc::c_int = 0;
+        let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err`/`elen` are live locals of the sizes passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut libc::c_int as *mut libc::c_void,
+                &mut elen,
+            )
+        };
+        if rc < 0 {
+            return Err(last_err());
+        }
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+    }
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_walks_across_spans() {
+        let mut a = [0u8; 4];
+        let mut b = [0u8; 6];
+        let mut spans = vec![
+            IoSpan {
+                ptr: a.as_mut_ptr(),
+                len: 4,
+            },
+            IoSpan {
+                ptr: b.as_mut_ptr(),
+                len: 6,
+            },
+        ];
+        advance(&mut spans, 5);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(spans[0].len, 5);
+        assert_eq!(spans[0].ptr, b.as_mut_ptr().wrapping_add(1));
+        advance(&mut spans, 5);
+        assert!(spans.is_empty());
+    }
+
+    #[test]
+    fn refused_connect_fails_fast() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let stop = AtomicBool::new(false);
+        let t = Instant::now();
+        assert!(connect(&addr, Duration::from_secs(5), &stop).is_err());
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
