@@ -13,7 +13,6 @@ pub mod endpoint_driver;
 pub mod memory;
 pub mod provider;
 pub mod rail;
-pub mod rails;
 pub mod selection;
 pub mod slicing;
 pub mod stats;
@@ -39,7 +38,7 @@ use context::RdmaContext;
 use endpoint::GENERATION_STRIDE;
 use endpoint_driver::{state_label, Endpoint, HandshakeMode, PassiveOutcome};
 use memory::{MemoryTable, Region};
-use rails::RailBook;
+use rail::RailBook;
 use selection::{select_device, select_peer_device, SelectionPolicy};
 use slicing::{cut, CutError, SliceParams};
 use stats::Counters;
@@ -335,6 +334,7 @@ impl RdmaTransport {
             .iter()
             .map(|c| Arc::new(ContextWorkers::new(c.clone(), posters)))
             .collect();
+        let rails = RailBook::new(cfg.rail_pause);
         let shared = Arc::new_cyclic(|me| Shared {
             tctx: ctx,
             contexts,
@@ -343,11 +343,10 @@ impl RdmaTransport {
             memory: RwLock::new(MemoryTable::default()),
             cfg,
             counters: Counters::default(),
-            rails: RailBook::new(Duration::from_secs(30)),
+            rails,
             next_generation: std::sync::atomic::AtomicU64::new(1),
             me: me.clone(),
         });
-        shared.rails.set_pause(shared.cfg.rail_pause);
         let mut threads = Vec::new();
         for cw in &shared.workers {
             if cw.ctx.device.is_none() {
