@@ -35,7 +35,7 @@ use crate::metadata::name;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 
 use context::RdmaContext;
-use endpoint::GENERATION_STRIDE;
+use endpoint::{BackoffConfig, GENERATION_STRIDE};
 use endpoint_driver::{state_label, Endpoint, HandshakeMode, PassiveOutcome};
 use memory::{MemoryTable, Region};
 use rail::RailBook;
@@ -62,6 +62,8 @@ pub struct RdmaConfig {
     pub slice_timeout: Option<Duration>,
     pub policy: SelectionPolicy,
     pub handshake: HandshakeMode,
+    /// Re-handshake pacing per peer NIC path (beyond upstream, issue #3299).
+    pub backoff: BackoffConfig,
 }
 
 impl RdmaConfig {
@@ -79,6 +81,7 @@ impl RdmaConfig {
                 _ => None,
             },
             policy: SelectionPolicy::from_env(),
+            backoff: backoff_from_env(),
             handshake: HandshakeMode {
                 legacy: env_flag("MC_TE_RS_LEGACY_HANDSHAKE"),
                 ack_timeout: Duration::from_millis(env_u64(
@@ -96,6 +99,43 @@ impl RdmaConfig {
                 )),
             },
         }
+    }
+}
+
+/// `MC_TE_RS_HANDSHAKE_BACKOFF_MS` (first delay after a failed handshake),
+/// `MC_TE_RS_HANDSHAKE_BACKOFF_MAX_MS`, `MC_TE_RS_HANDSHAKE_MAX_ATTEMPTS`
+/// per `MC_TE_RS_HANDSHAKE_WINDOW_SECS` (0 attempts: no cap).
+fn backoff_from_env() -> BackoffConfig {
+    let d = BackoffConfig::default();
+    let ms = |v: u64| Duration::from_millis(v);
+    let initial = ms(env_u64(
+        "MC_TE_RS_HANDSHAKE_BACKOFF_MS",
+        d.initial.as_millis() as u64,
+        0,
+        60_000,
+    ));
+    BackoffConfig {
+        initial,
+        max: ms(env_u64(
+            "MC_TE_RS_HANDSHAKE_BACKOFF_MAX_MS",
+            d.max.as_millis() as u64,
+            0,
+            600_000,
+        ))
+        .max(initial),
+        max_attempts: env_u64(
+            "MC_TE_RS_HANDSHAKE_MAX_ATTEMPTS",
+            d.max_attempts as u64,
+            0,
+            1_000_000,
+        ) as usize,
+        window: Duration::from_secs(env_u64(
+            "MC_TE_RS_HANDSHAKE_WINDOW_SECS",
+            d.window.as_secs(),
+            1,
+            86_400,
+        )),
+        stable_after: d.stable_after,
     }
 }
 
@@ -149,25 +189,40 @@ impl Shared {
         let meta = self.tctx.metadata.clone();
         if ep.is_loopback() {
             // No RPC: QPs connect to themselves right here.
-            if ep.connect_active(&meta).is_ok() {
-                self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-            }
+            let ok = ep.connect_active(&meta).is_ok();
+            self.handshake_done(&cw, &ep, ok);
+            ep.end_handshake();
             cw.wake_all();
             return;
         }
         let me = self.me.clone();
+        let claimed = ep.clone();
         let spawned = std::thread::Builder::new()
             .name("te-rdma-handshake".into())
             .spawn(move || {
-                if ep.connect_active(&meta).is_ok() {
-                    if let Some(sh) = me.upgrade() {
-                        sh.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-                    }
+                let ok = ep.connect_active(&meta).is_ok();
+                if let Some(sh) = me.upgrade() {
+                    sh.handshake_done(&cw, &ep, ok);
                 }
+                ep.end_handshake();
                 cw.wake_all();
             });
         if let Err(e) = spawned {
             log::error!("cannot start a handshake thread: {e}");
+            claimed.end_handshake();
+        }
+    }
+
+    /// Feed an active attempt's outcome to the counters and the backoff.
+    fn handshake_done(&self, cw: &ContextWorkers, ep: &Endpoint, ok: bool) {
+        let now = std::time::Instant::now();
+        if !ok {
+            cw.handshake_failed(&ep.peer_path, now);
+            return;
+        }
+        self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+        if ep.state() == endpoint::EndpointState::Connected {
+            cw.handshake_connected(&ep.peer_path, now);
         }
     }
 
@@ -332,7 +387,7 @@ impl RdmaTransport {
         };
         let workers: Vec<Arc<ContextWorkers>> = contexts
             .iter()
-            .map(|c| Arc::new(ContextWorkers::new(c.clone(), posters)))
+            .map(|c| Arc::new(ContextWorkers::new(c.clone(), posters, cfg.backoff)))
             .collect();
         let rails = RailBook::new(cfg.rail_pause);
         let shared = Arc::new_cyclic(|me| Shared {
