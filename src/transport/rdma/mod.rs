@@ -273,6 +273,32 @@ impl Shared {
         true
     }
 
+    /// `route` for a first attempt, with the per-target lookups in `pr` and
+    /// the local context chosen per request. Returns the posting thread.
+    fn route_first(
+        &self,
+        s: &mut Slice,
+        desc: &SegmentDesc,
+        pr: &PeerRoutes,
+        local: Option<usize>,
+        mem: &MemoryTable,
+    ) -> Option<usize> {
+        let local = local?;
+        let (bi, _) = desc.find_buffer(s.dest, s.length)?;
+        let lkey = mem.find(s.source)?.lkeys.get(local).copied().unwrap_or(0);
+        let local_name = &self.contexts[local].name;
+        let pi = select_peer_device(desc, bi, 0, local_name, self.cfg.policy, |i| {
+            pr.usable.get(i).copied().unwrap_or(false)
+        })?;
+        let rkey = desc.buffers[bi].rkey.as_ref()?.get(pi).copied()?;
+        s.local = local;
+        s.lkey = lkey;
+        s.rkey = rkey;
+        s.peer_path = pr.paths.get(pi)?.clone();
+        let posters = self.workers[local].posters.len() as u64;
+        Some((pr.hashes[pi] % posters) as usize)
+    }
+
     /// An active local context for `location` at attempt `retry`.
     fn pick_local(&self, location: &str, retry: u32) -> Option<usize> {
         let by_name = |n: &str| {
@@ -337,6 +363,35 @@ impl Shared {
         let eps: Vec<Arc<Endpoint>> = ctx.endpoints.lock().drain().map(|(_, e)| e).collect();
         for e in eps {
             e.retire(reason);
+        }
+    }
+}
+
+/// Peer NIC paths of one target segment, computed once per submit call.
+struct PeerRoutes {
+    target_id: crate::metadata::SegmentId,
+    paths: Vec<Arc<str>>,
+    hashes: Vec<u64>,
+    usable: Vec<bool>,
+    empty: Arc<str>,
+}
+
+impl PeerRoutes {
+    fn new(sh: &Shared, target_id: crate::metadata::SegmentId, desc: &SegmentDesc) -> Self {
+        let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
+        let paths: Vec<Arc<str>> = desc
+            .devices
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(|d| Arc::from(name::nic_path(server, &d.name)))
+            .collect();
+        PeerRoutes {
+            target_id,
+            hashes: paths.iter().map(|p| worker::path_hash(p)).collect(),
+            usable: paths.iter().map(|p| sh.rails.usable(p)).collect(),
+            paths,
+            empty: Arc::from(""),
         }
     }
 }
@@ -563,6 +618,16 @@ impl Transport for RdmaTransport {
                 }
             }
         }
+        let nposters = sh
+            .workers
+            .iter()
+            .map(|w| w.posters.len())
+            .max()
+            .unwrap_or(1);
+        let mut per: Vec<Vec<Slice>> = (0..sh.contexts.len() * nposters)
+            .map(|_| Vec::new())
+            .collect();
+        let mut routes: Vec<PeerRoutes> = Vec::new();
         for (s, (pieces, location)) in subs.into_iter().zip(cuts) {
             let r = s.request;
             let pieces = match pieces {
@@ -579,7 +644,18 @@ impl Transport for RdmaTransport {
                 }
             };
             s.task.set_slices(pieces.len() as u64);
-            let mut by_ctx: Vec<Vec<Slice>> = (0..sh.contexts.len()).map(|_| Vec::new()).collect();
+            // Per target: peer NIC paths, rail state and posting thread,
+            // looked up once per call instead of once per slice.
+            let ri = match routes.iter().position(|p| p.target_id == r.target_id) {
+                Some(i) => i,
+                None => {
+                    routes.push(PeerRoutes::new(sh, r.target_id, &s.target));
+                    routes.len() - 1
+                }
+            };
+            let pr = &routes[ri];
+            let local = sh.pick_local(&location, 0);
+            let mem = sh.memory.read();
             for p in pieces {
                 let mut slice = Slice {
                     task: s.task.clone(),
@@ -592,36 +668,26 @@ impl Transport for RdmaTransport {
                     retry: 0,
                     local: 0,
                     lkey: 0,
-                    peer_path: Arc::from(""),
+                    peer_path: pr.empty.clone(),
                     rkey: 0,
                 };
-                if sh.route(&mut slice) {
-                    by_ctx[slice.local].push(slice);
-                } else {
-                    log::error!(
-                        "no RDMA route to segment {} for {:#x}",
-                        r.target_id,
-                        slice.dest
-                    );
-                    sh.fail_slice(slice);
+                match sh.route_first(&mut slice, &s.target, pr, local, &mem) {
+                    Some(k) => per[slice.local * nposters + k].push(slice),
+                    None => {
+                        log::error!(
+                            "no RDMA route to segment {} for {:#x}",
+                            r.target_id,
+                            slice.dest
+                        );
+                        sh.fail_slice(slice);
+                    }
                 }
             }
-            for (i, v) in by_ctx.into_iter().enumerate() {
-                let cw = &sh.workers[i];
-                // Group per posting thread to take each queue lock once.
-                let mut per: Vec<Vec<Slice>> = (0..cw.posters.len()).map(|_| Vec::new()).collect();
-                for sl in v {
-                    let w = cw.worker_for(&sl.peer_path);
-                    let k = cw
-                        .posters
-                        .iter()
-                        .position(|x| Arc::ptr_eq(x, w))
-                        .unwrap_or(0);
-                    per[k].push(sl);
-                }
-                for (k, v) in per.into_iter().enumerate() {
-                    cw.posters[k].push_many(v);
-                }
+        }
+        // One queue lock and one wake-up per posting thread per call.
+        for (i, v) in per.into_iter().enumerate() {
+            if !v.is_empty() {
+                sh.workers[i / nposters].posters[i % nposters].push_many(v);
             }
         }
         Ok(())

@@ -67,8 +67,15 @@ impl Worker {
             return;
         }
         let mut q = self.queues.lock();
-        for s in v {
-            q.entry(s.peer_path.clone()).or_default().push_back(s);
+        let mut it = v.into_iter().peekable();
+        while let Some(first) = it.next() {
+            // One map lookup per run of slices to the same peer path.
+            let e = q.entry(first.peer_path.clone()).or_default();
+            let path = first.peer_path.clone();
+            e.push_back(first);
+            while let Some(s) = it.next_if(|s| Arc::ptr_eq(&s.peer_path, &path)) {
+                e.push_back(s);
+            }
         }
         drop(q);
         self.cv.notify_one();
@@ -101,6 +108,13 @@ impl Worker {
     pub fn queued(&self) -> usize {
         self.queues.lock().values().map(VecDeque::len).sum()
     }
+}
+
+/// FNV-1a of a peer NIC path: picks its posting thread.
+pub fn path_hash(peer_path: &str) -> u64 {
+    peer_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Everything the threads of one context share.
@@ -167,10 +181,7 @@ impl ContextWorkers {
 
     /// The posting thread that owns `peer_path`.
     pub fn worker_for(&self, peer_path: &str) -> &Arc<Worker> {
-        let h = peer_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        &self.posters[(h % self.posters.len() as u64) as usize]
+        &self.posters[(path_hash(peer_path) % self.posters.len() as u64) as usize]
     }
 
     pub fn wake_all(&self) {
