@@ -68,6 +68,8 @@ pub struct Endpoint {
     /// The last active attempt failed: the slices that waited for it pay
     /// one retry (told once through the gate).
     handshake_failed: std::sync::atomic::AtomicBool,
+    /// An active handshake thread owns this endpoint's next attempt.
+    handshake_running: std::sync::atomic::AtomicBool,
 }
 
 fn create_qps(dev: &dyn Device, n: usize, max_wr: u32) -> Result<Vec<Box<dyn QueuePair>>> {
@@ -103,6 +105,7 @@ impl Endpoint {
             machine: Mutex::new(Machine::with_qps(cfg, generation, qpns)),
             mode,
             handshake_failed: std::sync::atomic::AtomicBool::new(false),
+            handshake_running: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -112,6 +115,20 @@ impl Endpoint {
 
     pub fn qp_nums(&self) -> Vec<u32> {
         self.qps.read().iter().map(|q| q.qp_num()).collect()
+    }
+
+    /// Claim the next active attempt; false while one is already running
+    /// (the worker then keeps its slices queued).
+    pub fn begin_handshake(&self) -> bool {
+        !self
+            .handshake_running
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The claimed attempt is over.
+    pub fn end_handshake(&self) {
+        self.handshake_running
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     pub fn is_loopback(&self) -> bool {

@@ -13,7 +13,6 @@ pub mod endpoint_driver;
 pub mod memory;
 pub mod provider;
 pub mod rail;
-pub mod rails;
 pub mod selection;
 pub mod slicing;
 pub mod stats;
@@ -36,10 +35,10 @@ use crate::metadata::name;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 
 use context::RdmaContext;
-use endpoint::GENERATION_STRIDE;
+use endpoint::{BackoffConfig, GENERATION_STRIDE};
 use endpoint_driver::{state_label, Endpoint, HandshakeMode, PassiveOutcome};
 use memory::{MemoryTable, Region};
-use rails::RailBook;
+use rail::RailBook;
 use selection::{select_device, select_peer_device, SelectionPolicy};
 use slicing::{cut, CutError, SliceParams};
 use stats::Counters;
@@ -63,6 +62,8 @@ pub struct RdmaConfig {
     pub slice_timeout: Option<Duration>,
     pub policy: SelectionPolicy,
     pub handshake: HandshakeMode,
+    /// Re-handshake pacing per peer NIC path (beyond upstream, issue #3299).
+    pub backoff: BackoffConfig,
 }
 
 impl RdmaConfig {
@@ -80,6 +81,7 @@ impl RdmaConfig {
                 _ => None,
             },
             policy: SelectionPolicy::from_env(),
+            backoff: backoff_from_env(),
             handshake: HandshakeMode {
                 legacy: env_flag("MC_TE_RS_LEGACY_HANDSHAKE"),
                 ack_timeout: Duration::from_millis(env_u64(
@@ -97,6 +99,43 @@ impl RdmaConfig {
                 )),
             },
         }
+    }
+}
+
+/// `MC_TE_RS_HANDSHAKE_BACKOFF_MS` (first delay after a failed handshake),
+/// `MC_TE_RS_HANDSHAKE_BACKOFF_MAX_MS`, `MC_TE_RS_HANDSHAKE_MAX_ATTEMPTS`
+/// per `MC_TE_RS_HANDSHAKE_WINDOW_SECS` (0 attempts: no cap).
+fn backoff_from_env() -> BackoffConfig {
+    let d = BackoffConfig::default();
+    let ms = |v: u64| Duration::from_millis(v);
+    let initial = ms(env_u64(
+        "MC_TE_RS_HANDSHAKE_BACKOFF_MS",
+        d.initial.as_millis() as u64,
+        0,
+        60_000,
+    ));
+    BackoffConfig {
+        initial,
+        max: ms(env_u64(
+            "MC_TE_RS_HANDSHAKE_BACKOFF_MAX_MS",
+            d.max.as_millis() as u64,
+            0,
+            600_000,
+        ))
+        .max(initial),
+        max_attempts: env_u64(
+            "MC_TE_RS_HANDSHAKE_MAX_ATTEMPTS",
+            d.max_attempts as u64,
+            0,
+            1_000_000,
+        ) as usize,
+        window: Duration::from_secs(env_u64(
+            "MC_TE_RS_HANDSHAKE_WINDOW_SECS",
+            d.window.as_secs(),
+            1,
+            86_400,
+        )),
+        stable_after: d.stable_after,
     }
 }
 
@@ -150,25 +189,40 @@ impl Shared {
         let meta = self.tctx.metadata.clone();
         if ep.is_loopback() {
             // No RPC: QPs connect to themselves right here.
-            if ep.connect_active(&meta).is_ok() {
-                self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-            }
+            let ok = ep.connect_active(&meta).is_ok();
+            self.handshake_done(&cw, &ep, ok);
+            ep.end_handshake();
             cw.wake_all();
             return;
         }
         let me = self.me.clone();
+        let claimed = ep.clone();
         let spawned = std::thread::Builder::new()
             .name("te-rdma-handshake".into())
             .spawn(move || {
-                if ep.connect_active(&meta).is_ok() {
-                    if let Some(sh) = me.upgrade() {
-                        sh.counters.handshakes.fetch_add(1, Ordering::Relaxed);
-                    }
+                let ok = ep.connect_active(&meta).is_ok();
+                if let Some(sh) = me.upgrade() {
+                    sh.handshake_done(&cw, &ep, ok);
                 }
+                ep.end_handshake();
                 cw.wake_all();
             });
         if let Err(e) = spawned {
             log::error!("cannot start a handshake thread: {e}");
+            claimed.end_handshake();
+        }
+    }
+
+    /// Feed an active attempt's outcome to the counters and the backoff.
+    fn handshake_done(&self, cw: &ContextWorkers, ep: &Endpoint, ok: bool) {
+        let now = std::time::Instant::now();
+        if !ok {
+            cw.handshake_failed(&ep.peer_path, now);
+            return;
+        }
+        self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+        if ep.state() == endpoint::EndpointState::Connected {
+            cw.handshake_connected(&ep.peer_path, now);
         }
     }
 
@@ -217,6 +271,32 @@ impl Shared {
         s.rkey = rkey;
         s.peer_path = Arc::from(name::nic_path(server, &devices[pi].name));
         true
+    }
+
+    /// `route` for a first attempt, with the per-target lookups in `pr` and
+    /// the local context chosen per request. Returns the posting thread.
+    fn route_first(
+        &self,
+        s: &mut Slice,
+        desc: &SegmentDesc,
+        pr: &PeerRoutes,
+        local: Option<usize>,
+        mem: &MemoryTable,
+    ) -> Option<usize> {
+        let local = local?;
+        let (bi, _) = desc.find_buffer(s.dest, s.length)?;
+        let lkey = mem.find(s.source)?.lkeys.get(local).copied().unwrap_or(0);
+        let local_name = &self.contexts[local].name;
+        let pi = select_peer_device(desc, bi, 0, local_name, self.cfg.policy, |i| {
+            pr.usable.get(i).copied().unwrap_or(false)
+        })?;
+        let rkey = desc.buffers[bi].rkey.as_ref()?.get(pi).copied()?;
+        s.local = local;
+        s.lkey = lkey;
+        s.rkey = rkey;
+        s.peer_path = pr.paths.get(pi)?.clone();
+        let posters = self.workers[local].posters.len() as u64;
+        Some((pr.hashes[pi] % posters) as usize)
     }
 
     /// An active local context for `location` at attempt `retry`.
@@ -287,6 +367,35 @@ impl Shared {
     }
 }
 
+/// Peer NIC paths of one target segment, computed once per submit call.
+struct PeerRoutes {
+    target_id: crate::metadata::SegmentId,
+    paths: Vec<Arc<str>>,
+    hashes: Vec<u64>,
+    usable: Vec<bool>,
+    empty: Arc<str>,
+}
+
+impl PeerRoutes {
+    fn new(sh: &Shared, target_id: crate::metadata::SegmentId, desc: &SegmentDesc) -> Self {
+        let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
+        let paths: Vec<Arc<str>> = desc
+            .devices
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(|d| Arc::from(name::nic_path(server, &d.name)))
+            .collect();
+        PeerRoutes {
+            target_id,
+            hashes: paths.iter().map(|p| worker::path_hash(p)).collect(),
+            usable: paths.iter().map(|p| sh.rails.usable(p)).collect(),
+            paths,
+            empty: Arc::from(""),
+        }
+    }
+}
+
 pub struct RdmaTransport {
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -333,8 +442,9 @@ impl RdmaTransport {
         };
         let workers: Vec<Arc<ContextWorkers>> = contexts
             .iter()
-            .map(|c| Arc::new(ContextWorkers::new(c.clone(), posters)))
+            .map(|c| Arc::new(ContextWorkers::new(c.clone(), posters, cfg.backoff)))
             .collect();
+        let rails = RailBook::new(cfg.rail_pause);
         let shared = Arc::new_cyclic(|me| Shared {
             tctx: ctx,
             contexts,
@@ -343,11 +453,10 @@ impl RdmaTransport {
             memory: RwLock::new(MemoryTable::default()),
             cfg,
             counters: Counters::default(),
-            rails: RailBook::new(Duration::from_secs(30)),
+            rails,
             next_generation: std::sync::atomic::AtomicU64::new(1),
             me: me.clone(),
         });
-        shared.rails.set_pause(shared.cfg.rail_pause);
         let mut threads = Vec::new();
         for cw in &shared.workers {
             if cw.ctx.device.is_none() {
@@ -509,6 +618,16 @@ impl Transport for RdmaTransport {
                 }
             }
         }
+        let nposters = sh
+            .workers
+            .iter()
+            .map(|w| w.posters.len())
+            .max()
+            .unwrap_or(1);
+        let mut per: Vec<Vec<Slice>> = (0..sh.contexts.len() * nposters)
+            .map(|_| Vec::new())
+            .collect();
+        let mut routes: Vec<PeerRoutes> = Vec::new();
         for (s, (pieces, location)) in subs.into_iter().zip(cuts) {
             let r = s.request;
             let pieces = match pieces {
@@ -525,7 +644,18 @@ impl Transport for RdmaTransport {
                 }
             };
             s.task.set_slices(pieces.len() as u64);
-            let mut by_ctx: Vec<Vec<Slice>> = (0..sh.contexts.len()).map(|_| Vec::new()).collect();
+            // Per target: peer NIC paths, rail state and posting thread,
+            // looked up once per call instead of once per slice.
+            let ri = match routes.iter().position(|p| p.target_id == r.target_id) {
+                Some(i) => i,
+                None => {
+                    routes.push(PeerRoutes::new(sh, r.target_id, &s.target));
+                    routes.len() - 1
+                }
+            };
+            let pr = &routes[ri];
+            let local = sh.pick_local(&location, 0);
+            let mem = sh.memory.read();
             for p in pieces {
                 let mut slice = Slice {
                     task: s.task.clone(),
@@ -538,36 +668,26 @@ impl Transport for RdmaTransport {
                     retry: 0,
                     local: 0,
                     lkey: 0,
-                    peer_path: Arc::from(""),
+                    peer_path: pr.empty.clone(),
                     rkey: 0,
                 };
-                if sh.route(&mut slice) {
-                    by_ctx[slice.local].push(slice);
-                } else {
-                    log::error!(
-                        "no RDMA route to segment {} for {:#x}",
-                        r.target_id,
-                        slice.dest
-                    );
-                    sh.fail_slice(slice);
+                match sh.route_first(&mut slice, &s.target, pr, local, &mem) {
+                    Some(k) => per[slice.local * nposters + k].push(slice),
+                    None => {
+                        log::error!(
+                            "no RDMA route to segment {} for {:#x}",
+                            r.target_id,
+                            slice.dest
+                        );
+                        sh.fail_slice(slice);
+                    }
                 }
             }
-            for (i, v) in by_ctx.into_iter().enumerate() {
-                let cw = &sh.workers[i];
-                // Group per posting thread to take each queue lock once.
-                let mut per: Vec<Vec<Slice>> = (0..cw.posters.len()).map(|_| Vec::new()).collect();
-                for sl in v {
-                    let w = cw.worker_for(&sl.peer_path);
-                    let k = cw
-                        .posters
-                        .iter()
-                        .position(|x| Arc::ptr_eq(x, w))
-                        .unwrap_or(0);
-                    per[k].push(sl);
-                }
-                for (k, v) in per.into_iter().enumerate() {
-                    cw.posters[k].push_many(v);
-                }
+        }
+        // One queue lock and one wake-up per posting thread per call.
+        for (i, v) in per.into_iter().enumerate() {
+            if !v.is_empty() {
+                sh.workers[i / nposters].posters[i % nposters].push_many(v);
             }
         }
         Ok(())

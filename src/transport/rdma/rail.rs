@@ -1,9 +1,12 @@
-//! Per-peer-NIC-path rail health (spec §6.6). Pure: `now` is passed in.
+//! Per-peer-NIC-path rail health (spec §6.6). `RailState` is pure (`now` is
+//! passed in); `RailBook` is the locked view the transport's threads share.
 //! A rail that keeps failing is paused so slices are routed to other peer
 //! NICs; the pause ends by itself.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 /// Errors needed to pause a rail.
 pub const RAIL_ERROR_THRESHOLD: u32 = 5;
@@ -52,6 +55,13 @@ impl RailState {
         }
         rail.last_error = now;
         if rail.error_count >= RAIL_ERROR_THRESHOLD {
+            if rail.pause_until.is_none_or(|t| t <= now) {
+                log::warn!(
+                    "rail {path} paused for {:?} after {} errors",
+                    self.pause,
+                    rail.error_count
+                );
+            }
             rail.pause_until = Some(now + self.pause);
         }
     }
@@ -80,11 +90,53 @@ impl RailState {
     pub fn error_count(&self, path: &str) -> u32 {
         self.rails.get(path).map_or(0, |r| r.error_count)
     }
+
+    /// Rails paused at `now`, sorted (for `showLinks`).
+    pub fn paused(&self, now: Instant) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .rails
+            .iter()
+            .filter(|(_, r)| r.pause_until.is_some_and(|t| t > now))
+            .map(|(p, _)| p.clone())
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 impl Default for RailState {
     fn default() -> Self {
         RailState::new(DEFAULT_RAIL_PAUSE)
+    }
+}
+
+/// `RailState` shared by a transport's threads, on the wall clock.
+pub struct RailBook {
+    state: Mutex<RailState>,
+}
+
+impl RailBook {
+    pub fn new(pause: Duration) -> RailBook {
+        RailBook {
+            state: Mutex::new(RailState::new(pause)),
+        }
+    }
+
+    /// Record an error on `path`; `immediate` pauses it at once.
+    pub fn failed(&self, path: &str, immediate: bool) {
+        self.state
+            .lock()
+            .mark_failed(path, immediate, Instant::now());
+    }
+
+    /// Unknown or recovered rails are usable.
+    pub fn usable(&self, path: &str) -> bool {
+        self.state.lock().is_available(path, Instant::now())
+    }
+
+    /// Rails currently paused, sorted.
+    pub fn paused(&self) -> Vec<String> {
+        self.state.lock().paused(Instant::now())
     }
 }
 
@@ -181,5 +233,32 @@ mod tests {
         r.mark_ok(A);
         assert!(r.is_available(A, t0));
         assert_eq!(r.error_count(A), 0);
+    }
+
+    #[test]
+    fn paused_lists_only_paused_rails_sorted() {
+        let t0 = Instant::now();
+        let mut r = RailState::new(secs(30));
+        r.mark_failed(B, true, t0);
+        r.mark_failed(A, true, t0);
+        r.mark_failed("c@z", false, t0);
+        assert_eq!(r.paused(t0), vec![A.to_string(), B.to_string()]);
+        assert!(r.paused(t0 + secs(30)).is_empty());
+    }
+
+    #[test]
+    fn rail_book_pause_rules() {
+        let b = RailBook::new(secs(30));
+        assert!(b.usable("a@x"));
+        for _ in 0..4 {
+            b.failed("a@x", false);
+        }
+        assert!(b.usable("a@x"), "4 errors do not pause");
+        b.failed("a@x", false);
+        assert!(!b.usable("a@x"));
+        b.failed("b@y", true);
+        assert!(!b.usable("b@y"));
+        assert!(b.usable("c@z"));
+        assert_eq!(b.paused(), vec!["a@x".to_string(), "b@y".to_string()]);
     }
 }

@@ -100,6 +100,10 @@ pub struct Counters {
     pub failed_slices: AtomicU64,
     /// Handshakes completed (active or passive).
     pub handshakes: AtomicU64,
+    /// Active handshakes started (after the backoff allowed them).
+    pub handshake_attempts: AtomicU64,
+    /// Times a peer's handshake cap made its queued slices fail or reroute.
+    pub handshakes_capped: AtomicU64,
 }
 
 impl Counters {
@@ -111,6 +115,8 @@ impl Counters {
             "flushed": g(&self.flushed),
             "failed_slices": g(&self.failed_slices),
             "handshakes": g(&self.handshakes),
+            "handshake_attempts": g(&self.handshake_attempts),
+            "handshakes_capped": g(&self.handshakes_capped),
         })
     }
 }

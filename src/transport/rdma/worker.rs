@@ -14,7 +14,7 @@ use crate::engine::task::{Opcode, Task};
 use crate::metadata::SegmentId;
 
 use super::context::{Completion, CompletionStatus, RdmaContext, WorkRequest};
-use super::endpoint::Gate;
+use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
 use super::Shared;
 
@@ -67,8 +67,15 @@ impl Worker {
             return;
         }
         let mut q = self.queues.lock();
-        for s in v {
-            q.entry(s.peer_path.clone()).or_default().push_back(s);
+        let mut it = v.into_iter().peekable();
+        while let Some(first) = it.next() {
+            // One map lookup per run of slices to the same peer path.
+            let e = q.entry(first.peer_path.clone()).or_default();
+            let path = first.peer_path.clone();
+            e.push_back(first);
+            while let Some(s) = it.next_if(|s| Arc::ptr_eq(&s.peer_path, &path)) {
+                e.push_back(s);
+            }
         }
         drop(q);
         self.cv.notify_one();
@@ -103,6 +110,13 @@ impl Worker {
     }
 }
 
+/// FNV-1a of a peer NIC path: picks its posting thread.
+pub fn path_hash(peer_path: &str) -> u64 {
+    peer_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 /// Everything the threads of one context share.
 pub struct ContextWorkers {
     pub ctx: Arc<RdmaContext>,
@@ -113,10 +127,13 @@ pub struct ContextWorkers {
     poll_idle: Mutex<()>,
     next_wr_id: AtomicU64,
     pub stop: AtomicBool,
+    /// Re-handshake pacing per peer NIC path (outlives one-shot endpoints).
+    backoff: Mutex<HashMap<String, HandshakeBackoff>>,
+    backoff_cfg: BackoffConfig,
 }
 
 impl ContextWorkers {
-    pub fn new(ctx: Arc<RdmaContext>, posters: usize) -> ContextWorkers {
+    pub fn new(ctx: Arc<RdmaContext>, posters: usize, backoff: BackoffConfig) -> ContextWorkers {
         ContextWorkers {
             ctx,
             posters: (0..posters.max(1))
@@ -127,15 +144,44 @@ impl ContextWorkers {
             poll_idle: Mutex::new(()),
             next_wr_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
+            backoff: Mutex::new(HashMap::new()),
+            backoff_cfg: backoff,
         }
+    }
+
+    fn with_backoff<R>(&self, peer: &str, f: impl FnOnce(&mut HandshakeBackoff) -> R) -> R {
+        let mut m = self.backoff.lock();
+        if let Some(b) = m.get_mut(peer) {
+            return f(b);
+        }
+        f(m.entry(peer.to_string())
+            .or_insert_with(|| HandshakeBackoff::new(self.backoff_cfg)))
+    }
+
+    /// May an active handshake to `peer` start now? An `Attempt` is counted.
+    pub fn handshake_permit(&self, peer: &str, now: Instant) -> BackoffDecision {
+        self.with_backoff(peer, |b| {
+            let d = b.check(now);
+            if d == BackoffDecision::Attempt {
+                b.on_attempt(now);
+            }
+            d
+        })
+    }
+
+    /// A handshake to `peer` failed, or its connection died.
+    pub fn handshake_failed(&self, peer: &str, now: Instant) {
+        self.with_backoff(peer, |b| b.on_failure(now));
+    }
+
+    /// The endpoint to `peer` reached `Connected`.
+    pub fn handshake_connected(&self, peer: &str, now: Instant) {
+        self.with_backoff(peer, |b| b.on_connected(now));
     }
 
     /// The posting thread that owns `peer_path`.
     pub fn worker_for(&self, peer_path: &str) -> &Arc<Worker> {
-        let h = peer_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
-        &self.posters[(h % self.posters.len() as u64) as usize]
+        &self.posters[(path_hash(peer_path) % self.posters.len() as u64) as usize]
     }
 
     pub fn wake_all(&self) {
@@ -278,11 +324,55 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
             me.put_back(path, slices);
             false
         }
-        Gate::Connect => {
+        // An attempt is already under way: wait for it.
+        Gate::Connect if !ep.begin_handshake() => {
             me.put_back(path, slices);
-            sh.start_handshake(cw.clone(), ep);
-            true
+            false
         }
+        Gate::Connect => match cw.handshake_permit(&path, Instant::now()) {
+            BackoffDecision::Attempt => {
+                sh.counters
+                    .handshake_attempts
+                    .fetch_add(1, Ordering::Relaxed);
+                me.put_back(path, slices);
+                sh.start_handshake(cw.clone(), ep);
+                true
+            }
+            // Backing off: the slices wait, no retry consumed.
+            BackoffDecision::WaitUntil(_) => {
+                ep.end_handshake();
+                me.put_back(path, slices);
+                false
+            }
+            // Too many handshakes to this peer lately: do not wait out the
+            // window; use another rail, or fail the slices now.
+            BackoffDecision::CappedUntil(until) => {
+                ep.end_handshake();
+                sh.counters
+                    .handshakes_capped
+                    .fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "handshakes {} -> {path} capped for {:?}; {} slice(s) rerouted or failed",
+                    cw.ctx.name,
+                    until.saturating_duration_since(Instant::now()),
+                    slices.len()
+                );
+                let alternative = slices
+                    .front()
+                    .is_some_and(|s| sh.has_alternative_rail(s.target_id, &path));
+                if alternative {
+                    sh.rails.failed(&path, true);
+                    for s in slices {
+                        sh.retry_or_fail(s, "handshakes to the peer NIC capped");
+                    }
+                } else {
+                    for s in slices {
+                        sh.fail_slice(s);
+                    }
+                }
+                true
+            }
+        },
         Gate::Fail => {
             cw.ctx.forget_endpoint(&path, &ep);
             if let Some(first) = slices.front() {
@@ -413,6 +503,10 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, comps: &mut Vec<Completion>) -> b
                     .error_completions
                     .fetch_add(1, Ordering::Relaxed);
                 let path = f.slice.peer_path.clone();
+                if f.ep.state().connected() {
+                    // A dead connection needs a re-handshake: pace it.
+                    cw.handshake_failed(&path, Instant::now());
+                }
                 f.ep.retire("work completion error");
                 cw.ctx.forget_endpoint(&path, &f.ep);
                 // A dead local device is not the peer rail's fault.
