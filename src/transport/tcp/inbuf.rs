@@ -38,6 +38,12 @@ impl InBuf {
     /// One `recv` appending whatever the socket has (at least one byte).
     /// EOF is `UnexpectedEof`.
     pub fn fill(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.fill_max(fd, usize::MAX)
+    }
+
+    /// `fill`, taking at most `max` bytes (at least 1): lets a reader that
+    /// expects a large payload next stop at the frame in front of it.
+    pub fn fill_max(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
         if self.is_empty() {
             self.start = 0;
             self.end = 0;
@@ -48,7 +54,7 @@ impl InBuf {
         }
         let span = IoSpan {
             ptr: self.buf[self.end..].as_mut_ptr(),
-            len: self.buf.len() - self.end,
+            len: (self.buf.len() - self.end).min(max.max(1)),
         };
         // SAFETY: the span is the free tail of our own buffer.
         let n = unsafe { sock::recv_some(fd, &[span])? };

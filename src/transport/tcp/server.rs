@@ -195,6 +195,8 @@ struct Replies {
 const FLUSH_BYTES: usize = 256 * 1024;
 /// ... or this many spans.
 const FLUSH_SPANS: usize = 128;
+/// WRITE bodies from this size on are received without the buffer.
+const BIG_WRITE: usize = 16 * 1024;
 
 impl Replies {
     fn push(&mut self, span: IoSpan) {
@@ -231,6 +233,7 @@ fn serve(shared: &Shared, stream: &TcpStream) -> io::Result<()> {
         bytes: 0,
         has_body: false,
     };
+    let mut big_writes = false;
     loop {
         let Some(raw) = inb.take::<HEADER_LEN>() else {
             // Never wait for the peer while it may be waiting for our answers.
@@ -244,7 +247,14 @@ fn serve(shared: &Shared, stream: &TcpStream) -> io::Result<()> {
             if shared.stop.load(Ordering::Acquire) {
                 return Ok(());
             }
-            match inb.fill(fd) {
+            // After a large WRITE, expect another: read just the header so its
+            // body goes straight to memory instead of through the buffer.
+            let max = if big_writes {
+                HEADER_LEN - inb.len()
+            } else {
+                INBUF_CAP
+            };
+            match inb.fill_max(fd, max) {
                 Ok(_) => continue,
                 // EOF between requests is the normal end of a session.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && inb.is_empty() => {
@@ -276,6 +286,7 @@ fn serve(shared: &Shared, stream: &TcpStream) -> io::Result<()> {
             ptr: ok.as_ptr() as *mut u8,
             len: if v2 { ok.len() } else { 0 },
         };
+        big_writes = h.is_write() && body.len >= BIG_WRITE;
         if h.is_write() {
             // Earlier READs must send the bytes as they were before this WRITE.
             if out.has_body {
