@@ -2,7 +2,7 @@
 //! to send once every task completed (spec §9).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -25,6 +25,8 @@ pub struct Batch {
     /// Serialises submitters so task ids stay consecutive.
     submit_lock: Mutex<()>,
     notify: Mutex<Option<PendingNotify>>,
+    /// Mirrors `notify.is_some()` so the status poll path takes no lock.
+    has_notify: AtomicBool,
 }
 
 impl Batch {
@@ -34,6 +36,7 @@ impl Batch {
             tasks: RwLock::new(Vec::new()),
             submit_lock: Mutex::new(()),
             notify: Mutex::new(None),
+            has_notify: AtomicBool::new(false),
         }
     }
 
@@ -69,16 +72,21 @@ impl Batch {
     }
 
     pub fn set_notify(&self, n: PendingNotify) {
-        *self.notify.lock() = Some(n);
+        // The flag changes under the lock, so it always agrees with `notify`.
+        let mut g = self.notify.lock();
+        *g = Some(n);
+        self.has_notify.store(true, Ordering::Release);
     }
 
     /// Take the pending notify (so it is sent at most once).
     pub fn take_notify(&self) -> Option<PendingNotify> {
-        self.notify.lock().take()
+        let mut g = self.notify.lock();
+        self.has_notify.store(false, Ordering::Release);
+        g.take()
     }
 
     pub fn has_notify(&self) -> bool {
-        self.notify.lock().is_some()
+        self.has_notify.load(Ordering::Acquire)
     }
 }
 

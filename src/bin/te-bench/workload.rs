@@ -66,11 +66,11 @@ fn wait_task(engine: &TransferEngine, batch: u64, task: usize) -> Result<(), Str
                 ))
             }
             _ => {
+                // Spin briefly, then sleep: on few cores, polling threads
+                // that yield keep taking CPU the transport threads need.
                 spins += 1;
-                if spins < 64 {
+                if spins < 32 {
                     std::hint::spin_loop();
-                } else if spins < 4096 {
-                    std::thread::yield_now();
                 } else {
                     std::thread::sleep(Duration::from_micros(20));
                 }

@@ -11,8 +11,12 @@ use super::config::TcpConfig;
 use super::peer::{Peer, PeerKey};
 use super::queue::Job;
 use crate::engine::task::Opcode;
+use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::Metadata;
 use crate::transport::Submission;
+
+/// Jobs bound for one segment, with its peer (`None`: no lanes, so they fail).
+type Run = (Arc<SegmentDesc>, Option<Arc<Peer>>, Vec<Job>);
 
 pub struct TcpClient {
     cfg: TcpConfig,
@@ -33,6 +37,9 @@ impl TcpClient {
 
     /// Each request is one slice; failures surface as FAILED tasks.
     pub fn submit(&self, subs: Vec<Submission>) {
+        // Consecutive requests to one segment go to its FIFO together (one
+        // lock, one wake-up); the peer is looked up once per run.
+        let mut run: Option<Run> = None;
         for s in subs {
             let task = s.task;
             task.set_slices(1);
@@ -54,11 +61,6 @@ impl TcpClient {
                 task.slice_failed();
                 continue;
             }
-            let key = PeerKey {
-                name: s.target.name.clone(),
-                port: s.target.tcp_data_port,
-                v2: s.target.tcp_proto_version >= 2 && !self.cfg.force_v1,
-            };
             let job = Job {
                 task,
                 write: req.opcode == Opcode::Write,
@@ -66,10 +68,30 @@ impl TcpClient {
                 remote: req.target_offset,
                 len: req.length,
             };
-            match self.peer(key) {
-                Some(p) => p.push(job),
-                None => job.fail(),
+            match &mut run {
+                Some((t, _, jobs)) if Arc::ptr_eq(t, &s.target) => jobs.push(job),
+                _ => {
+                    if let Some(r) = run.take() {
+                        Self::hand_over(r.1, r.2);
+                    }
+                    let key = PeerKey {
+                        name: s.target.name.clone(),
+                        port: s.target.tcp_data_port,
+                        v2: s.target.tcp_proto_version >= 2 && !self.cfg.force_v1,
+                    };
+                    run = Some((s.target, self.peer(key), vec![job]));
+                }
             }
+        }
+        if let Some(r) = run {
+            Self::hand_over(r.1, r.2);
+        }
+    }
+
+    fn hand_over(peer: Option<Arc<Peer>>, jobs: Vec<Job>) {
+        match peer {
+            Some(p) => p.push(jobs),
+            None => jobs.into_iter().for_each(Job::fail),
         }
     }
 

@@ -19,9 +19,14 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::inbuf::{InBuf, INBUF_CAP};
 use super::queue::{Job, JobQueue};
 use super::sock::{self, IoSpan};
-use super::wire::{Header, Status, STATUS_LEN};
+use super::wire::{Header, Status, HEADER_LEN, STATUS_LEN};
+
+/// READ bodies at least this large skip the receive buffer when nothing
+/// is buffered ahead of them (no extra copy).
+const DIRECT_READ: usize = 32 * 1024;
 
 struct State {
     /// Requests sent (or being sent) whose answer is still to be read.
@@ -104,40 +109,66 @@ impl Conn {
         g.inflight.is_empty() && !g.sending
     }
 
-    /// Send one request. `Err(job)` hands the job back untouched when the
-    /// connection was already broken; otherwise the job is owned by this
-    /// connection and will be completed or failed exactly once.
-    pub fn send(&self, job: Job) -> Result<(), Job> {
+    /// Free pipeline slots, waiting until there is at least one (0 when
+    /// the connection is broken).
+    pub fn wait_capacity(&self) -> usize {
         let mut g = self.state.lock();
         while !g.broken && g.inflight.len() >= self.depth {
             self.cv.wait(&mut g);
         }
         if g.broken {
-            return Err(job);
-        }
-        let header = Header::new(job.write, self.v2, job.remote, job.len).encode();
-        let body = IoSpan {
-            ptr: job.local as *mut u8,
-            len: if job.write { job.len as usize } else { 0 },
-        };
-        // v1 WRITE has no answer: it completes once the body is handed over.
-        let unanswered = if self.v2 || !job.write {
-            g.inflight.push_back(job);
-            None
+            0
         } else {
-            Some(job)
-        };
+            self.depth - g.inflight.len()
+        }
+    }
+
+    /// Send requests, all headers and WRITE bodies in as few `sendmsg` calls
+    /// as the kernel allows. `Err(jobs)` hands the jobs back untouched when
+    /// the connection was already broken; otherwise they are owned by this
+    /// connection and each is completed or failed exactly once.
+    pub fn send(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+        let mut g = self.state.lock();
+        let n = jobs.len().min(self.depth);
+        while !g.broken && g.inflight.len() + n > self.depth {
+            self.cv.wait(&mut g);
+        }
+        if g.broken {
+            return Err(jobs);
+        }
+        let headers: Vec<[u8; HEADER_LEN]> = jobs
+            .iter()
+            .map(|j| Header::new(j.write, self.v2, j.remote, j.len).encode())
+            .collect();
+        let mut spans = Vec::with_capacity(jobs.len() * 2);
+        for (j, h) in jobs.iter().zip(&headers) {
+            spans.push(IoSpan {
+                ptr: h.as_ptr() as *mut u8,
+                len: h.len(),
+            });
+            if j.write {
+                spans.push(IoSpan {
+                    ptr: j.local as *mut u8,
+                    len: j.len as usize,
+                });
+            }
+        }
+        // v1 WRITEs have no answer: they complete once the bodies are handed over.
+        let mut unanswered = Vec::new();
+        for j in jobs {
+            if self.v2 || !j.write {
+                g.inflight.push_back(j);
+            } else {
+                unanswered.push(j);
+            }
+        }
         g.sending = true;
         drop(g);
         self.cv.notify_all();
-        let hdr = IoSpan {
-            ptr: header.as_ptr() as *mut u8,
-            len: header.len(),
-        };
-        // SAFETY: `header` is a live local; the body is the caller's source
-        // range, which stays valid until the task is terminal (API contract),
-        // and the task cannot turn terminal while `sending` is set.
-        let res = unsafe { sock::send_all(self.fd(), &[hdr, body]) };
+        // SAFETY: `headers` is a live local; bodies are the callers' source
+        // ranges, which stay valid until their tasks are terminal (API
+        // contract), and no task here can turn terminal while `sending` is set.
+        let res = unsafe { sock::send_all(self.fd(), &spans) };
         let mut g = self.state.lock();
         g.sending = false;
         if res.is_err() {
@@ -146,17 +177,11 @@ impl Conn {
         drop(g);
         self.cv.notify_all();
         match res {
-            Ok(()) => {
-                if let Some(j) = unanswered {
-                    j.succeed();
-                }
-            }
+            Ok(()) => unanswered.into_iter().for_each(Job::succeed),
             Err(e) => {
                 log::warn!("tcp: sending to {} failed: {e}", self.peer);
                 sock::shutdown_fd(self.fd());
-                if let Some(j) = unanswered {
-                    j.fail();
-                }
+                unanswered.into_iter().for_each(Job::fail);
             }
         }
         Ok(())
@@ -164,6 +189,7 @@ impl Conn {
 
     /// The reader thread: answers in FIFO order until the connection breaks.
     pub fn read_loop(&self, queue: &JobQueue) {
+        let mut inb = InBuf::new(INBUF_CAP);
         loop {
             let (write, local, len) = {
                 let mut g = self.state.lock();
@@ -178,7 +204,7 @@ impl Conn {
                     None => break,
                 }
             };
-            match self.read_answer(write, local, len) {
+            match self.read_answer(&mut inb, write, local, len) {
                 Ok(()) => {
                     let j = self.state.lock().inflight.pop_front();
                     self.cv.notify_all();
@@ -249,30 +275,45 @@ impl Conn {
         }
     }
 
-    fn read_answer(&self, write: bool, local: u64, len: u64) -> Result<(), ReadFail> {
+    /// Answers are read through `inb`, so one `recv` takes in a run of
+    /// small answers; a large READ body with nothing buffered ahead of it is
+    /// received straight into its destination.
+    fn read_answer(
+        &self,
+        inb: &mut InBuf,
+        write: bool,
+        local: u64,
+        len: u64,
+    ) -> Result<(), ReadFail> {
         let fd = self.fd();
-        let io_err = |e: io::Error| {
-            if e.kind() == io::ErrorKind::TimedOut {
-                ReadFail::TimedOut
-            } else {
-                ReadFail::Broken(e.to_string())
-            }
-        };
-        if write {
-            // Only v2 WRITEs are in flight.
-            let b = sock::recv_array::<STATUS_LEN>(fd).map_err(io_err)?;
-            return check_status(&b);
-        }
+        let io_err = io_fail;
         let body = IoSpan {
             ptr: local as *mut u8,
             len: len as usize,
         };
-        if !self.v2 {
-            // SAFETY: the READ destination is the caller's source range,
-            // valid until the task is terminal (API contract).
-            return unsafe { sock::recv_all(fd, &[body]) }.map_err(io_err);
+        if self.v2 && !write && inb.is_empty() && body.len >= DIRECT_READ {
+            return self.read_direct(body);
         }
-        // Status and body in one call when they arrive together.
+        if self.v2 {
+            // Only v2 WRITEs are in flight; READs start with a status too.
+            inb.fill_to(fd, STATUS_LEN).map_err(io_err)?;
+            let b = inb
+                .take::<STATUS_LEN>()
+                .ok_or_else(|| ReadFail::Broken("status frame missing after fill".into()))?;
+            check_status(&b)?;
+        }
+        if write {
+            return Ok(());
+        }
+        // SAFETY: the READ destination is the caller's source range, valid
+        // until the task is terminal (API contract).
+        unsafe { inb.read_into(fd, body) }.map_err(io_err)
+    }
+
+    /// Status and body of a large v2 READ, in one call when they arrive
+    /// together.
+    fn read_direct(&self, body: IoSpan) -> Result<(), ReadFail> {
+        let fd = self.fd();
         let mut status = [0u8; STATUS_LEN];
         let mut got = 0usize;
         let mut spans = vec![
@@ -283,14 +324,23 @@ impl Conn {
             body,
         ];
         while got < STATUS_LEN {
-            // SAFETY: `status` is a live local; `body` as above.
-            let n = unsafe { sock::recv_some(fd, &spans) }.map_err(io_err)?;
+            // SAFETY: `status` is a live local; `body` is the caller's READ
+            // destination, valid until the task is terminal (API contract).
+            let n = unsafe { sock::recv_some(fd, &spans) }.map_err(io_fail)?;
             got += n;
             sock::skip(&mut spans, n);
         }
         check_status(&status)?;
         // SAFETY: the remaining spans lie inside `body` (see above).
-        unsafe { sock::recv_all(fd, &spans) }.map_err(io_err)
+        unsafe { sock::recv_all(fd, &spans) }.map_err(io_fail)
+    }
+}
+
+fn io_fail(e: io::Error) -> ReadFail {
+    if e.kind() == io::ErrorKind::TimedOut {
+        ReadFail::TimedOut
+    } else {
+        ReadFail::Broken(e.to_string())
     }
 }
 

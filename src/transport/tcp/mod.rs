@@ -11,6 +11,7 @@
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod inbuf;
 pub mod peer;
 pub mod queue;
 pub mod regions;

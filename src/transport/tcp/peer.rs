@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use super::config::TcpConfig;
 use super::conn::{Conn, ConnHandle};
-use super::queue::{Job, JobQueue, Next};
+use super::queue::{Batch, Job, JobQueue};
 use super::sock;
 use crate::metadata::Metadata;
 
@@ -36,6 +36,11 @@ pub struct Peer {
     next_conn: AtomicU64,
     lanes: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// A lane stops taking small requests once they carry this many bytes:
+/// enough to fill one `sendmsg`, small enough that large requests still
+/// spread over the lanes.
+const BATCH_BYTES: u64 = 256 * 1024;
 
 /// Attempts per connect round (a short bounded retry, then queued work fails).
 const CONNECT_ATTEMPTS: u32 = 2;
@@ -78,8 +83,8 @@ impl Peer {
         Ok(peer)
     }
 
-    pub fn push(&self, job: Job) {
-        self.queue.push(job);
+    pub fn push(&self, jobs: Vec<Job>) {
+        self.queue.push_many(jobs);
     }
 
     /// Fail queued work, break every connection (failing in-flight work) and
@@ -97,16 +102,26 @@ impl Peer {
 
     fn lane_loop(self: &Arc<Self>) {
         let mut conn: Option<ConnHandle> = None;
+        let depth = self.cfg.pipeline_depth.max(1);
         loop {
-            let mut job = match self.queue.next(self.cfg.lane_idle) {
-                Next::Job(j) => j,
-                Next::Idle => {
+            // Take only what the connection can pipeline now, so queued work
+            // stays available to the other lanes.
+            let room = match conn.as_ref() {
+                Some(c) => match c.conn.wait_capacity() {
+                    0 => depth,
+                    n => n,
+                },
+                None => depth,
+            };
+            let mut jobs = match self.queue.next_batch(room, BATCH_BYTES, self.cfg.lane_idle) {
+                Batch::Jobs(j) => j,
+                Batch::Idle => {
                     if conn.as_ref().is_some_and(|c| c.conn.is_idle()) {
                         self.drop_conn(&mut conn);
                     }
                     continue;
                 }
-                Next::Stop => break,
+                Batch::Stop => break,
             };
             let mut tries = 0;
             loop {
@@ -119,28 +134,29 @@ impl Peer {
                         Err(why) => {
                             let queued = self.queue.fail_queued();
                             log::error!(
-                                "tcp: cannot connect to segment '{}' data port {}: {why}; failing this request and {queued} queued",
+                                "tcp: cannot connect to segment '{}' data port {}: {why}; failing {} request(s) and {queued} queued",
                                 self.key.name,
-                                self.key.port
+                                self.key.port,
+                                jobs.len()
                             );
-                            job.fail();
+                            jobs.into_iter().for_each(Job::fail);
                             break;
                         }
                     }
                 }
                 let Some(c) = conn.as_ref() else { break };
-                match c.conn.send(job) {
+                match c.conn.send(jobs) {
                     Ok(()) => break,
                     Err(back) => {
-                        // Broke before this request was taken: retry once on
-                        // a fresh connection.
+                        // Broke before these requests were taken: retry once
+                        // on a fresh connection.
                         self.drop_conn(&mut conn);
                         tries += 1;
                         if tries >= 2 {
-                            back.fail();
+                            back.into_iter().for_each(Job::fail);
                             break;
                         }
-                        job = back;
+                        jobs = back;
                     }
                 }
             }

@@ -30,6 +30,13 @@ impl Job {
     }
 }
 
+/// What `next_batch` hands a lane.
+pub enum Batch {
+    Jobs(Vec<Job>),
+    Idle,
+    Stop,
+}
+
 pub enum Next {
     Job(Job),
     /// Nothing arrived within the idle period.
@@ -63,13 +70,19 @@ impl Default for JobQueue {
 impl JobQueue {
     /// Enqueue; after `stop` the job fails at once.
     pub fn push(&self, job: Job) {
+        self.push_many(vec![job]);
+    }
+
+    /// Enqueue several jobs under one lock and one wake-up: the woken lane
+    /// wakes the next one if work is left (see `next_batch`).
+    pub fn push_many(&self, jobs: Vec<Job>) {
         let mut g = self.inner.lock();
         if g.stopped {
             drop(g);
-            job.fail();
+            jobs.into_iter().for_each(Job::fail);
             return;
         }
-        g.jobs.push_back(job);
+        g.jobs.extend(jobs);
         drop(g);
         self.cv.notify_one();
     }
@@ -90,16 +103,42 @@ impl JobQueue {
     }
 
     pub fn next(&self, idle: Duration) -> Next {
+        match self.next_batch(1, 0, idle) {
+            Batch::Jobs(mut v) => match v.pop() {
+                Some(j) => Next::Job(j),
+                None => Next::Idle,
+            },
+            Batch::Idle => Next::Idle,
+            Batch::Stop => Next::Stop,
+        }
+    }
+
+    /// Up to `max_jobs` jobs (at least one), stopping early once they carry
+    /// `max_bytes`: many small requests go out in one send, while large
+    /// ones still spread over the lanes.
+    pub fn next_batch(&self, max_jobs: usize, max_bytes: u64, idle: Duration) -> Batch {
         let mut g = self.inner.lock();
         loop {
             if g.stopped {
-                return Next::Stop;
+                return Batch::Stop;
             }
-            if let Some(j) = g.jobs.pop_front() {
-                return Next::Job(j);
+            if !g.jobs.is_empty() {
+                let mut out = Vec::new();
+                let mut bytes = 0u64;
+                while out.len() < max_jobs.max(1) && (out.is_empty() || bytes < max_bytes) {
+                    let Some(j) = g.jobs.pop_front() else { break };
+                    bytes += j.len;
+                    out.push(j);
+                }
+                let more = !g.jobs.is_empty();
+                drop(g);
+                if more {
+                    self.cv.notify_one();
+                }
+                return Batch::Jobs(out);
             }
             if self.cv.wait_for(&mut g, idle).timed_out() && g.jobs.is_empty() {
-                return if g.stopped { Next::Stop } else { Next::Idle };
+                return if g.stopped { Batch::Stop } else { Batch::Idle };
             }
         }
     }
@@ -170,6 +209,26 @@ mod tests {
         let (d, td) = job(4);
         q.push(d);
         assert_eq!(td.status(), TaskStatus::Failed);
+    }
+
+    #[test]
+    fn batches_stop_at_count_or_bytes() {
+        let q = JobQueue::default();
+        q.push_many((1..=6).map(|i| job(i * 10).0).collect());
+        let Batch::Jobs(a) = q.next_batch(2, 1000, Duration::from_millis(1)) else {
+            panic!("expected jobs")
+        };
+        assert_eq!(a.iter().map(|j| j.len).collect::<Vec<_>>(), [10, 20]);
+        // 30 + 40 reach 60 bytes: the batch ends there.
+        let Batch::Jobs(b) = q.next_batch(10, 60, Duration::from_millis(1)) else {
+            panic!("expected jobs")
+        };
+        assert_eq!(b.iter().map(|j| j.len).collect::<Vec<_>>(), [30, 40]);
+        // A single job larger than the byte budget still goes out.
+        let Batch::Jobs(c) = q.next_batch(10, 1, Duration::from_millis(1)) else {
+            panic!("expected jobs")
+        };
+        assert_eq!(c.iter().map(|j| j.len).collect::<Vec<_>>(), [50]);
     }
 
     #[test]

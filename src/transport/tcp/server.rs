@@ -1,5 +1,6 @@
 //! The data server: an acceptor thread and one thread per connection, each
-//! serving requests sequentially (spec §7.3 server loop).
+//! serving requests sequentially (spec §7.3 server loop). Pipelined small
+//! requests are parsed from one receive buffer and answered together.
 //!
 //! Payloads move straight between the socket and registered memory. The
 //! region list is checked per request; unregistering a region while a
@@ -19,6 +20,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use super::config::TcpConfig;
+use super::inbuf::{InBuf, INBUF_CAP};
 use super::regions::Regions;
 use super::sock::{self, IoSpan};
 use super::wire::{Header, Status, HEADER_LEN};
@@ -179,25 +181,87 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// One connection: header, validate, move the payload, repeat.
+/// Replies not yet sent: status frames and READ bodies, gathered so that a
+/// pipeline of small requests is answered with one `sendmsg`.
+struct Replies {
+    spans: Vec<IoSpan>,
+    bytes: usize,
+    /// A READ body is pending: its bytes are read from memory only when sent.
+    has_body: bool,
+}
+
+/// Send pending replies once they reach this size (bounds the delay for the
+/// first reply of a long pipeline).
+const FLUSH_BYTES: usize = 256 * 1024;
+/// ... or this many spans.
+const FLUSH_SPANS: usize = 128;
+/// WRITE bodies from this size on are received without the buffer.
+const BIG_WRITE: usize = 16 * 1024;
+
+impl Replies {
+    fn push(&mut self, span: IoSpan) {
+        if span.len > 0 {
+            self.bytes += span.len;
+            self.spans.push(span);
+        }
+    }
+
+    fn flush(&mut self, fd: i32) -> io::Result<()> {
+        if self.spans.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: status spans point at the caller's live status frames; body
+        // spans lie inside registered regions (validated when queued), which
+        // the owner keeps alive while peers may transfer; send only reads.
+        let res = unsafe { sock::send_all(fd, &self.spans) };
+        self.spans.clear();
+        self.bytes = 0;
+        self.has_body = false;
+        res
+    }
+}
+
+/// One connection: header, validate, move the payload, repeat. Headers are
+/// read through a buffer; replies are flushed before waiting for input.
 fn serve(shared: &Shared, stream: &TcpStream) -> io::Result<()> {
     sock::tune(stream, shared.cfg.status_timeout, shared.cfg.socket_buffer)?;
     let fd = stream.as_raw_fd();
+    let ok = Status::Ok.encode();
+    let mut inb = InBuf::new(INBUF_CAP);
+    let mut out = Replies {
+        spans: Vec::with_capacity(FLUSH_SPANS + 2),
+        bytes: 0,
+        has_body: false,
+    };
+    let mut big_writes = false;
     loop {
-        if !sock::poll_readable(fd, shared.cfg.server_idle)? {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "idle connection closed",
-            ));
-        }
-        if shared.stop.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let raw = match sock::recv_array::<HEADER_LEN>(fd) {
-            Ok(b) => b,
-            // EOF between requests is the normal end of a session.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
+        let Some(raw) = inb.take::<HEADER_LEN>() else {
+            // Never wait for the peer while it may be waiting for our answers.
+            out.flush(fd)?;
+            if inb.is_empty() && !sock::poll_readable(fd, shared.cfg.server_idle)? {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "idle connection closed",
+                ));
+            }
+            if shared.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // After a large WRITE, expect another: read just the header so its
+            // body goes straight to memory instead of through the buffer.
+            let max = if big_writes {
+                HEADER_LEN - inb.len()
+            } else {
+                INBUF_CAP
+            };
+            match inb.fill_max(fd, max) {
+                Ok(_) => continue,
+                // EOF between requests is the normal end of a session.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && inb.is_empty() => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
+            }
         };
         let h = Header::decode(&raw);
         let v2 = h.is_v2();
@@ -208,6 +272,7 @@ fn serve(shared: &Shared, stream: &TcpStream) -> io::Result<()> {
                 h.size,
                 h.addr
             );
+            out.flush(fd)?;
             if v2 {
                 let _ = sock::send_bytes(fd, &Status::AddrRejected.encode());
             }
@@ -217,22 +282,27 @@ fn serve(shared: &Shared, stream: &TcpStream) -> io::Result<()> {
             ptr: h.addr as *mut u8,
             len: h.size as usize,
         };
+        let status = IoSpan {
+            ptr: ok.as_ptr() as *mut u8,
+            len: if v2 { ok.len() } else { 0 },
+        };
+        big_writes = h.is_write() && body.len >= BIG_WRITE;
         if h.is_write() {
+            // Earlier READs must send the bytes as they were before this WRITE.
+            if out.has_body {
+                out.flush(fd)?;
+            }
             // SAFETY: the range lies inside a region the owner registered and
             // promised to keep alive while peers may transfer into it.
-            unsafe { sock::recv_all(fd, &[body])? };
-            if v2 {
-                sock::send_bytes(fd, &Status::Ok.encode())?;
-            }
+            unsafe { inb.read_into(fd, body)? };
+            out.push(status);
         } else {
-            let status = Status::Ok.encode();
-            let st = IoSpan {
-                ptr: status.as_ptr() as *mut u8,
-                len: if v2 { status.len() } else { 0 },
-            };
-            // SAFETY: `status` is a live local; `body` lies inside a
-            // registered region (see above); both are only read.
-            unsafe { sock::send_all(fd, &[st, body])? };
+            out.push(status);
+            out.push(body);
+            out.has_body = true;
+        }
+        if out.bytes >= FLUSH_BYTES || out.spans.len() >= FLUSH_SPANS {
+            out.flush(fd)?;
         }
     }
 }
