@@ -131,6 +131,12 @@ impl Endpoint {
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
+    /// An active attempt is in progress (such an endpoint is not idle).
+    pub fn handshake_running(&self) -> bool {
+        self.handshake_running
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn is_loopback(&self) -> bool {
         self.local_path == self.peer_path
     }

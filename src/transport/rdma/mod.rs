@@ -19,6 +19,7 @@ pub mod stats;
 pub mod verbs;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -56,6 +57,8 @@ pub struct RdmaConfig {
     pub max_wr: u32,
     pub max_cqe: usize,
     pub workers_per_ctx: usize,
+    /// `MC_MAX_EP_PER_CTX`: endpoints per context before idle ones are evicted.
+    pub max_ep_per_ctx: usize,
     pub retry_cnt: u32,
     pub slice: SliceParams,
     pub rail_pause: Duration,
@@ -73,6 +76,7 @@ impl RdmaConfig {
             max_wr: env_u64("MC_MAX_WR", 256, 1, 65535) as u32,
             max_cqe: env_u64("MC_MAX_CQE_PER_CTX", 4096, 1, 65535) as usize,
             workers_per_ctx: env_u64("MC_WORKERS_PER_CTX", 2, 1, 8) as usize,
+            max_ep_per_ctx: env_u64("MC_MAX_EP_PER_CTX", 65536, 1, 65536) as usize,
             retry_cnt: env_u64("MC_RETRY_CNT", 9, 1, 127) as u32,
             slice: SliceParams::from_env(),
             rail_pause: Duration::from_secs(env_u64("MC_RDMA_RAIL_PAUSE_SECONDS", 30, 1, 3599)),
@@ -167,6 +171,9 @@ impl Shared {
         let mut eps = ctx.endpoints.lock();
         if let Some(e) = eps.get(peer) {
             return Ok(e.clone());
+        }
+        if eps.len() >= self.cfg.max_ep_per_ctx {
+            self.evict_idle_endpoint(ctx, &mut eps);
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed) * GENERATION_STRIDE;
         let ep = Arc::new(Endpoint::new(
@@ -356,6 +363,30 @@ impl Shared {
             self.enqueue(s);
         } else {
             self.retry_or_fail(s, "local device down");
+        }
+    }
+
+    /// Make room under `MC_MAX_EP_PER_CTX`: retire one endpoint with no WR
+    /// in flight. Endpoints with WRs in flight are never evicted (their QPs
+    /// would flush them); if all are busy the store grows past the cap for
+    /// now and the next insertion tries again.
+    fn evict_idle_endpoint(&self, ctx: &RdmaContext, eps: &mut HashMap<String, Arc<Endpoint>>) {
+        let victim = eps
+            .iter()
+            .find(|(_, e)| e.outstanding() == 0 && !e.handshake_running())
+            .map(|(k, _)| k.clone());
+        match victim.and_then(|k| eps.remove(&k).map(|e| (k, e))) {
+            Some((peer, ep)) => {
+                ep.retire("evicted: MC_MAX_EP_PER_CTX reached");
+                self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+                log::debug!("RDMA context {}: evicted idle endpoint to {peer}", ctx.name);
+            }
+            None => log::warn!(
+                "RDMA context {}: {} endpoints, all with WRs in flight; exceeding MC_MAX_EP_PER_CTX={} for now",
+                ctx.name,
+                eps.len(),
+                self.cfg.max_ep_per_ctx
+            ),
         }
     }
 

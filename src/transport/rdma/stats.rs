@@ -104,6 +104,8 @@ pub struct Counters {
     pub handshake_attempts: AtomicU64,
     /// Times a peer's handshake cap made its queued slices fail or reroute.
     pub handshakes_capped: AtomicU64,
+    /// Idle endpoints retired to stay under `MC_MAX_EP_PER_CTX`.
+    pub evictions: AtomicU64,
 }
 
 impl Counters {
@@ -115,6 +117,7 @@ impl Counters {
             "flushed": g(&self.flushed),
             "failed_slices": g(&self.failed_slices),
             "handshakes": g(&self.handshakes),
+            "evictions": g(&self.evictions),
             "handshake_attempts": g(&self.handshake_attempts),
             "handshakes_capped": g(&self.handshakes_capped),
         })
