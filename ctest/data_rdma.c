@@ -1,6 +1,6 @@
 /* Two engines in one process, P2PHANDSHAKE metadata, RDMA transport on the
  * soft fabric (MC_RDMA_PROVIDER=soft, two devices): WRITE and READ from
- * 4 KiB to 64 MiB in multi-request batches with every byte verified, an
+ * 4 KiB to 256 MiB in multi-request batches with every byte verified, an
  * out-of-range request FAILED, NIC load stats and showLinks. */
 #include <stdint.h>
 #include <stdio.h>
@@ -11,7 +11,7 @@
 
 #include "check.h"
 
-#define MAX_LEN ((size_t)64 << 20)
+#define MAX_LEN ((size_t)256 << 20)
 #define POLL_LIMIT_SEC 60
 #define MATRIX "{\"cpu:0\":[[\"soft0\",\"soft1\"],[]],\"*\":[[\"soft0\",\"soft1\"],[]]}"
 
@@ -126,7 +126,7 @@ static transfer_engine_t rdma_engine(void) {
 }
 
 int main(void) {
-    static const size_t sizes[] = {4096, 65536, (size_t)1 << 20, (size_t)16 << 20, MAX_LEN};
+    static const size_t sizes[] = {4096, 65536, (size_t)1 << 20, (size_t)16 << 20, (size_t)64 << 20, MAX_LEN};
     char b_name[128];
     uint8_t *a_buf, *b_buf;
     segment_id_t seg_b;

@@ -21,6 +21,12 @@ set -a; . "$env_file"; set +a
 
 echo "== cargo test (unit + integration) =="
 cargo build --release --lib --bins
+# The bundled HTTP metadata server, for the C-API store test (ctest data_store).
+md_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+target/release/te-metadata-server --host 127.0.0.1 --port "$md_port" >/dev/null 2>&1 &
+md_pid=$!
+trap 'kill $md_pid 2>/dev/null || true; scripts/services.sh stop >/dev/null 2>&1 || true; rm -f "$env_file"' EXIT
+export TE_TEST_METADATA_URLS="http://127.0.0.1:$md_port/metadata;etcd://$TE_TEST_ETCD;$TE_TEST_ETCD;$TE_TEST_REDIS"
 cargo test --all-targets -- --test-threads="${TE_TEST_THREADS:-2}"
 
 echo "== ctest: the C ABI from C/C++, dlopen, find_package, pkg-config =="
