@@ -80,27 +80,8 @@ pub trait Device: Send + Sync {
     fn is_down(&self) -> bool;
 }
 
-/// `xx:xx:...` (16 lowercase hex bytes), the descriptor GID format.
-pub fn gid_to_string(gid: &[u8; 16]) -> String {
-    gid.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Parse a descriptor GID; exactly 16 `:`-separated hex bytes.
-pub fn parse_gid(s: &str) -> Option<[u8; 16]> {
-    let mut out = [0u8; 16];
-    let mut n = 0;
-    for part in s.split(':') {
-        if n == 16 || part.is_empty() || part.len() > 2 {
-            return None;
-        }
-        out[n] = u8::from_str_radix(part, 16).ok()?;
-        n += 1;
-    }
-    (n == 16).then_some(out)
-}
+/// The descriptor GID text format lives with the verbs types.
+pub use super::verbs::{gid_from_string as parse_gid, gid_to_string};
 
 /// A local device as the transport uses it.
 pub struct RdmaContext {
