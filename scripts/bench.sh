@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
+export MC_LOG_LEVEL=${MC_LOG_LEVEL:-WARNING}
 cargo build --release --bin te-bench
 bench=target/release/te-bench
 echo "== data check (every byte verified) =="
