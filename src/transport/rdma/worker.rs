@@ -4,6 +4,7 @@
 //! condvar; nothing spins when no WR is in flight.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -117,11 +118,35 @@ pub fn path_hash(peer_path: &str) -> u64 {
     })
 }
 
+/// Hasher for WR ids: they are unique sequential counters, so a single
+/// multiply spreads them well enough; SipHash cost ~20% of a slice's CPU.
+#[derive(Default)]
+pub struct WrIdHasher(u64);
+
+impl Hasher for WrIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: the high bits (used by hashbrown's control
+        // bytes) and the low bits (bucket index) both vary with `id`.
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32);
+    }
+}
+
+/// In-flight WRs of one context, by WR id.
+pub type InflightMap = HashMap<u64, Inflight, BuildHasherDefault<WrIdHasher>>;
+
 /// Everything the threads of one context share.
 pub struct ContextWorkers {
     pub ctx: Arc<RdmaContext>,
     pub posters: Vec<Arc<Worker>>,
-    pub inflight: Mutex<HashMap<u64, Inflight>>,
+    pub inflight: Mutex<InflightMap>,
     /// Wakes the poller when WRs were posted.
     poll_cv: Condvar,
     poll_idle: Mutex<()>,
@@ -139,7 +164,7 @@ impl ContextWorkers {
             posters: (0..posters.max(1))
                 .map(|_| Arc::new(Worker::default()))
                 .collect(),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(InflightMap::default()),
             poll_cv: Condvar::new(),
             poll_idle: Mutex::new(()),
             next_wr_id: AtomicU64::new(1),
@@ -196,7 +221,7 @@ impl ContextWorkers {
 /// Posting thread `k` of a context (with one worker it also polls).
 pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_poll: bool) {
     let me = cw.posters[k].clone();
-    let mut comps = Vec::with_capacity(64);
+    let mut bufs = PollBufs::default();
     let mut last_sweep = Instant::now();
     loop {
         if cw.stop.load(Ordering::Acquire) {
@@ -216,7 +241,7 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
             progressed |= process_peer(&sh, &cw, &me, p);
         }
         if also_poll {
-            progressed |= poll_once(&sh, &cw, &mut comps);
+            progressed |= poll_once(&sh, &cw, &mut bufs);
             if last_sweep.elapsed() >= Duration::from_millis(100) {
                 sweep_timeouts(&sh, &cw);
                 last_sweep = Instant::now();
@@ -250,14 +275,14 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
 
 /// The dedicated poller of a context (when it has ≥ 2 workers).
 pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
-    let mut comps = Vec::with_capacity(64);
+    let mut bufs = PollBufs::default();
     let mut last_sweep = Instant::now();
     loop {
         if cw.stop.load(Ordering::Acquire) {
             return;
         }
         let Some(sh) = shared.upgrade() else { return };
-        let progressed = poll_once(&sh, &cw, &mut comps);
+        let progressed = poll_once(&sh, &cw, &mut bufs);
         if last_sweep.elapsed() >= Duration::from_millis(100) {
             sweep_timeouts(&sh, &cw);
             last_sweep = Instant::now();
@@ -409,7 +434,6 @@ fn post_slices(
             continue;
         }
         wrs.clear();
-        let mut batch = Vec::with_capacity(n);
         {
             let mut infl = cw.inflight.lock();
             let now = Instant::now();
@@ -426,7 +450,6 @@ fn post_slices(
                     rkey: s.rkey,
                 });
                 cw.ctx.stats.posted(s.length);
-                batch.push(wr_id);
                 infl.insert(
                     wr_id,
                     Inflight {
@@ -451,8 +474,8 @@ fn post_slices(
         let mut back = Vec::new();
         {
             let mut infl = cw.inflight.lock();
-            for id in &batch[accepted..] {
-                if let Some(f) = infl.remove(id) {
+            for w in &wrs[accepted..] {
+                if let Some(f) = infl.remove(&w.wr_id) {
                     cw.ctx.stats.finished(f.slice.length, false);
                     back.push(f.slice);
                 }
@@ -472,23 +495,31 @@ fn post_slices(
     any
 }
 
+/// Buffers a polling thread reuses across CQ polls (no allocation per poll).
+#[derive(Default)]
+pub struct PollBufs {
+    comps: Vec<Completion>,
+    done: Vec<(Completion, Inflight)>,
+}
+
 /// Poll the context's CQ once; returns whether completions were handled.
-fn poll_once(sh: &Shared, cw: &ContextWorkers, comps: &mut Vec<Completion>) -> bool {
+fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
     let Some(dev) = &cw.ctx.device else {
         return false;
     };
-    comps.clear();
-    if dev.poll(comps, 64) == 0 {
+    bufs.comps.clear();
+    if dev.poll(&mut bufs.comps, 64) == 0 {
         return false;
     }
-    let done: Vec<(Completion, Inflight)> = {
+    {
         let mut infl = cw.inflight.lock();
-        comps
-            .iter()
-            .filter_map(|c| infl.remove(&c.wr_id).map(|f| (*c, f)))
-            .collect()
-    };
-    for (c, f) in done {
+        bufs.done.extend(
+            bufs.comps
+                .iter()
+                .filter_map(|c| infl.remove(&c.wr_id).map(|f| (*c, f))),
+        );
+    }
+    for (c, f) in bufs.done.drain(..) {
         f.ep.completed(f.qp);
         let ok = c.status == CompletionStatus::Success;
         cw.ctx.stats.finished(f.slice.length, ok);
