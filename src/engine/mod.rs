@@ -398,28 +398,39 @@ impl TransferEngine {
         }
         // Route everything first: on a routing error no task is added.
         let mut routed: Vec<(Arc<dyn Transport>, Submission)> = Vec::with_capacity(requests.len());
+        // Descriptor and transport per target id, looked up once per call
+        // (a batch usually goes to one or a few segments).
+        let mut targets: Vec<(SegmentId, Arc<SegmentDesc>, Arc<dyn Transport>)> = Vec::new();
         for r in requests {
-            let target = self.metadata.segment_desc(r.target_id).ok_or_else(|| {
-                Error::InvalidArgument(format!(
-                    "unknown segment id {} (call openSegment first)",
-                    r.target_id
-                ))
-            })?;
-            let t = self
-                .transport_by_protocol(&target.protocol)
-                .ok_or_else(|| {
-                    Error::NotSupportedTransport(format!(
-                        "segment {} speaks '{}', which is not installed here",
-                        r.target_id, target.protocol
-                    ))
-                })?;
+            let ti = match targets.iter().rposition(|(id, _, _)| *id == r.target_id) {
+                Some(i) => i,
+                None => {
+                    let target = self.metadata.segment_desc(r.target_id).ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "unknown segment id {} (call openSegment first)",
+                            r.target_id
+                        ))
+                    })?;
+                    let t = self
+                        .transport_by_protocol(&target.protocol)
+                        .ok_or_else(|| {
+                            Error::NotSupportedTransport(format!(
+                                "segment {} speaks '{}', which is not installed here",
+                                r.target_id, target.protocol
+                            ))
+                        })?;
+                    targets.push((r.target_id, target, t));
+                    targets.len() - 1
+                }
+            };
+            let (_, target, t) = &targets[ti];
             let task = Arc::new(Task::new(*r));
             routed.push((
-                t,
+                t.clone(),
                 Submission {
                     request: *r,
                     task,
-                    target,
+                    target: target.clone(),
                 },
             ));
         }
