@@ -614,6 +614,7 @@ impl Transport for RdmaTransport {
         let sh = &self.shared;
         // Cut everything first: an unregistered source refuses the call.
         let mut cuts = Vec::with_capacity(subs.len());
+        let mut locations: Vec<Arc<str>> = Vec::new();
         {
             let mem = sh.memory.read();
             for s in &subs {
@@ -640,10 +641,17 @@ impl Transport for RdmaTransport {
                         )))
                     }
                     other => {
-                        let location: Arc<str> = mem
-                            .find(r.source)
-                            .map(|m| Arc::from(m.buf.location.as_str()))
-                            .unwrap_or_else(|| Arc::from("*"));
+                        let name = mem.find(r.source).map_or("*", |m| m.buf.location.as_str());
+                        // One shared string per distinct location per call,
+                        // not one allocation per request.
+                        let location = match locations.iter().find(|l| &***l == name) {
+                            Some(l) => l.clone(),
+                            None => {
+                                let l: Arc<str> = Arc::from(name);
+                                locations.push(l.clone());
+                                l
+                            }
+                        };
                         cuts.push((other, location));
                     }
                 }
