@@ -46,6 +46,25 @@ impl DeviceStats {
         self.posted_slices.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `slices` WRs carrying `bytes` in total were posted (one update per batch).
+    pub fn posted_many(&self, bytes: u64, slices: u64) {
+        if slices == 0 {
+            return;
+        }
+        self.inflight.fetch_add(bytes, Ordering::Relaxed);
+        self.posted_slices.fetch_add(slices, Ordering::Relaxed);
+    }
+
+    /// Posted WRs finished: `bytes` in total, of which `ok_bytes` moved.
+    pub fn finished_many(&self, bytes: u64, ok_bytes: u64) {
+        if bytes != 0 {
+            self.inflight.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        if ok_bytes != 0 {
+            self.completed.fetch_add(ok_bytes, Ordering::Relaxed);
+        }
+    }
+
     /// A posted WR completed (`ok`: its bytes moved).
     pub fn finished(&self, bytes: u64, ok: bool) {
         self.inflight.fetch_sub(bytes, Ordering::Relaxed);
@@ -139,6 +158,18 @@ mod tests {
         assert_eq!(s.inflight_bytes(), 0);
         assert_eq!(s.completed_bytes(), 100);
         assert_eq!(s.posted_slices(), 2);
+    }
+
+    #[test]
+    fn batched_updates_match_per_slice_ones() {
+        let s = DeviceStats::default();
+        s.posted_many(150, 2);
+        s.posted_many(0, 0);
+        assert_eq!(s.inflight_bytes(), 150);
+        assert_eq!(s.posted_slices(), 2);
+        s.finished_many(150, 100);
+        assert_eq!(s.inflight_bytes(), 0);
+        assert_eq!(s.completed_bytes(), 100);
     }
 
     #[test]

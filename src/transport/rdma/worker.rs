@@ -434,6 +434,7 @@ fn post_slices(
             continue;
         }
         wrs.clear();
+        let mut posted_bytes = 0;
         {
             let mut infl = cw.inflight.lock();
             let now = Instant::now();
@@ -449,7 +450,7 @@ fn post_slices(
                     remote_addr: s.dest,
                     rkey: s.rkey,
                 });
-                cw.ctx.stats.posted(s.length);
+                posted_bytes += s.length;
                 infl.insert(
                     wr_id,
                     Inflight {
@@ -461,6 +462,8 @@ fn post_slices(
                 );
             }
         }
+        // Before the post: unaccepted WRs are subtracted again below.
+        cw.ctx.stats.posted_many(posted_bytes, wrs.len() as u64);
         let accepted = match ep.post(i, &wrs) {
             Ok(k) => k.min(wrs.len()),
             Err(e) => {
@@ -519,10 +522,19 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
                 .filter_map(|c| infl.remove(&c.wr_id).map(|f| (*c, f))),
         );
     }
+    // One stats update per poll, before tasks can be seen complete.
+    let (bytes, ok_bytes) = bufs.done.iter().fold((0, 0), |(b, ok), (c, f)| {
+        let n = f.slice.length;
+        let moved = if c.status == CompletionStatus::Success {
+            n
+        } else {
+            0
+        };
+        (b + n, ok + moved)
+    });
+    cw.ctx.stats.finished_many(bytes, ok_bytes);
     for (c, f) in bufs.done.drain(..) {
         f.ep.completed(f.qp);
-        let ok = c.status == CompletionStatus::Success;
-        cw.ctx.stats.finished(f.slice.length, ok);
         match c.status {
             CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
             CompletionStatus::Flushed => {
