@@ -10,43 +10,11 @@
 #include <transfer_engine_c.h>
 
 #include "check.h"
+#include "data_util.h"
 
 #define MAX_LEN ((size_t)256 << 20)
 #define POLL_LIMIT_SEC 60
 #define MATRIX "{\"cpu:0\":[[\"soft0\",\"soft1\"],[]],\"*\":[[\"soft0\",\"soft1\"],[]]}"
-
-static double now_sec(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void nap(void) {
-    struct timespec ts = {0, 1000 * 1000};
-    nanosleep(&ts, NULL);
-}
-
-static uint8_t pattern(size_t i, unsigned seed) {
-    return (uint8_t)((i * 167u + seed * 7u) ^ (i >> 13));
-}
-
-static void fill(uint8_t *p, size_t n, unsigned seed) {
-    size_t i;
-    for (i = 0; i < n; i++) p[i] = pattern(i, seed);
-}
-
-/* 1 if p[0..n] holds the pattern; reports the first wrong byte. */
-static int verify(const uint8_t *p, size_t n, unsigned seed, const char *what) {
-    size_t i;
-    for (i = 0; i < n; i++) {
-        if (p[i] != pattern(i, seed)) {
-            fprintf(stderr, "%s: byte %zu of %zu is 0x%02x, expected 0x%02x\n", what, i, n,
-                    p[i], pattern(i, seed));
-            return 0;
-        }
-    }
-    return 1;
-}
 
 /* Poll every task to a terminal state; stores each final status in `out`. */
 static int wait_batch(transfer_engine_t e, batch_id_t b, size_t tasks, int *out,

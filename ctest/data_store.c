@@ -12,16 +12,9 @@
 #include <transfer_engine_c.h>
 
 #include "check.h"
+#include "data_util.h"
 
 #define LEN ((size_t)1 << 20)
-
-static double now_sec(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static uint8_t pattern(size_t i, unsigned seed) { return (uint8_t)((i * 167u + seed) ^ (i >> 9)); }
 
 static int one_transfer(transfer_engine_t e, int op, void *src, segment_id_t seg, uint64_t dst,
                         uint64_t len) {
@@ -53,7 +46,6 @@ static void exchange(const char *url, int idx) {
     segment_id_t seg;
     notify_msg_t note, *got;
     int n = 0;
-    size_t i;
     snprintf(tname, sizeof tname, "ctest-store-target-%d-%d", (int)getpid(), idx);
     snprintf(iname, sizeof iname, "ctest-store-init-%d-%d", (int)getpid(), idx);
     snprintf(lname, sizeof lname, "ctest-store-late-%d-%d", (int)getpid(), idx);
@@ -67,7 +59,7 @@ static void exchange(const char *url, int idx) {
     CHECK_EQ(registerLocalMemory(init, local, LEN, "cpu:0", 1), 0);
     seg = openSegment(init, tname);
     REQUIRE(seg > 0);
-    for (i = 0; i < LEN; i++) local[i] = pattern(i, (unsigned)idx);
+    fill(local, LEN, (unsigned)idx);
     CHECK(one_transfer(init, OPCODE_WRITE, local, seg, (uint64_t)(uintptr_t)remote, LEN));
     CHECK(memcmp(local, remote, LEN) == 0);
     memset(local, 0, LEN);
