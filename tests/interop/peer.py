@@ -48,7 +48,9 @@ class MooncakePeer:
         self.TransferNotify = TransferNotify
         self.Op = TransferOpcode
         self.te = TransferEngine()
-        rc = self.te.initialize(local_name, metadata, "tcp", "")
+        proto = os.environ.get("PEER_PROTOCOL", "tcp")
+        devices = os.environ.get("PEER_DEVICES", "")
+        rc = self.te.initialize(local_name, metadata, proto, devices)
         if rc != 0:
             raise RuntimeError("mooncake initialize(%s, %s) rc=%d" % (local_name, metadata, rc))
         if metadata == "P2PHANDSHAKE":
@@ -103,7 +105,12 @@ class TeRsPeer:
     def __init__(self, metadata, local_name):
         import te_rs
         self.m = te_rs
-        self.e = te_rs.Engine(metadata, local_name, "tcp")
+        proto = os.environ.get("PEER_PROTOCOL", "tcp")
+        devices = [d for d in os.environ.get("PEER_DEVICES", "").split(",") if d]
+        ip = local_name if local_name[:1].isdigit() else "127.0.0.1"
+        self.e = te_rs.Engine(metadata, local_name, proto, devices=devices or None, ip=ip)
+        self.batches = {}
+        self.finished = {}
         # P2P: getLocalIpAndPort is the segment name; stores: the given name.
         self.name = self.e.segment_name() if metadata == "P2PHANDSHAKE" else local_name
         self.segments = {}
@@ -127,6 +134,30 @@ class TeRsPeer:
                 if got != n:
                     raise RuntimeError("COMPLETED with transferred_bytes=%d, expected %d" % (got, n))
         return ok
+
+    def submit(self, op, segment, reqs):
+        """Submit without waiting; returns the batch id."""
+        sid = self._sid(segment)
+        opc = self.m.OPCODE_WRITE if op == "write" else self.m.OPCODE_READ
+        bid = self.e.submit([(opc, l, sid, r, n) for (l, r, n) in reqs])
+        self.batches[bid] = len(reqs)
+        return bid
+
+    def poll(self):
+        """Status counts over all submitted batches; frees finished ones."""
+        pending = {}
+        for bid, n in list(self.batches.items()):
+            st = self.e.statuses(bid, n)
+            if all(s in ("COMPLETED", "FAILED", "TIMEOUT") for s in st):
+                if self.e.free_batch(bid) == 0:
+                    del self.batches[bid]
+                    for s in st:
+                        self.finished[s] = self.finished.get(s, 0) + 1
+                    continue
+            for s in st:
+                pending[s] = pending.get(s, 0) + 1
+        return {"open_batches": len(self.batches), "pending": pending,
+                "finished": dict(self.finished)}
 
     def notify(self, segment, name, msg):
         rc = self.e.notify(self._sid(segment), name, msg)
@@ -181,6 +212,13 @@ def serve(peer):
                 out["secs"] = time.monotonic() - t0
                 if not out["ok"]:
                     out["error"] = "transfer reported failure"
+            elif op == "submit":
+                out["batch"] = peer.submit(cmd["dir"], cmd["segment"],
+                                           [tuple(r) for r in cmd["reqs"]])
+            elif op == "poll":
+                out["counts"] = peer.poll()
+            elif op == "pid":
+                out["pid"] = os.getpid()
             elif op == "notify":
                 peer.notify(cmd["segment"], cmd["name"], cmd["msg"])
             elif op == "notifies":

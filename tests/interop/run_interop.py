@@ -41,15 +41,17 @@ class PeerError(RuntimeError):
 
 
 class Peer:
-    def __init__(self, kind, role, logdir, tag, metadata="P2PHANDSHAKE"):
+    def __init__(self, kind, role, logdir, tag, metadata="P2PHANDSHAKE", local_name=None,
+                 env=None):
         self.kind, self.role = kind, role
         self.log_path = os.path.join(logdir, "%s.%s-%s.log" % (tag.replace(">", ""), role, kind))
         self.log = open(self.log_path, "w")
-        env = dict(os.environ)
+        env = dict(os.environ, **(env or {}))
         env.setdefault("MC_LOG_LEVEL", "WARNING")
         # Store modes advertise an RPC IP; the namespace has only lo.
         env.setdefault("MC_TCP_BIND_ADDRESS", "127.0.0.1")
-        local_name = "127.0.0.1" if metadata == "P2PHANDSHAKE" else "%s-%s" % (role, kind)
+        if local_name is None:
+            local_name = "127.0.0.1" if metadata == "P2PHANDSHAKE" else "%s-%s" % (role, kind)
         self.p = subprocess.Popen([sys.executable, os.path.join(HERE, "peer.py"), kind,
                                    metadata, local_name],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -187,14 +189,15 @@ def pair_checks(res, ikind, tkind, logdir, store=""):
             server.stop()
 
 
-def _pair_checks(res, ikind, tkind, logdir, tag, metadata, sizes):
+def _pair_checks(res, ikind, tkind, logdir, tag, metadata, sizes, tgt_kw=None, ini_kw=None):
+    """tgt_kw / ini_kw: extra Peer arguments (local_name, env) per side."""
     try:
-        tgt = Peer(tkind, "target", logdir, tag, metadata)
+        tgt = Peer(tkind, "target", logdir, tag, metadata, **(tgt_kw or {}))
     except Exception as e:
         res.run("[%s] start target" % tag, lambda: (_ for _ in ()).throw(e))
         return
     try:
-        ini = Peer(ikind, "initiator", logdir, tag, metadata)
+        ini = Peer(ikind, "initiator", logdir, tag, metadata, **(ini_kw or {}))
     except Exception as e:
         res.run("[%s] start initiator" % tag, lambda: (_ for _ in ()).throw(e))
         tgt.kill()

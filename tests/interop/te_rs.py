@@ -7,6 +7,7 @@ all 27 functions with the exact struct layouts of spec §1.1. The thin
 """
 
 import ctypes
+import json
 import os
 import time
 
@@ -124,13 +125,20 @@ class Engine:
     """One te-rs engine driven through the C ABI."""
 
     def __init__(self, metadata="P2PHANDSHAKE", local_name="127.0.0.1",
-                 protocol="tcp", lib=None):
+                 protocol="tcp", lib=None, devices=None, ip="127.0.0.1"):
+        """devices: RDMA device names for the NIC priority matrix (args[0] of
+        installTransport); None lets the engine discover them."""
         self.lib = lib or load()
         self.h = self.lib.createTransferEngine(metadata.encode(), local_name.encode(),
-                                               b"127.0.0.1", 0, 0)
+                                               ip.encode(), 0, 0)
         if not self.h:
             raise TeRsError("createTransferEngine returned NULL")
-        if not self.lib.installTransport(self.h, protocol.encode(), None):
+        args = None
+        if devices:
+            matrix = json.dumps({"cpu:0": [list(devices), []], "*": [list(devices), []]})
+            self._matrix = ctypes.c_char_p(matrix.encode())
+            args = (ctypes.c_void_p * 2)(ctypes.cast(self._matrix, ctypes.c_void_p), None)
+        if not self.lib.installTransport(self.h, protocol.encode(), args):
             raise TeRsError("installTransport(%s) returned NULL" % protocol)
 
     def segment_name(self):
@@ -153,6 +161,41 @@ class Engine:
         if sid < 0:
             raise TeRsError("openSegment(%s) = %d" % (name, sid))
         return sid
+
+    def submit(self, reqs, notify=None):
+        """Submit one batch without waiting; returns its batch id."""
+        n = len(reqs)
+        bid = self.lib.allocateBatchID(self.h, n)
+        if bid == INVALID_BATCH:
+            raise TeRsError("allocateBatchID returned INVALID_BATCH")
+        arr = (TransferRequest * n)()
+        for i, (op, src, sid, dst, ln) in enumerate(reqs):
+            arr[i] = TransferRequest(op, src, sid, dst, ln)
+        if notify is None:
+            rc = self.lib.submitTransfer(self.h, bid, arr, n)
+        else:
+            nm = NotifyMsg(notify[0].encode(), notify[1].encode())
+            rc = self.lib.submitTransferWithNotify(self.h, bid, arr, n, nm)
+        if rc != 0:
+            self.lib.freeBatchID(self.h, bid)
+            raise TeRsError("submitTransfer rc=%d" % rc)
+        return bid
+
+    def statuses(self, bid, n):
+        """Status name of each of the n tasks of batch bid."""
+        st = TransferStatus()
+        out = []
+        for i in range(n):
+            rc = self.lib.getTransferStatus(self.h, bid, i, ctypes.byref(st))
+            if rc != 0:
+                raise TeRsError("getTransferStatus(task %d) rc=%d" % (i, rc))
+            if not 0 <= st.status <= 6:
+                raise TeRsError("status %d outside 0..6" % st.status)
+            out.append(STATUS_NAMES[st.status])
+        return out
+
+    def free_batch(self, bid):
+        return self.lib.freeBatchID(self.h, bid)
 
     def transfer(self, reqs, timeout=60.0, notify=None):
         """reqs: list of (opcode, local_addr, segment_id, remote_addr, length).

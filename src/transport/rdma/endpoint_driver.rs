@@ -70,6 +70,11 @@ pub struct Endpoint {
     handshake_failed: std::sync::atomic::AtomicBool,
     /// An active handshake thread owns this endpoint's next attempt.
     handshake_running: std::sync::atomic::AtomicBool,
+    /// `liveness::coarse_ms` of the last completion (or of the first post
+    /// after idling): the stall watchdog probes the peer when it lags.
+    last_progress_ms: std::sync::atomic::AtomicU64,
+    /// A liveness probe of the peer is running.
+    probing: std::sync::atomic::AtomicBool,
 }
 
 fn create_qps(dev: &dyn Device, n: usize, max_wr: u32) -> Result<Vec<Box<dyn QueuePair>>> {
@@ -106,6 +111,8 @@ impl Endpoint {
             mode,
             handshake_failed: std::sync::atomic::AtomicBool::new(false),
             handshake_running: std::sync::atomic::AtomicBool::new(false),
+            last_progress_ms: std::sync::atomic::AtomicU64::new(0),
+            probing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -294,6 +301,13 @@ impl Endpoint {
                     r
                 })
             };
+            if is_ack && reply.is_ok() && !self.mode.drop_ack {
+                log::info!(
+                    "sent RDMA ready ACK {} -> {}",
+                    self.local_path,
+                    self.peer_path
+                );
+            }
             let mut m = self.machine.lock();
             let acts = if is_ack {
                 m.on_ready_ack_sent(generation, reply, Instant::now())
@@ -322,9 +336,17 @@ impl Endpoint {
             req.ready_ack = None;
         }
         let mut m = self.machine.lock();
+        let was_waiting = m.state() == EndpointState::ConnectedWaitReadyAck;
         let acts = m.on_handshake_request(&req, Instant::now());
         let mut p = Pending::default();
         self.execute(&mut m, acts, &mut p);
+        if was_waiting && req.ready_ack == Some(true) && m.state() == EndpointState::Connected {
+            log::info!(
+                "received RDMA ready ACK {} -> {}",
+                self.peer_path,
+                self.local_path
+            );
+        }
         if p.retry_fresh {
             return PassiveOutcome::RetryFresh;
         }
@@ -349,6 +371,9 @@ impl Endpoint {
     /// Post a chain on QP `i`; returns how many WRs were accepted.
     pub fn post(&self, i: usize, wrs: &[WorkRequest]) -> Result<usize> {
         use std::sync::atomic::Ordering;
+        if self.outstanding() == 0 {
+            self.touch(super::liveness::coarse_ms());
+        }
         self.outstanding[i].fetch_add(wrs.len() as u32, Ordering::AcqRel);
         let r = match self.qps.read().get(i) {
             Some(q) => q.post(wrs),
@@ -365,6 +390,35 @@ impl Endpoint {
     /// A WR posted on QP `i` completed.
     pub fn completed(&self, i: usize) {
         self.outstanding[i].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Progress was seen at `now_ms` (`liveness::coarse_ms`).
+    pub fn touch(&self, now_ms: u64) {
+        self.last_progress_ms
+            .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Milliseconds without progress while WRs are in flight (0 when idle).
+    pub fn stalled_ms(&self, now_ms: u64) -> u64 {
+        if self.outstanding() == 0 {
+            return 0;
+        }
+        now_ms.saturating_sub(
+            self.last_progress_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Claim the endpoint's one liveness probe; false while one runs.
+    pub fn begin_probe(&self) -> bool {
+        !self
+            .probing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    pub fn end_probe(&self) {
+        self.probing
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     pub fn outstanding(&self) -> u32 {

@@ -10,6 +10,7 @@
 pub mod context;
 pub mod endpoint;
 pub mod endpoint_driver;
+pub mod liveness;
 pub mod memory;
 pub mod provider;
 pub mod rail;
@@ -153,6 +154,8 @@ pub struct Shared {
     pub cfg: RdmaConfig,
     pub counters: Counters,
     pub rails: RailBook,
+    /// Peers found gone by a probe or a refused handshake.
+    pub liveness: liveness::PeerLiveness,
     next_generation: std::sync::atomic::AtomicU64,
     me: Weak<Shared>,
 }
@@ -220,12 +223,31 @@ impl Shared {
         }
     }
 
+    /// A weak handle for threads the transport spawns.
+    pub fn me(&self) -> Weak<Shared> {
+        self.me.clone()
+    }
+
     /// Feed an active attempt's outcome to the counters and the backoff.
     fn handshake_done(&self, cw: &ContextWorkers, ep: &Endpoint, ok: bool) {
         let now = std::time::Instant::now();
+        let server = name::split_nic_path(&ep.peer_path).map(|(s, _)| s);
         if !ok {
             cw.handshake_failed(&ep.peer_path, now);
+            // A refused connection means the peer process is gone: its
+            // slices must not wait out the re-handshake backoff.
+            if let Some(server) = server {
+                let timeout = self.liveness.connect_timeout;
+                if let liveness::Probe::Gone(why) =
+                    liveness::probe(&self.tctx.metadata, server, timeout)
+                {
+                    self.liveness.mark_dead(server, &why, now);
+                }
+            }
             return;
+        }
+        if let Some(server) = server {
+            self.liveness.mark_alive(server);
         }
         self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
         if ep.state() == endpoint::EndpointState::Connected {
@@ -485,6 +507,7 @@ impl RdmaTransport {
             cfg,
             counters: Counters::default(),
             rails,
+            liveness: liveness::PeerLiveness::from_env(),
             next_generation: std::sync::atomic::AtomicU64::new(1),
             me: me.clone(),
         });

@@ -125,6 +125,8 @@ pub struct Counters {
     pub handshakes_capped: AtomicU64,
     /// Idle endpoints retired to stay under `MC_MAX_EP_PER_CTX`.
     pub evictions: AtomicU64,
+    /// Stalled endpoints whose peer a probe found gone.
+    pub peers_gone: AtomicU64,
 }
 
 impl Counters {
@@ -139,6 +141,7 @@ impl Counters {
             "evictions": g(&self.evictions),
             "handshake_attempts": g(&self.handshake_attempts),
             "handshakes_capped": g(&self.handshakes_capped),
+            "peers_gone": g(&self.peers_gone),
         })
     }
 }

@@ -244,6 +244,7 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
             progressed |= poll_once(&sh, &cw, &mut bufs);
             if last_sweep.elapsed() >= Duration::from_millis(100) {
                 sweep_timeouts(&sh, &cw);
+                watch_stalled(&sh, &cw);
                 last_sweep = Instant::now();
             }
         }
@@ -285,6 +286,7 @@ pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
         let progressed = poll_once(&sh, &cw, &mut bufs);
         if last_sweep.elapsed() >= Duration::from_millis(100) {
             sweep_timeouts(&sh, &cw);
+            watch_stalled(&sh, &cw);
             last_sweep = Instant::now();
         }
         drop(sh);
@@ -326,6 +328,14 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
     if !sh.rails.usable(&path) {
         for s in slices {
             sh.retry_or_fail(s, "rail paused");
+        }
+        return true;
+    }
+    let server = crate::metadata::name::split_nic_path(&path).map_or(&*path, |(s, _)| s);
+    if sh.liveness.is_dead(server, Instant::now()) {
+        // The peer process is gone: no handshake, no backoff, no retry.
+        for s in slices {
+            sh.fail_slice(s);
         }
         return true;
     }
@@ -533,7 +543,9 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
         (b + n, ok + moved)
     });
     cw.ctx.stats.finished_many(bytes, ok_bytes);
+    let now_ms = super::liveness::coarse_ms();
     for (c, f) in bufs.done.drain(..) {
+        f.ep.touch(now_ms);
         f.ep.completed(f.qp);
         match c.status {
             CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
@@ -589,5 +601,54 @@ fn sweep_timeouts(sh: &Shared, cw: &ContextWorkers) {
         f.ep.retire("slice timeout");
         cw.ctx.forget_endpoint(&f.slice.peer_path, &f.ep);
         sh.fail_slice(f.slice);
+    }
+}
+
+/// Probe the peer of every endpoint whose WRs made no progress for
+/// `MC_TE_RS_RDMA_PROBE_MS`; a gone peer's endpoint is retired (its QPs go
+/// to ERR and flush every WR, so no buffer is released while the NIC may
+/// still touch it), and its slices then fail at once (see `liveness`).
+fn watch_stalled(sh: &Shared, cw: &Arc<ContextWorkers>) {
+    let now_ms = super::liveness::coarse_ms();
+    let limit = sh.liveness.probe_after.as_millis() as u64;
+    let stalled: Vec<(String, Arc<Endpoint>)> = cw
+        .ctx
+        .endpoints
+        .lock()
+        .iter()
+        .filter(|(_, ep)| ep.stalled_ms(now_ms) >= limit && !ep.is_loopback())
+        .map(|(p, ep)| (p.clone(), ep.clone()))
+        .collect();
+    for (path, ep) in stalled {
+        if !ep.begin_probe() {
+            continue;
+        }
+        let Some(server) = crate::metadata::name::split_nic_path(&path).map(|(s, _)| s.to_string())
+        else {
+            ep.end_probe();
+            continue;
+        };
+        let (me, cw) = (sh.me(), cw.clone());
+        let spawned = std::thread::Builder::new()
+            .name("te-rdma-probe".into())
+            .spawn(move || {
+                if let Some(sh) = me.upgrade() {
+                    let timeout = sh.liveness.connect_timeout;
+                    match super::liveness::probe(&sh.tctx.metadata, &server, timeout) {
+                        super::liveness::Probe::Alive => ep.touch(super::liveness::coarse_ms()),
+                        super::liveness::Probe::Gone(why) => {
+                            sh.counters.peers_gone.fetch_add(1, Ordering::Relaxed);
+                            sh.liveness.mark_dead(&server, &why, Instant::now());
+                            ep.retire("peer gone");
+                            cw.ctx.forget_endpoint(&path, &ep);
+                            cw.wake_all();
+                        }
+                    }
+                }
+                ep.end_probe();
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a liveness probe thread: {e}");
+        }
     }
 }

@@ -55,11 +55,12 @@ fn is_overlay_netdev(name: &str) -> bool {
         || name == "tunl0"
 }
 
+/// An IPv6 link-local GID (`fe80::/10`). As upstream (`IN6_IS_ADDR_LINKLOCAL`
+/// on the raw GID), an IPv4-mapped GID is never link-local, 169.254/16
+/// included: demoting it would make te-rs pick the `fe80::` entry where the
+/// C++ engine picks the IPv4 one, and RTR between the two fails (seen on rxe).
 fn is_link_local(gid: &Gid) -> bool {
-    if let Some(ip) = mapped_ipv4(gid) {
-        return ip[0] == 169 && ip[1] == 254;
-    }
-    gid[0] == 0xfe && (gid[1] & 0xc0) == 0x80
+    mapped_ipv4(gid).is_none() && gid[0] == 0xfe && (gid[1] & 0xc0) == 0x80
 }
 
 fn classify(c: &GidCandidate) -> Option<Class> {
@@ -178,6 +179,16 @@ mod tests {
     fn all_null_selects_nothing() {
         assert_eq!(select_gid(&[cand(0, [0; 16], GidType::Ib, None)]), None);
         assert_eq!(select_gid(&[]), None);
+    }
+
+    #[test]
+    fn ipv4_link_local_ranks_as_upstream_above_ipv6_link_local() {
+        // rxe on a netdev with 169.254.77.2: GID[0] fe80::, GID[1] ::ffff:169.254.77.2.
+        let c = [
+            cand(0, link_local(), GidType::RoceV2, Some("veth1")),
+            cand(1, v4([169, 254, 77, 2]), GidType::RoceV2, Some("veth1")),
+        ];
+        assert_eq!(select_gid(&c), Some(1));
     }
 
     #[test]

@@ -1,0 +1,229 @@
+"""Multi-process RDMA checks on real kernel verbs (SoftRoCE), run inside the
+guest of scripts/rdma-vm.sh by scripts/rxe-suite.sh.
+
+Every engine runs in its own process (tests/interop/peer.py): te-rs through
+its C ABI (ctypes), the C++ engine through its Python module from the PyPI
+wheel. Devices: rxe0 on veth0 ($RXE_ADDR0) and rxe1 on veth1 ($RXE_ADDR1).
+Prints one PASS/FAIL line per check and "N passed, N failed".
+
+Usage: suite.py [--only NAME,...] [--logdir D]
+"""
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "interop"))
+import run_interop as ri  # noqa: E402
+from run_interop import KiB, MiB, Peer, PeerError, Results  # noqa: E402
+
+ADDR = [os.environ.get("RXE_ADDR0", "169.254.77.1"), os.environ.get("RXE_ADDR1", "169.254.77.2")]
+NETDEV = [os.environ.get("RXE_NETDEV0", "veth0"), os.environ.get("RXE_NETDEV1", "veth1")]
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+TE_BENCH = os.environ.get("TE_BENCH", os.path.join(REPO, "target", "release", "te-bench"))
+
+# A peer killed with tasks in flight: every task of the survivor is terminal
+# within this many seconds of the kill (README "RDMA on real verbs").
+KILL_BOUND_S = 5.0
+# A netdev down under load: every task terminal within this bound.
+LINK_DOWN_BOUND_S = 20.0
+
+
+def rdma_env(dev, extra=None):
+    env = {"PEER_PROTOCOL": "rdma", "PEER_DEVICES": dev, "MC_LOG_LEVEL": "INFO",
+           "MC_TCP_BIND_ADDRESS": ""}
+    env.update(extra or {})
+    return env
+
+
+def side(dev_index, extra=None):
+    return {"local_name": ADDR[dev_index], "env": rdma_env("rxe%d" % dev_index, extra)}
+
+
+def log_text(peer):
+    with open(peer.log_path, errors="replace") as f:
+        return f.read()
+
+
+def counters(dev):
+    """rxe's hardware counters of port 1 (sysfs)."""
+    d = "/sys/class/infiniband/%s/ports/1/hw_counters" % dev
+    out = {}
+    for name in os.listdir(d):
+        try:
+            with open(os.path.join(d, name)) as f:
+                out[name] = int(f.read().strip())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+# --- te-rs <-> te-rs and te-rs <-> C++ data checks ---------------------------
+
+def data_pairs(res, logdir, pairs):
+    for ikind, tkind, idev, tdev in pairs:
+        tag = "rdma %s/rxe%d->%s/rxe%d" % (ikind, idev, tkind, tdev)
+        ri._pair_checks(res, ikind, tkind, logdir, tag.replace(" ", "_").replace("/", "-"),
+                        "P2PHANDSHAKE", ri.SIZES, tgt_kw=side(tdev), ini_kw=side(idev))
+
+
+def ready_ack_logged(res, logdir):
+    """The ready ACK travels both ways between te-rs and the C++ engine."""
+    for ikind, tkind in (("te-rs", "mooncake"), ("mooncake", "te-rs")):
+        tag = "ack-%s-%s" % (ikind, tkind)
+
+        def check(ikind=ikind, tkind=tkind, tag=tag):
+            tgt = Peer(tkind, "target", logdir, tag, local_name=ADDR[0], env=rdma_env("rxe0"))
+            ini = Peer(ikind, "initiator", logdir, tag, local_name=ADDR[1], env=rdma_env("rxe1"))
+            try:
+                tb = tgt.must(op="alloc", size=MiB)["addr"]
+                src = ini.must(op="alloc", size=MiB)["addr"]
+                ini.must(op="fill", addr=src, len=MiB, seed=7)
+                ini.must(60.0, op="xfer", dir="write", segment=tgt.name, reqs=[[src, tb, MiB]])
+                tgt.must(op="check", addr=tb, len=MiB, seed=7)
+            finally:
+                ini.kill()
+                tgt.kill()
+            tlog, ilog = log_text(tgt), log_text(ini)
+            # Passive (target) side received the ACK the active side sent.
+            if tkind == "mooncake":
+                if "Received RDMA ready ACK" not in tlog:
+                    raise PeerError("C++ target never logged 'Received RDMA ready ACK' (%s)"
+                                    % tgt.log_path)
+                if "sent RDMA ready ACK" not in ilog:
+                    raise PeerError("te-rs initiator did not log sending the ACK")
+            else:
+                if "received RDMA ready ACK" not in tlog:
+                    raise PeerError("te-rs target never logged 'received RDMA ready ACK' (%s)"
+                                    % tgt.log_path)
+            return "ACK seen by the %s target" % tkind
+        res.run("[%s->%s] ready ACK sent and received over rxe" % (ikind, tkind), check)
+
+
+# --- te-bench --check between two processes ----------------------------------
+
+def bench_two_processes(res, logdir):
+    for op in ("write", "read"):
+        def run(op=op):
+            tlog = open(os.path.join(logdir, "bench-%s.target.log" % op), "w")
+            env = dict(os.environ, MC_LOG_LEVEL="WARNING")
+            tgt = subprocess.Popen([TE_BENCH, "--mode=target", "--protocol=rdma",
+                                    "--device_name=rxe0", "--local_server_name=" + ADDR[0],
+                                    "--buffer_size=%d" % (64 * MiB), "--duration=300"],
+                                   stdout=subprocess.PIPE, stderr=tlog, env=env, text=True)
+            try:
+                seg = None
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and seg is None:
+                    line = tgt.stdout.readline()
+                    if not line:
+                        break
+                    m = re.search(r"segment (\S+)", line)
+                    seg = m.group(1) if m else None
+                if seg is None:
+                    raise PeerError("te-bench target printed no segment name")
+                out = subprocess.run([TE_BENCH, "--mode=initiator", "--protocol=rdma",
+                                      "--device_name=rxe1", "--local_server_name=" + ADDR[1],
+                                      "--segment_id=" + seg, "--operation=" + op,
+                                      "--block_size=65536", "--batch_size=16", "--threads=2",
+                                      "--duration=3", "--buffer_size=%d" % (64 * MiB),
+                                      "--check", "--no_baseline"],
+                                     capture_output=True, text=True, timeout=120, env=env)
+                if out.returncode != 0:
+                    raise PeerError("initiator rc=%d: %s" % (out.returncode,
+                                                            (out.stdout + out.stderr)[-400:]))
+                return out.stdout.strip().splitlines()[-1][:70]
+            finally:
+                tgt.kill()
+                tgt.wait()
+                tlog.close()
+        res.run("[te-bench] %s --check, target rxe0, initiator rxe1" % op, run)
+
+
+# --- faults -----------------------------------------------------------------
+
+def wait_terminal(ini, total, bound, what):
+    """Poll the initiator until all `total` tasks are terminal; returns the
+    seconds it took and the final counts."""
+    t0 = time.monotonic()
+    last = {}
+    while time.monotonic() - t0 < bound:
+        last = ini.must(op="poll")["counts"]
+        if last["open_batches"] == 0:
+            done = sum(last["finished"].values())
+            if done != total:
+                raise PeerError("%s: %d tasks ended, %d submitted" % (what, done, total))
+            return time.monotonic() - t0, last["finished"]
+        time.sleep(0.1)
+    raise PeerError("%s: %d tasks, still not all terminal %.0fs later: %r"
+                    % (what, total, bound, last))
+
+
+def peer_killed(res, logdir):
+    """A target SIGKILLed with 64 KiB WRITEs in flight, more submitted after."""
+    def run():
+        tgt = Peer("te-rs", "target", logdir, "kill", **side(0))
+        ini = Peer("te-rs", "initiator", logdir, "kill", **side(1))
+        try:
+            tpid = tgt.must(op="pid")["pid"]
+            tb = tgt.must(op="alloc", size=64 * MiB)["addr"]
+            src = ini.must(op="alloc", size=64 * MiB)["addr"]
+            # Warm: the endpoint is connected before the kill.
+            ini.must(60.0, op="xfer", dir="write", segment=tgt.name, reqs=[[src, tb, 4096]])
+            ini.must(op="poll")
+            blk, per_batch, batches = 64 * KiB, 128, 64  # 8,192 x 64 KiB
+            reqs = [[src + i * blk, tb + i * blk, blk] for i in range(per_batch)]
+            for _ in range(batches // 2):
+                ini.must(op="submit", dir="write", segment=tgt.name, reqs=reqs)
+            os.kill(tpid, signal.SIGKILL)
+            t_kill = time.monotonic()
+            for _ in range(batches // 2):
+                ini.must(op="submit", dir="write", segment=tgt.name, reqs=reqs)
+            total = batches * per_batch
+            _, counts = wait_terminal(ini, total, KILL_BOUND_S, "peer killed")
+            took = time.monotonic() - t_kill
+            return "%d tasks terminal %.1fs after the kill (%s)" % (total, took, counts)
+        finally:
+            ini.kill()
+            try:
+                tgt.kill()
+            except Exception:
+                pass
+    res.run("[fault] target killed mid-transfer: every task ends within %.0fs" % KILL_BOUND_S, run)
+
+
+CHECKS = {
+    "data": lambda res, d: data_pairs(res, d, [("te-rs", "te-rs", 0, 0), ("te-rs", "te-rs", 1, 0)]),
+    "bench": bench_two_processes,
+    "interop": lambda res, d: data_pairs(res, d, [("te-rs", "mooncake", 1, 0),
+                                                 ("mooncake", "te-rs", 1, 0)]),
+    "ack": ready_ack_logged,
+    "kill": peer_killed,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default="")
+    ap.add_argument("--logdir", default=os.path.join(os.environ.get("TE_VM_OUT", "/tmp"), "rxe-logs"))
+    a = ap.parse_args()
+    os.makedirs(a.logdir, exist_ok=True)
+    res = Results()
+    t0 = time.monotonic()
+    for name, fn in CHECKS.items():
+        if a.only and name not in a.only.split(","):
+            continue
+        print("== %s" % name, flush=True)
+        fn(res, a.logdir)
+    print("logs: %s; %.1fs" % (a.logdir, time.monotonic() - t0))
+    print("%d passed, %d failed" % (res.passed, res.failed))
+    sys.exit(1 if res.failed else 0)
+
+
+if __name__ == "__main__":
+    main()
