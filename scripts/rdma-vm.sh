@@ -21,7 +21,9 @@
 #   TE_VM_CACHE    where the guest kernel is unpacked (default /var/cache/te-rs-vm).
 #   TE_VM_MEM      guest memory in MiB (default 4096).
 # Inside the guest: TE_VM=1, TE_VM_OUT, RXE_ADDR0/RXE_ADDR1 (the IPv4
-# addresses of rxe0/veth0 and rxe1/veth1), RXE_NETDEV0/RXE_NETDEV1.
+# addresses of rxe0/veth0 and rxe1/veth1), RXE_NETDEV0/RXE_NETDEV1, and the
+# command rxe-routes, which restores the pair's routes after a link was
+# set down and up again.
 #
 # Facts and pitfalls: ../shared/reference/softroce-vm.md (boots are slow under
 # emulation: batch many checks into one COMMAND).
@@ -137,6 +139,18 @@ export HOME=/root TE_VM=1 TE_VM_OUT=$OUT
 export RXE_ADDR0=169.254.77.1 RXE_ADDR1=169.254.77.2 RXE_NETDEV0=veth0 RXE_NETDEV1=veth1
 status=$OUT/.status
 echo 255 >\$status
+# Neighbours and per-direction routes die with a link that goes down:
+# rxe-routes (on PATH in the guest) puts them back after 'ip link set up'.
+mkdir -p /usr/local/sbin
+cat >/usr/local/sbin/rxe-routes <<'ROUTES'
+#!/bin/bash
+mac0=\$(cat /sys/class/net/veth0/address); mac1=\$(cat /sys/class/net/veth1/address)
+ip neigh replace \$RXE_ADDR1 lladdr \$mac1 dev veth0 nud permanent
+ip neigh replace \$RXE_ADDR0 lladdr \$mac0 dev veth1 nud permanent
+ip route replace table 101 \$RXE_ADDR0 dev veth1 src \$RXE_ADDR1
+ip route replace table 102 \$RXE_ADDR1 dev veth0 src \$RXE_ADDR0
+ROUTES
+chmod +x /usr/local/sbin/rxe-routes
 setup() {
     ip link set lo up
     ip link add veth0 type veth peer name veth1 || return 1
@@ -147,11 +161,7 @@ setup() {
         echo 1 >/proc/sys/net/ipv4/conf/\$i/accept_local
         echo 0 >/proc/sys/net/ipv4/conf/\$i/rp_filter
     done
-    mac0=\$(cat /sys/class/net/veth0/address); mac1=\$(cat /sys/class/net/veth1/address)
-    ip neigh replace \$RXE_ADDR1 lladdr \$mac1 dev veth0 nud permanent
-    ip neigh replace \$RXE_ADDR0 lladdr \$mac0 dev veth1 nud permanent
-    ip route add table 101 \$RXE_ADDR0 dev veth1 src \$RXE_ADDR1
-    ip route add table 102 \$RXE_ADDR1 dev veth0 src \$RXE_ADDR0
+    rxe-routes || return 1
     ip rule add pref 10 iif lo from \$RXE_ADDR1 to \$RXE_ADDR0 lookup 101
     ip rule add pref 10 iif lo from \$RXE_ADDR0 to \$RXE_ADDR1 lookup 102
     ip rule add pref 1000 lookup local

@@ -69,7 +69,8 @@ def data_pairs(res, logdir, pairs):
     for ikind, tkind, idev, tdev in pairs:
         tag = "rdma %s/rxe%d->%s/rxe%d" % (ikind, idev, tkind, tdev)
         ri._pair_checks(res, ikind, tkind, logdir, tag.replace(" ", "_").replace("/", "-"),
-                        "P2PHANDSHAKE", ri.SIZES, tgt_kw=side(tdev), ini_kw=side(idev))
+                        "P2PHANDSHAKE", ri.SIZES, tgt_kw=side(tdev), ini_kw=side(idev),
+                        rdma=True)
 
 
 def ready_ack_logged(res, logdir):
@@ -105,6 +106,59 @@ def ready_ack_logged(res, logdir):
         res.run("[%s->%s] ready ACK sent and received over rxe" % (ikind, tkind), check)
 
 
+def ready_ack_gate(res, logdir):
+    """The active side's RTR is held back 3 s while both sides have writes
+    queued for each other. Gate on: the passive side posts nothing before the
+    ACK, so its NIC never retransmits (rxe0's completer_retry_err stays put)
+    and every byte arrives. Legacy (no ACK, both sides): the passive side
+    posts to a QP that is not ready yet, and rxe retransmits until it is
+    (with retry_cnt 7 rxe retries without end; a NIC gives up after 7)."""
+    for legacy in (False, True):
+        def run(legacy=legacy):
+            extra = {"MC_TE_RS_LEGACY_HANDSHAKE": "1"} if legacy else {}
+            tag = "gate-legacy" if legacy else "gate"
+            tgt = Peer("te-rs", "target", logdir, tag, **side(0, extra))
+            ini = Peer("te-rs", "initiator", logdir, tag,
+                       **side(1, dict(extra, MC_TE_RS_TEST_RTR_DELAY_MS="3000")))
+            try:
+                n = 16 * 64 * KiB
+                tb = tgt.must(op="alloc", size=n)["addr"]
+                ib = ini.must(op="alloc", size=n)["addr"]
+                tgt.must(op="fill", addr=tb, len=n // 2, seed=11)
+                ini.must(op="fill", addr=ib + n // 2, len=n // 2, seed=12)
+                before = counters("rxe0").get("completer_retry_err", 0)
+                blk = 64 * KiB
+                half = n // 2
+                # Active: the initiator writes its upper half to the target.
+                ini.must(op="submit", dir="write", segment=tgt.name,
+                         reqs=[[ib + half + i * blk, tb + half + i * blk, blk]
+                               for i in range(half // blk)])
+                time.sleep(1.5)  # the target's endpoint now waits for the ACK
+                # Passive: the target writes its lower half to the initiator.
+                tgt.must(op="submit", dir="write", segment=ini.name,
+                         reqs=[[tb + i * blk, ib + i * blk, blk] for i in range(half // blk)])
+                for peer, what in ((ini, "initiator"), (tgt, "target")):
+                    _, fin = wait_terminal(peer, half // blk, 60.0, what)
+                    if fin.get("COMPLETED", 0) != half // blk:
+                        raise PeerError("%s: %r" % (what, fin))
+                tgt.must(op="check", addr=tb + half, len=half, seed=12)
+                ini.must(op="check", addr=ib, len=half, seed=11)
+                retrans = counters("rxe0").get("completer_retry_err", 0) - before
+            finally:
+                ini.kill()
+                tgt.kill()
+            if not legacy and retrans != 0:
+                raise PeerError("gated passive side retransmitted %d times: it posted "
+                                "before the peer's QPs were ready" % retrans)
+            if legacy and retrans == 0:
+                raise PeerError("legacy passive side never retransmitted: the race "
+                                "was not opened (timing?)")
+            return "passive-side retransmissions: %d, all bytes verified" % retrans
+        label = ("legacy: passive posts early, rxe retransmits, nothing lost" if legacy
+                 else "gated: passive posts nothing before the ACK")
+        res.run("[ready-ACK, RTR delayed 3s] %s" % label, run)
+
+
 # --- te-bench --check between two processes ----------------------------------
 
 def bench_two_processes(res, logdir):
@@ -114,7 +168,8 @@ def bench_two_processes(res, logdir):
             env = dict(os.environ, MC_LOG_LEVEL="WARNING")
             tgt = subprocess.Popen([TE_BENCH, "--mode=target", "--protocol=rdma",
                                     "--device_name=rxe0", "--local_server_name=" + ADDR[0],
-                                    "--buffer_size=%d" % (64 * MiB), "--duration=300"],
+                                    "--buffer_size=%d" % (64 * MiB), "--duration=300",
+                                    "--check"],
                                    stdout=subprocess.PIPE, stderr=tlog, env=env, text=True)
             try:
                 seg = None
@@ -197,13 +252,75 @@ def peer_killed(res, logdir):
     res.run("[fault] target killed mid-transfer: every task ends within %.0fs" % KILL_BOUND_S, run)
 
 
+def port_states():
+    out = []
+    for dev in ("rxe0", "rxe1"):
+        with open("/sys/class/infiniband/%s/ports/1/state" % dev) as f:
+            out.append(f.read().strip())
+    return out
+
+
+def link_flap(res, logdir):
+    """veth1 set down under load (both rxe ports go down: the pair loses
+    carrier), then up: every task ends in bounded time, and the same two
+    engines transfer over the devices again."""
+    def run():
+        tgt = Peer("te-rs", "target", logdir, "flap", **side(0))
+        ini = Peer("te-rs", "initiator", logdir, "flap", **side(1))
+        try:
+            tb = tgt.must(op="alloc", size=16 * MiB)["addr"]
+            src = ini.must(op="alloc", size=16 * MiB)["addr"]
+            ini.must(60.0, op="xfer", dir="write", segment=tgt.name, reqs=[[src, tb, 4096]])
+            blk, per_batch, batches = 64 * KiB, 128, 32
+            reqs = [[src + i * blk, tb + i * blk, blk] for i in range(per_batch)]
+            for _ in range(batches):
+                ini.must(op="submit", dir="write", segment=tgt.name, reqs=reqs)
+            time.sleep(0.5)
+            subprocess.run(["ip", "link", "set", NETDEV[1], "down"], check=True)
+            t_down = time.monotonic()
+            _, fin = wait_terminal(ini, batches * per_batch, LINK_DOWN_BOUND_S, "link down")
+            took_down = time.monotonic() - t_down
+            subprocess.run(["ip", "link", "set", NETDEV[1], "up"], check=True)
+            subprocess.run(["rxe-routes"], check=True)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not all("ACTIVE" in s for s in port_states()):
+                time.sleep(0.2)
+            if not all("ACTIVE" in s for s in port_states()):
+                raise PeerError("ports not ACTIVE again: %s" % port_states())
+            t_up = time.monotonic()
+            # The same engines move verified bytes again (bounded wait for the
+            # engines to see the port come back).
+            ini.must(op="fill", addr=src, len=MiB, seed=21)
+            last = None
+            while time.monotonic() - t_up < LINK_DOWN_BOUND_S:
+                last = ini.call(60.0, op="xfer", dir="write", segment=tgt.name,
+                                reqs=[[src, tb, MiB]])
+                if last.get("ok"):
+                    break
+                time.sleep(0.5)
+            if not last or not last.get("ok"):
+                raise PeerError("no transfer %.0fs after the link came back: %s"
+                                % (LINK_DOWN_BOUND_S, last))
+            tgt.must(op="check", addr=tb, len=MiB, seed=21)
+            return ("%d tasks ended %.1fs after link down (%s); transfers again %.1fs after "
+                    "ACTIVE" % (batches * per_batch, took_down, fin, time.monotonic() - t_up))
+        finally:
+            subprocess.run(["ip", "link", "set", NETDEV[1], "up"])
+            subprocess.run(["rxe-routes"])
+            ini.kill()
+            tgt.kill()
+    res.run("[fault] netdev down under load, then up: bounded, and used again", run)
+
+
 CHECKS = {
     "data": lambda res, d: data_pairs(res, d, [("te-rs", "te-rs", 0, 0), ("te-rs", "te-rs", 1, 0)]),
     "bench": bench_two_processes,
     "interop": lambda res, d: data_pairs(res, d, [("te-rs", "mooncake", 1, 0),
                                                  ("mooncake", "te-rs", 1, 0)]),
     "ack": ready_ack_logged,
+    "gate": ready_ack_gate,
     "kill": peer_killed,
+    "flap": link_flap,
 }
 
 

@@ -48,6 +48,15 @@ pub struct Completion {
     pub status: CompletionStatus,
 }
 
+/// A device async event, as the transport acts on it (`events.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceEvent {
+    PortDown,
+    PortUp,
+    Fatal,
+    QpFatal(u32),
+}
+
 /// A registered memory region; dropping it deregisters.
 pub trait MemoryRegion: Send + Sync {
     fn lkey(&self) -> u32;
@@ -76,8 +85,11 @@ pub trait Device: Send + Sync {
     fn poll(&self, out: &mut Vec<Completion>, max: usize) -> usize;
     /// Block up to `timeout` until completions may be available.
     fn wait_completions(&self, timeout: Duration);
-    /// A fatal async event (port/device down) has been seen.
+    /// The CQ failed: the device cannot be used (a plain flag, cheap).
     fn is_down(&self) -> bool;
+    /// Block up to `timeout` for async events and append them to `out`
+    /// (the context's event thread only).
+    fn wait_events(&self, timeout: Duration, out: &mut Vec<DeviceEvent>);
 }
 
 /// The descriptor GID text format lives with the verbs types.
@@ -89,7 +101,10 @@ pub struct RdmaContext {
     pub name: String,
     /// `None`: the device failed to open (placeholder keeps indices aligned).
     pub device: Option<Arc<dyn Device>>,
+    /// Port up (async events keep it current).
     active: AtomicBool,
+    /// Device fatal: never used again.
+    fatal: AtomicBool,
     /// MRs by region start address.
     pub mrs: Mutex<HashMap<u64, Box<dyn MemoryRegion>>>,
     /// Endpoints by peer NIC path.
@@ -105,6 +120,7 @@ impl RdmaContext {
             name,
             device,
             active: AtomicBool::new(active),
+            fatal: AtomicBool::new(false),
             mrs: Mutex::new(HashMap::new()),
             endpoints: Mutex::new(HashMap::new()),
             stats: DeviceStats::default(),
@@ -113,19 +129,30 @@ impl RdmaContext {
 
     /// Usable for new slices: opened and not reported down.
     pub fn is_active(&self) -> bool {
-        if !self.active.load(Ordering::Acquire) {
-            return false;
-        }
-        if self.device.as_ref().is_some_and(|d| d.is_down()) {
-            self.deactivate("device reported down");
-            return false;
-        }
-        true
+        self.active.load(Ordering::Acquire)
+            && !self.fatal.load(Ordering::Acquire)
+            && !self.device.as_ref().is_some_and(|d| d.is_down())
     }
 
     pub fn deactivate(&self, why: &str) {
         if self.active.swap(false, Ordering::AcqRel) {
             log::warn!("RDMA context {} inactive: {why}", self.name);
+        }
+    }
+
+    /// The port is up again: take slices again (not after a fatal error).
+    pub fn reactivate(&self, why: &str) {
+        if self.device.is_some()
+            && !self.fatal.load(Ordering::Acquire)
+            && !self.active.swap(true, Ordering::AcqRel)
+        {
+            log::warn!("RDMA context {} active again: {why}", self.name);
+        }
+    }
+
+    pub fn set_fatal(&self, why: &str) {
+        if !self.fatal.swap(true, Ordering::AcqRel) {
+            log::error!("RDMA context {} down for good: {why}", self.name);
         }
     }
 

@@ -35,6 +35,9 @@ pub struct HandshakeMode {
     pub drop_ack: bool,
     /// Test hook: sleep before sending the ready ACK.
     pub ack_delay: Duration,
+    /// Test hook: the active side sleeps before moving its QPs to RTR, which
+    /// opens the window the ready ACK closes (`MC_TE_RS_TEST_RTR_DELAY_MS`).
+    pub rtr_delay: Duration,
 }
 
 /// The passive handler's verdict.
@@ -173,6 +176,9 @@ impl Endpoint {
                     role,
                     peer,
                 } => {
+                    if role == super::endpoint::Role::Active && !self.mode.rtr_delay.is_zero() {
+                        std::thread::sleep(self.mode.rtr_delay);
+                    }
                     let r = self.configure(&peer);
                     queue.extend(m.on_qps_configured(generation, role, r, Instant::now()));
                 }

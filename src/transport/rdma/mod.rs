@@ -10,6 +10,7 @@
 pub mod context;
 pub mod endpoint;
 pub mod endpoint_driver;
+pub mod events;
 pub mod liveness;
 pub mod memory;
 pub mod provider;
@@ -98,6 +99,12 @@ impl RdmaConfig {
                 drop_ack: env_flag("MC_TE_RS_TEST_DROP_READY_ACK"),
                 ack_delay: Duration::from_millis(env_u64(
                     "MC_TE_RS_TEST_READY_ACK_DELAY_MS",
+                    0,
+                    0,
+                    600_000,
+                )),
+                rtr_delay: Duration::from_millis(env_u64(
+                    "MC_TE_RS_TEST_RTR_DELAY_MS",
                     0,
                     0,
                     600_000,
@@ -364,7 +371,7 @@ impl Shared {
         s.retry += 1;
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
         if s.retry >= self.cfg.retry_cnt {
-            log::warn!(
+            crate::warn_limited!(
                 "slice to {} failed after {} attempts ({why})",
                 s.peer_path,
                 s.retry
@@ -374,7 +381,7 @@ impl Shared {
         if self.route(&mut s) {
             self.enqueue(s);
         } else {
-            log::warn!("slice to {}: no route left ({why})", s.peer_path);
+            crate::warn_limited!("slice to {}: no route left ({why})", s.peer_path);
             self.fail_slice(s);
         }
     }
@@ -529,6 +536,10 @@ impl RdmaTransport {
                     worker::run_poller(w, c)
                 })?);
             }
+            let (w, c) = (Arc::downgrade(&shared), cw.clone());
+            threads.push(spawn(format!("te-rdma-event-{}", cw.ctx.name), move || {
+                events::run_events(w, c)
+            })?);
         }
         log::info!(
             "RDMA transport up on {:?} ({} QPs/endpoint, {} workers/context)",

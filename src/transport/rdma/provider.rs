@@ -10,7 +10,9 @@ use crate::config::{env_i64, env_u64};
 use crate::engine::task::Opcode;
 use crate::error::{Error, Result};
 
-use super::context::{Completion, CompletionStatus, Device, MemoryRegion, QueuePair, WorkRequest};
+use super::context::{
+    Completion, CompletionStatus, Device, DeviceEvent, MemoryRegion, QueuePair, WorkRequest,
+};
 use super::verbs::{self, AsyncEventKind, WcStatus};
 
 /// Name of the provider `MC_RDMA_PROVIDER` selects.
@@ -236,26 +238,49 @@ impl Device for VerbsDevice {
     }
 
     fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    fn wait_events(&self, timeout: Duration, out: &mut Vec<DeviceEvent>) {
+        match self.ctx.async_fd() {
+            Some(fd) => {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; the fd belongs to the open
+                // device context, which outlives this call.
+                unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+            }
+            // The soft fabric queues events in memory: check at a short pace.
+            None => std::thread::sleep(timeout.min(Duration::from_millis(10))),
+        }
         loop {
-            match self.ctx.poll_async_event() {
-                Ok(Some(ev)) => match ev.kind {
-                    AsyncEventKind::DeviceFatal
-                    | AsyncEventKind::PortErr
-                    | AsyncEventKind::CqErr
-                    | AsyncEventKind::WqFatal
-                    | AsyncEventKind::LidChange => {
-                        log::warn!("RDMA device {}: async event {:?}", self.name, ev.kind);
-                        self.down.store(true, Ordering::Release);
-                    }
-                    other => log::info!("RDMA device {}: async event {other:?}", self.name),
-                },
+            let ev = match self.ctx.poll_async_event() {
+                Ok(Some(ev)) => ev,
                 Ok(None) => break,
                 Err(e) => {
                     log::warn!("async events of {}: {e}", self.name);
                     break;
                 }
+            };
+            let mapped = match ev.kind {
+                AsyncEventKind::PortErr => Some(DeviceEvent::PortDown),
+                AsyncEventKind::PortActive => Some(DeviceEvent::PortUp),
+                AsyncEventKind::DeviceFatal | AsyncEventKind::CqErr | AsyncEventKind::WqFatal => {
+                    Some(DeviceEvent::Fatal)
+                }
+                AsyncEventKind::QpFatal | AsyncEventKind::QpReqErr | AsyncEventKind::QpAccessErr => {
+                    ev.qp_num.map(DeviceEvent::QpFatal)
+                }
+                _ => None,
+            };
+            match mapped {
+                Some(_) => log::warn!("RDMA device {}: async event {:?}", self.name, ev.kind),
+                None => log::info!("RDMA device {}: async event {:?}", self.name, ev.kind),
             }
+            out.extend(mapped);
         }
-        self.down.load(Ordering::Acquire)
     }
 }

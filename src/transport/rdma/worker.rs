@@ -477,7 +477,7 @@ fn post_slices(
         let accepted = match ep.post(i, &wrs) {
             Ok(k) => k.min(wrs.len()),
             Err(e) => {
-                log::warn!("post on {} -> {}: {e}", cw.ctx.name, ep.peer_path);
+                crate::warn_limited!("post on {} -> {}: {e}", cw.ctx.name, ep.peer_path);
                 0
             }
         };
@@ -592,7 +592,7 @@ fn sweep_timeouts(sh: &Shared, cw: &ContextWorkers) {
         ids.into_iter().filter_map(|id| infl.remove(&id)).collect()
     };
     for f in lost {
-        log::warn!(
+        crate::warn_limited!(
             "slice to {} lost: no completion within {limit:?}",
             f.slice.peer_path
         );
