@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run every test of te-rs: formatting, clippy, the Rust unit and integration
 # tests (real etcd, Redis and te-metadata-server started on loopback; RDMA
-# on the soft fabric), the C harness through ctest, and interop with the
-# C++ Mooncake engine in a loopback-only network namespace.
+# on the soft fabric), the C harness through ctest, interop with the
+# C++ Mooncake engine in a loopback-only network namespace, and the RDMA
+# suite on real kernel verbs (SoftRoCE) in a QEMU guest.
 # Installs missing system packages itself (Debian, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,3 +35,6 @@ scripts/ctest.sh
 
 echo "== interop with the C++ Mooncake engine =="
 scripts/interop.sh
+
+echo "== RDMA on real kernel verbs: SoftRoCE in a QEMU guest =="
+scripts/test-rxe.sh
