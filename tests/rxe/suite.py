@@ -19,6 +19,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "interop"))
+sys.path.insert(0, HERE)
 import run_interop as ri  # noqa: E402
 from run_interop import KiB, MiB, Peer, PeerError, Results  # noqa: E402
 
@@ -324,6 +325,16 @@ CHECKS = {
 }
 
 
+def all_checks():
+    """CHECKS here plus the CHECKS of every other tests/rxe/*.py module."""
+    checks = dict(CHECKS)
+    for f in sorted(os.listdir(HERE)):
+        if f.endswith(".py") and f not in ("suite.py",) and not f.startswith("_"):
+            mod = __import__(f[:-3])
+            checks.update(getattr(mod, "CHECKS", {}))
+    return checks
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="")
@@ -332,7 +343,7 @@ def main():
     os.makedirs(a.logdir, exist_ok=True)
     res = Results()
     t0 = time.monotonic()
-    for name, fn in CHECKS.items():
+    for name, fn in all_checks().items():
         if a.only and name not in a.only.split(","):
             continue
         print("== %s" % name, flush=True)
