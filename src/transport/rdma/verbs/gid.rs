@@ -55,20 +55,22 @@ fn is_overlay_netdev(name: &str) -> bool {
         || name == "tunl0"
 }
 
-fn is_link_local(gid: &Gid) -> bool {
-    if let Some(ip) = mapped_ipv4(gid) {
-        return ip[0] == 169 && ip[1] == 254;
-    }
-    gid[0] == 0xfe && (gid[1] & 0xc0) == 0x80
+/// `fe80::/10` (IPv6 only, as upstream's `IN6_IS_ADDR_LINKLOCAL`: an
+/// IPv4-mapped 169.254/16 GID is an ordinary RoCE v2 address, and rxe on a
+/// 169.254 netdev needs it picked over the fe80 GID).
+fn is_link_local_ipv6(gid: &Gid) -> bool {
+    mapped_ipv4(gid).is_none() && gid[0] == 0xfe && (gid[1] & 0xc0) == 0x80
 }
 
 fn classify(c: &GidCandidate) -> Option<Class> {
     if is_null(&c.gid) || !matches!(c.gid_type, GidType::RoceV2 | GidType::Ib) {
         return None;
     }
+    // Demotions apply to RoCE v2 only: every IB GID is fe80-prefixed.
+    let roce_v2 = c.gid_type == GidType::RoceV2;
     let netdev = c.netdev.as_deref().filter(|n| !n.is_empty());
-    let degraded = is_link_local(&c.gid) || netdev.is_some_and(is_overlay_netdev);
-    let private = mapped_ipv4(&c.gid).is_some_and(is_private_ipv4);
+    let degraded = roce_v2 && (is_link_local_ipv6(&c.gid) || netdev.is_some_and(is_overlay_netdev));
+    let private = roce_v2 && mapped_ipv4(&c.gid).is_some_and(is_private_ipv4);
     Some(match (netdev.is_some(), degraded, private) {
         (true, true, _) => Class::NetdevDegraded,
         (true, false, true) => Class::NetdevPrivate,
@@ -178,6 +180,27 @@ mod tests {
     fn all_null_selects_nothing() {
         assert_eq!(select_gid(&[cand(0, [0; 16], GidType::Ib, None)]), None);
         assert_eq!(select_gid(&[]), None);
+    }
+
+    #[test]
+    fn ipv4_link_local_mapped_gid_beats_fe80() {
+        // rxe on a 169.254.77.1/24 veth: GID[0] fe80::, GID[1] ::ffff:169.254.77.1.
+        let c = [
+            cand(0, link_local(), GidType::RoceV2, Some("veth0")),
+            cand(1, v4([169, 254, 77, 1]), GidType::RoceV2, Some("veth0")),
+        ];
+        assert_eq!(select_gid(&c), Some(1));
+    }
+
+    #[test]
+    fn ib_gids_are_never_demoted() {
+        let mut ib = link_local();
+        ib[15] = 2;
+        let c = [
+            cand(0, link_local(), GidType::RoceV2, Some("eth0")),
+            cand(1, ib, GidType::Ib, None),
+        ];
+        assert_eq!(select_gid(&c), Some(1));
     }
 
     #[test]
