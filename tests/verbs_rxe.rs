@@ -57,16 +57,13 @@ fn side(p: &Arc<dyn Provider>, dev: &str, cq_depth: usize, max_wr: u32) -> Side 
 }
 
 fn rtr_to(peer: &Side, local: &Side) -> RtrAttrs {
+    let (mine, theirs) = (local.ctx.port_info(), peer.ctx.port_info());
     RtrAttrs {
         dest_qp_num: peer.qp.qp_num(),
-        dgid: peer.ctx.port_info().gid,
-        dlid: peer.ctx.port_info().lid,
-        path_mtu: local
-            .ctx
-            .port_info()
-            .active_mtu
-            .min(peer.ctx.port_info().active_mtu),
-        sgid_index: local.ctx.port_info().gid_index,
+        dgid: theirs.gid,
+        dlid: theirs.lid,
+        path_mtu: mine.active_mtu.min(theirs.active_mtu),
+        sgid_index: mine.gid_index,
         ..RtrAttrs::default()
     }
 }
@@ -128,6 +125,10 @@ fn wr(id: u64, op: Opcode, local: &dyn Mr, remote: &dyn Mr, off: u64, len: u32) 
     }
 }
 
+fn ids(wcs: &[WorkCompletion]) -> Vec<u64> {
+    wcs.iter().map(|w| w.wr_id).collect()
+}
+
 fn pattern(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13).wrapping_add(seed) as u8)
@@ -166,7 +167,6 @@ fn opts(port: u8, gid_index: Option<u8>) -> OpenOptions {
 #[ignore = "needs SoftRoCE: run in the guest by scripts/rxe-suite.sh"]
 fn devices_ports_and_auto_gid_are_rxe_facts() {
     let p = rxe();
-    assert_eq!(p.name(), "ibverbs");
     let devices = p.devices().unwrap();
     for (dev, var) in [("rxe0", "RXE_ADDR0"), ("rxe1", "RXE_ADDR1")] {
         let d = devices.iter().find(|d| d.name == dev).unwrap();
@@ -373,10 +373,7 @@ fn write_then_read(dev_a: &str, dev_b: &str) {
         .collect();
     a.qp.post_send(&wrs).unwrap();
     let wcs = wait_wcs(&a.cq, 4);
-    assert_eq!(
-        wcs.iter().map(|w| w.wr_id).collect::<Vec<_>>(),
-        [103, 107, 111, 115]
-    );
+    assert_eq!(ids(&wcs), [103, 107, 111, 115]);
     for w in &wcs {
         assert_eq!(
             (w.status, w.opcode, w.qp_num),
@@ -384,27 +381,25 @@ fn write_then_read(dev_a: &str, dev_b: &str) {
         );
     }
     assert_no_more_wcs(&a.cq, Duration::from_millis(100));
-    // One READ of everything, one odd-sized READ at an odd offset.
-    let tail = wr(2, Opcode::Read, &*back_mr, &*remote_mr, 1001, 3333);
-    a.qp.post_send(&[
-        wr(1, Opcode::Read, &*back_mr, &*remote_mr, 0, LEN as u32),
-        tail,
-    ])
-    .unwrap();
+    // One READ of everything, one odd-sized READ from an odd offset.
+    let mut odd = vec![0u8; 3333];
+    let odd_mr = reg(&a.pd, &mut odd, Access::ALL);
+    let tail = WorkRequest {
+        local_addr: odd_mr.addr(),
+        lkey: odd_mr.lkey(),
+        ..wr(2, Opcode::Read, &*back_mr, &*remote_mr, 1001, 3333)
+    };
+    let whole = wr(1, Opcode::Read, &*back_mr, &*remote_mr, 0, LEN as u32);
+    a.qp.post_send(&[whole, tail]).unwrap();
     let wcs = wait_wcs(&a.cq, 2);
-    assert_eq!(
-        wcs.iter()
-            .map(|w| (w.wr_id, w.status, w.opcode))
-            .collect::<Vec<_>>(),
-        [
-            (1, WcStatus::Success, Opcode::Read),
-            (2, WcStatus::Success, Opcode::Read)
-        ]
-    );
+    assert_eq!(ids(&wcs), [1, 2]);
+    let ok = |w: &WorkCompletion| w.status == WcStatus::Success && w.opcode == Opcode::Read;
+    assert!(wcs.iter().all(ok), "{wcs:?}");
     assert_eq!(wcs[0].byte_len, LEN as u32, "READ reports its length");
-    drop((src_mr, back_mr, remote_mr));
+    drop((src_mr, back_mr, remote_mr, odd_mr));
     assert!(remote == src, "WRITE bytes differ");
     assert!(back == src, "READ bytes differ");
+    assert!(odd[..] == src[1001..4334], "odd READ bytes differ");
     assert_eq!((a.qp.state(), b.qp.state()), (QpState::Rts, QpState::Rts));
 }
 
@@ -501,13 +496,28 @@ fn out_of_bounds_and_forbidden_remote_access_are_remote_access_errors() {
     remote_access_error(&a, &b, bad, wr(2, Opcode::Read, &*src_mr, &*ro_mr, 0, 64));
     drop((src_mr, ro_mr));
     assert_eq!(dst, vec![0u8; 4096], "remote bytes changed");
+    // A bad lkey is the local side's fault.
+    let (a, b) = pair(&p, "rxe0", "rxe1");
+    let src_mr = reg(&a.pd, &mut src, Access::ALL);
+    let dst_mr = reg(&b.pd, &mut dst, Access::ALL);
+    let mut bad = wr(3, Opcode::Write, &*src_mr, &*dst_mr, 0, 64);
+    bad.lkey ^= 0x00ff_ff00;
+    a.qp.post_send(&[bad]).unwrap();
+    let wc = wait_wcs(&a.cq, 1)[0];
+    // rxe says LocalQpOpError (the soft fabric LocalProtectionError): both
+    // are the local side's fault, which is what the transport acts on.
+    assert_eq!(wc.wr_id, 3);
+    assert!(wc.status.is_local_fault(), "{wc:?}");
+    assert_eq!(a.qp.state(), QpState::Err);
+    drop((src_mr, dst_mr));
+    assert_eq!(dst, vec![0u8; 4096], "remote bytes changed");
 }
 
 #[test]
 #[ignore = "needs SoftRoCE: run in the guest by scripts/rxe-suite.sh"]
 fn modify_to_err_flushes_and_reset_discards_outstanding_wrs() {
     let p = rxe();
-    let a = side(&p, "rxe0", 64, 16);
+    let a = side(&p, "rxe0", 128, 16);
     let b = side(&p, "rxe1", 64, 16);
     // The peer never leaves INIT and each retry waits ~4 s (timeout 20):
     // the WRs are still outstanding when the QP is moved to ERR.
@@ -521,32 +531,29 @@ fn modify_to_err_flushes_and_reset_discards_outstanding_wrs() {
     let mut dst = vec![0u8; 4096];
     let src_mr = reg(&a.pd, &mut src, Access::ALL);
     let dst_mr = reg(&b.pd, &mut dst, Access::ALL);
-    let wrs: Vec<_> = (0..8)
-        .map(|i| wr(i, Opcode::Write, &*src_mr, &*dst_mr, i * 512, 512))
+    // More WRs than the send queue holds: a prefix is posted (rxe rounds
+    // the queue up, so at least max_send_wr), and exactly it completes.
+    let wrs: Vec<_> = (0..64)
+        .map(|i| wr(i, Opcode::Write, &*src_mr, &*dst_mr, i * 64, 64))
         .collect();
-    a.qp.post_send(&wrs).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(
-        a.cq.poll(16).unwrap(),
-        vec![],
-        "nothing completes against an INIT peer"
+    let e = a.qp.post_send(&wrs).unwrap_err();
+    let n = e.posted;
+    assert!((16..64).contains(&n) && e.errno == libc::ENOMEM, "{e}");
+    refused::<()>(
+        Err(e.error),
+        &format!("ibv_post_send: post: ENOMEM (QP {}", a.qp.qp_num()),
     );
+    // Nothing completes against an INIT peer...
+    assert_no_more_wcs(&a.cq, Duration::from_millis(200));
+    // ...until ERR flushes everything, promptly and in order.
     let t = Instant::now();
     a.qp.modify_to_err().unwrap();
-    let wcs = wait_wcs(&a.cq, 8);
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "flush took {:?}",
-        t.elapsed()
-    );
-    assert_eq!(
-        wcs.iter().map(|w| w.wr_id).collect::<Vec<_>>(),
-        (0..8).collect::<Vec<_>>()
-    );
-    assert!(
-        wcs.iter().all(|w| w.status == WcStatus::WrFlushError),
-        "{wcs:?}"
-    );
+    let wcs = wait_wcs(&a.cq, n);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(3), "flush took {took:?}");
+    assert_eq!(ids(&wcs), (0..n as u64).collect::<Vec<_>>());
+    let flushed = |w: &WorkCompletion| w.status == WcStatus::WrFlushError;
+    assert!(wcs.iter().all(flushed), "{wcs:?}");
     assert_no_more_wcs(&a.cq, Duration::from_millis(200));
     // RESET discards outstanding WRs without completions.
     a.qp.reset().unwrap();
@@ -602,8 +609,7 @@ fn cq_overflow_is_reported_not_hung() {
     // rxe keeps the completions that fit and drops the rest: those come
     // first, then polling the drained CQ is an error, never a silent wait.
     let wcs = a.cq.poll(64).unwrap();
-    let ids: Vec<u64> = wcs.iter().map(|w| w.wr_id).collect();
-    assert_eq!(ids, (0..cap as u64).collect::<Vec<_>>(), "{wcs:?}");
+    assert_eq!(ids(&wcs), (0..cap as u64).collect::<Vec<_>>(), "{wcs:?}");
     assert!(wcs.iter().all(|w| w.status == WcStatus::Success), "{wcs:?}");
     refused(a.cq.poll(64), "ibv_poll_cq: poll: EOVERFLOW");
     assert!(a.cq.poll(64).is_err(), "the overflow is sticky");
