@@ -224,8 +224,10 @@ impl Device for VerbsDevice {
                 n
             }
             Err(e) => {
-                log::error!("CQ of {}: {e}", self.name);
-                self.down.store(true, Ordering::Release);
+                // An overflowed CQ stays in error: say so once, not per poll.
+                if !self.down.swap(true, Ordering::AcqRel) {
+                    log::error!("CQ of {}: {e}", self.name);
+                }
                 0
             }
         }

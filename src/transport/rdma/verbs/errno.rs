@@ -18,6 +18,7 @@ pub fn errno_name(errno: i32) -> String {
         libc::ENODEV => "ENODEV",
         libc::EINVAL => "EINVAL",
         libc::ENOSPC => "ENOSPC",
+        libc::EOVERFLOW => "EOVERFLOW",
         libc::ENOSYS => "ENOSYS",
         libc::EOPNOTSUPP => "EOPNOTSUPP",
         libc::ENETDOWN => "ENETDOWN",

@@ -55,11 +55,10 @@ fn is_overlay_netdev(name: &str) -> bool {
         || name == "tunl0"
 }
 
-/// An IPv6 link-local GID (`fe80::/10`). As upstream (`IN6_IS_ADDR_LINKLOCAL`
-/// on the raw GID), an IPv4-mapped GID is never link-local, 169.254/16
-/// included: demoting it would make te-rs pick the `fe80::` entry where the
-/// C++ engine picks the IPv4 one, and RTR between the two fails (seen on rxe).
-fn is_link_local(gid: &Gid) -> bool {
+/// `fe80::/10` (IPv6 only, as upstream's `IN6_IS_ADDR_LINKLOCAL`: an
+/// IPv4-mapped 169.254/16 GID is an ordinary RoCE v2 address, and rxe on a
+/// 169.254 netdev needs it picked over the fe80 GID).
+fn is_link_local_ipv6(gid: &Gid) -> bool {
     mapped_ipv4(gid).is_none() && gid[0] == 0xfe && (gid[1] & 0xc0) == 0x80
 }
 
@@ -67,9 +66,11 @@ fn classify(c: &GidCandidate) -> Option<Class> {
     if is_null(&c.gid) || !matches!(c.gid_type, GidType::RoceV2 | GidType::Ib) {
         return None;
     }
+    // Demotions apply to RoCE v2 only: every IB GID is fe80-prefixed.
+    let roce_v2 = c.gid_type == GidType::RoceV2;
     let netdev = c.netdev.as_deref().filter(|n| !n.is_empty());
-    let degraded = is_link_local(&c.gid) || netdev.is_some_and(is_overlay_netdev);
-    let private = mapped_ipv4(&c.gid).is_some_and(is_private_ipv4);
+    let degraded = roce_v2 && (is_link_local_ipv6(&c.gid) || netdev.is_some_and(is_overlay_netdev));
+    let private = roce_v2 && mapped_ipv4(&c.gid).is_some_and(is_private_ipv4);
     Some(match (netdev.is_some(), degraded, private) {
         (true, true, _) => Class::NetdevDegraded,
         (true, false, true) => Class::NetdevPrivate,
@@ -182,11 +183,22 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_link_local_ranks_as_upstream_above_ipv6_link_local() {
-        // rxe on a netdev with 169.254.77.2: GID[0] fe80::, GID[1] ::ffff:169.254.77.2.
+    fn ipv4_link_local_mapped_gid_beats_fe80() {
+        // rxe on a 169.254.77.1/24 veth: GID[0] fe80::, GID[1] ::ffff:169.254.77.1.
         let c = [
-            cand(0, link_local(), GidType::RoceV2, Some("veth1")),
-            cand(1, v4([169, 254, 77, 2]), GidType::RoceV2, Some("veth1")),
+            cand(0, link_local(), GidType::RoceV2, Some("veth0")),
+            cand(1, v4([169, 254, 77, 1]), GidType::RoceV2, Some("veth0")),
+        ];
+        assert_eq!(select_gid(&c), Some(1));
+    }
+
+    #[test]
+    fn ib_gids_are_never_demoted() {
+        let mut ib = link_local();
+        ib[15] = 2;
+        let c = [
+            cand(0, link_local(), GidType::RoceV2, Some("eth0")),
+            cand(1, ib, GidType::Ib, None),
         ];
         assert_eq!(select_gid(&c), Some(1));
     }

@@ -87,8 +87,8 @@ pub trait Mr: Send + Sync {
 /// are refused with an error naming the verb and the step.
 pub trait Qp: Send + Sync {
     fn qp_num(&self) -> u32;
-    /// Last state this handle moved the QP to (soft: the fabric's state,
-    /// which also reflects ERR reached through a failed WR).
+    /// Current state as the device (ibverbs: `ibv_query_qp`) or the fabric
+    /// sees it, so ERR reached through a failed WR shows too.
     fn state(&self) -> QpState;
     fn caps(&self) -> QpCaps;
     /// RESET → INIT.

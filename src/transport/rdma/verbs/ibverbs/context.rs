@@ -3,6 +3,7 @@
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use rdma_sys as ffi;
 
 use super::cq::IbvCq;
@@ -19,6 +20,20 @@ pub(super) struct ContextHandle {
     pub ctx: NonNull<ffi::ibv_context>,
     pub name: String,
     pub gid: Gid,
+    /// CQs (as addresses) named by a `CQ_ERR` event: rxe drops completions
+    /// that do not fit and says so only by that event, so `poll` reports it.
+    overflowed_cqs: Mutex<Vec<usize>>,
+}
+
+impl ContextHandle {
+    pub fn cq_overflowed(&self, cq: *mut ffi::ibv_cq) -> bool {
+        self.overflowed_cqs.lock().contains(&(cq as usize))
+    }
+
+    /// The CQ is destroyed: its address may be reused.
+    pub fn forget_cq(&self, cq: *mut ffi::ibv_cq) {
+        self.overflowed_cqs.lock().retain(|c| *c != cq as usize);
+    }
 }
 
 // SAFETY: libibverbs verbs are thread-safe on a context (rdma-core
@@ -80,6 +95,7 @@ impl IbvContext {
             ctx,
             name: name.to_string(),
             gid: [0; 16],
+            overflowed_cqs: Mutex::new(Vec::new()),
         };
         // Async events are polled, never waited for.
         // SAFETY: `ctx` is open; async_fd is a valid descriptor it owns.
@@ -249,6 +265,16 @@ impl Context for IbvContext {
                 let qp = unsafe { ev.element.qp };
                 // SAFETY: checked non-NULL; the QP lives until the event is acked.
                 (0, (!qp.is_null()).then(|| unsafe { (*qp).qp_num }))
+            }
+            AsyncEventKind::CqErr => {
+                // SAFETY: CQ events carry the CQ pointer in the union.
+                let cq = unsafe { ev.element.cq };
+                log::warn!(
+                    "RDMA device {}: CQ overflow, completions lost",
+                    self.handle.name
+                );
+                self.handle.overflowed_cqs.lock().push(cq as usize);
+                (0, None)
             }
             _ => (0, None),
         };

@@ -25,6 +25,7 @@ unsafe impl Sync for CqHandle {}
 
 impl Drop for CqHandle {
     fn drop(&mut self) {
+        self.ctx.forget_cq(self.cq.as_ptr());
         // SAFETY: created by ibv_create_cq; QPs using it hold an Arc to this
         // handle, so none is alive any more.
         let rc = unsafe { ffi::ibv_destroy_cq(self.cq.as_ptr()) };
@@ -81,6 +82,19 @@ impl Cq for IbvCq {
                 "poll",
                 last_errno(),
                 &self.handle.ctx.name,
+            ));
+        }
+        // Completions that made it are delivered first; once drained, an
+        // overflowed CQ (some were lost) is an error, as on the soft fabric.
+        if n == 0 && self.handle.ctx.cq_overflowed(self.handle.cq.as_ptr()) {
+            return Err(verb_error(
+                "ibv_poll_cq",
+                "poll",
+                libc::EOVERFLOW,
+                &format!(
+                    "CQ on {} overflowed its {} entries (CQ_ERR): completions lost",
+                    self.handle.ctx.name, self.capacity
+                ),
             ));
         }
         // SAFETY: ibv_poll_cq initialised the first `n` (≤ max) entries;

@@ -79,7 +79,9 @@ impl IbvQp {
         detail: &str,
     ) -> Result<()> {
         let mut state = self.state.lock();
-        let from = *state;
+        // The kernel's state, not our last transition: a failed WR moves
+        // the QP to ERR on its own.
+        let from = self.query_state().unwrap_or(*state);
         let step = format!("{from}→{to}");
         if !from.can_move_to(to) {
             return Err(qp_error(
@@ -104,6 +106,36 @@ impl IbvQp {
         Ok(())
     }
 
+    /// The state the device reports (`ibv_query_qp`); `None` if the query
+    /// fails.
+    fn query_state(&self) -> Option<QpState> {
+        use ffi::ibv_qp_state as S;
+        let mut attr = Self::zeroed_attr(S::IBV_QPS_RESET);
+        // SAFETY: plain C struct; all-zero is valid.
+        let mut init: ffi::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: live QP; both out-parameters are valid for writes.
+        let rc = unsafe {
+            ffi::ibv_query_qp(
+                self.qp.as_ptr(),
+                &mut attr,
+                ffi::ibv_qp_attr_mask::IBV_QP_STATE.0 as libc::c_int,
+                &mut init,
+            )
+        };
+        if rc != 0 {
+            log::debug!("ibv_query_qp QP {}: rc {rc}", self.qpn);
+            return None;
+        }
+        Some(match attr.qp_state {
+            S::IBV_QPS_RESET => QpState::Reset,
+            S::IBV_QPS_INIT => QpState::Init,
+            S::IBV_QPS_RTR => QpState::Rtr,
+            S::IBV_QPS_RTS => QpState::Rts,
+            // ERR, SQE, and SQD (never requested here): not usable to send.
+            _ => QpState::Err,
+        })
+    }
+
     fn zeroed_attr(state: ffi::ibv_qp_state::Type) -> ffi::ibv_qp_attr {
         // SAFETY: plain C struct; all-zero is valid.
         let mut attr: ffi::ibv_qp_attr = unsafe { std::mem::zeroed() };
@@ -118,7 +150,11 @@ impl Qp for IbvQp {
     }
 
     fn state(&self) -> QpState {
-        *self.state.lock()
+        let mut cached = self.state.lock();
+        if let Some(now) = self.query_state() {
+            *cached = now;
+        }
+        *cached
     }
 
     fn caps(&self) -> QpCaps {
@@ -220,6 +256,26 @@ impl Qp for IbvQp {
     fn post_send(&self, wrs: &[WorkRequest]) -> std::result::Result<(), PostSendError> {
         if wrs.is_empty() {
             return Ok(());
+        }
+        // Refuse before the verb: rxe fails the doorbell of a QP not yet in
+        // RTS with EINVAL but keeps the WRs queued, and they complete later
+        // (flushed) although reported as not posted. Posting in ERR is
+        // accepted: the WRs flush, as the trait says.
+        let state = *self.state.lock();
+        if matches!(state, QpState::Reset | QpState::Init | QpState::Rtr) {
+            return Err(PostSendError {
+                posted: 0,
+                errno: libc::EINVAL,
+                error: qp_error(
+                    "ibv_post_send",
+                    "post",
+                    libc::EINVAL,
+                    &format!(
+                        "QP {} on {} is in state {state}, not rts",
+                        self.qpn, self.pd.ctx.name
+                    ),
+                ),
+            });
         }
         let mut sges: Vec<ffi::ibv_sge> = wrs
             .iter()
