@@ -18,6 +18,9 @@ fn unreachable_peer_gets_bounded_handshakes_healthy_peer_completes() {
     std::env::set_var("MC_TE_RS_HANDSHAKE_MAX_ATTEMPTS", MAX_ATTEMPTS.to_string());
     std::env::set_var("MC_TE_RS_HANDSHAKE_WINDOW_SECS", "600");
     std::env::set_var("MC_TE_RS_HANDSHAKE_BACKOFF_MS", "20");
+    // The cap is what this test is about: do not let the gone-peer fast
+    // path (tests/rdma_peer_gone.rs) fail the slices before it bites.
+    std::env::set_var("MC_TE_RS_RDMA_DEAD_HOLD_MS", "0");
     let a = rdma_engine(&["soft0"]);
     let dead = rdma_engine(&["bad0"]);
     let good = rdma_engine(&["good0"]);

@@ -537,9 +537,10 @@ impl RdmaTransport {
                 })?);
             }
             let (w, c) = (Arc::downgrade(&shared), cw.clone());
-            threads.push(spawn(format!("te-rdma-event-{}", cw.ctx.name), move || {
-                events::run_events(w, c)
-            })?);
+            threads.push(spawn(
+                format!("te-rdma-event-{}", cw.ctx.name),
+                move || events::run_events(w, c),
+            )?);
         }
         log::info!(
             "RDMA transport up on {:?} ({} QPs/endpoint, {} workers/context)",

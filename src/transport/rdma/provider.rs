@@ -273,9 +273,9 @@ impl Device for VerbsDevice {
                 AsyncEventKind::DeviceFatal | AsyncEventKind::CqErr | AsyncEventKind::WqFatal => {
                     Some(DeviceEvent::Fatal)
                 }
-                AsyncEventKind::QpFatal | AsyncEventKind::QpReqErr | AsyncEventKind::QpAccessErr => {
-                    ev.qp_num.map(DeviceEvent::QpFatal)
-                }
+                AsyncEventKind::QpFatal
+                | AsyncEventKind::QpReqErr
+                | AsyncEventKind::QpAccessErr => ev.qp_num.map(DeviceEvent::QpFatal),
                 _ => None,
             };
             match mapped {
