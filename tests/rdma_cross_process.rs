@@ -36,7 +36,12 @@ fn map_fixed(fill: &[u8]) -> &'static mut [u8] {
             0,
         )
     };
-    assert_eq!(p as u64, ADDR, "cannot map {ADDR:#x} in pid {}", std::process::id());
+    assert_eq!(
+        p as u64,
+        ADDR,
+        "cannot map {ADDR:#x} in pid {}",
+        std::process::id()
+    );
     // SAFETY: the mapping above is LEN bytes, readable and writable, and is
     // never unmapped (the process ends with the test).
     let buf = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, LEN) };

@@ -253,9 +253,15 @@ fn legacy_peer_rtr_delay_inside_the_retry_budget_is_recovered_by_retransmission(
 #[test]
 fn legacy_peer_rtr_delay_beyond_the_retry_budget_loses_wrs() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(LONG.first_qp_ready_min() > LAST_RETRANSMIT * 3 / 2, "{LONG:?}");
+    assert!(
+        LONG.first_qp_ready_min() > LAST_RETRANSMIT * 3 / 2,
+        "{LONG:?}"
+    );
     let rounds = 2;
     let v = race_rounds(true, LONG, rounds);
-    assert_eq!(v.rounds_with_loss, rounds, "retry exceeded every round: {v:?}");
+    assert_eq!(
+        v.rounds_with_loss, rounds,
+        "retry exceeded every round: {v:?}"
+    );
     assert!(v.retransmits >= 7, "retransmitted before giving up: {v:?}");
 }

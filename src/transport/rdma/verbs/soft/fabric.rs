@@ -113,6 +113,11 @@ impl MrEntry {
     }
 }
 
+/// 4.096 µs × 2^`attr` (IB spec 11.2.4.2); `None` for 0 (no timer).
+pub(crate) fn ack_timeout_of(attr: u8) -> Option<Duration> {
+    (attr != 0).then(|| Duration::from_nanos(4096u64 << attr.min(31)))
+}
+
 pub(crate) struct Fabric {
     devices: Mutex<Vec<Arc<SoftDevice>>>,
     pub qps: Mutex<HashMap<u32, Weak<QpShared>>>,
@@ -203,15 +208,61 @@ impl Fabric {
     /// `attr`: 4.096 µs × 2^attr; `None` (attr 0) is infinite, as the IB
     /// spec says: a lost WR then waits until the QP is moved to ERR/RESET.
     pub fn ack_timeout(&self, attr: u8) -> Option<Duration> {
-        if let Some(d) = *self.ack_timeout_override.lock() {
-            return Some(d);
+        match *self.ack_timeout_override.lock() {
+            Some(d) => Some(d),
+            None => ack_timeout_of(attr),
         }
-        (attr != 0).then(|| Duration::from_nanos(4096u64 << attr.min(31)))
     }
 
     /// Hand `qp` to the executor.
     pub fn schedule(&self, qp: Arc<QpShared>) {
         self.runnable.lock().push(qp);
         self.wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_timeout_is_4096_ns_times_two_to_the_attribute() {
+        assert_eq!(ack_timeout_of(0), None);
+        assert_eq!(ack_timeout_of(1), Some(Duration::from_nanos(8192)));
+        // Mooncake's 14: 67.1 ms, so 8 transmissions take 537 ms.
+        assert_eq!(ack_timeout_of(14), Some(Duration::from_nanos(67_108_864)));
+        assert_eq!(
+            ack_timeout_of(31),
+            Some(Duration::from_nanos(4096 * (1u64 << 31)))
+        );
+    }
+
+    #[test]
+    fn gids_name_the_process_and_foreign_ones_are_recognised() {
+        let me = FabricId {
+            nonce: 0x0102_0304,
+            pid: 4242,
+        };
+        let other = FabricId {
+            nonce: 0x0a0b_0c0d,
+            pid: 77,
+        };
+        let g = me.routable_gid(5);
+        assert_eq!(&g[..4], &GID_PREFIX);
+        assert_eq!(&g[8..12], &4242u32.to_be_bytes());
+        assert_eq!(&g[12..], &5u32.to_be_bytes());
+        assert_ne!(g, other.routable_gid(5), "same device id, other process");
+        assert_ne!(me.link_local_gid(5), other.link_local_gid(5));
+        let why = me.unreachable_reason(&other.routable_gid(5));
+        assert!(why.contains("another process (pid 77)"), "{why}");
+        assert!(why.contains("in-process only"), "{why}");
+        let why = me.unreachable_reason(&other.link_local_gid(5));
+        assert!(why.contains("another process"), "{why}");
+        // Our own fabric's GID of a device that does not exist.
+        let why = me.unreachable_reason(&me.routable_gid(99));
+        assert!(why.contains("no device of this process"), "{why}");
+        let mut v4 = [0u8; 16];
+        v4[10..].copy_from_slice(&[0xff, 0xff, 127, 0, 0, 1]);
+        assert!(me.unreachable_reason(&v4).contains("no device"));
     }
 }
