@@ -139,11 +139,14 @@ fn ready_ack_timeout_consumes_one_retry_per_slice() {
     b.shutdown();
 }
 
-/// `MC_IB_TIMEOUT` of the race tests: a local ACK timeout of 4.096 µs ×
-/// 2^13 = 33.6 ms; with Mooncake's retry_cnt 7 a WR to a QP that is not ready
-/// is sent 8 times, the last at 7 × 33.6 = 235 ms, and fails at 268 ms.
-const RACE_TIMEOUT: &str = "13";
-const LAST_RETRANSMIT: Duration = Duration::from_nanos(7 * (4096 << 13));
+/// RTS attributes of the race tests: Mooncake's timeout 14 (a local ACK
+/// timeout of 4.096 µs × 2^14 = 67 ms) with retry_cnt 6, so a WR to a QP that
+/// is not ready is sent 7 times, the last at 6 × 67 = 403 ms, and fails at
+/// 470 ms. Not Mooncake's retry_cnt 7: Linux rxe retransmits forever at 7
+/// (`rxe_comp.c` never counts 7 down), so only below 7 do rxe, hardware and
+/// the soft fabric give the same verdicts.
+const RACE_RTS: [(&str, &str); 2] = [("MC_IB_TIMEOUT", "14"), ("MC_IB_RETRY_CNT", "6")];
+const LAST_RETRANSMIT: Duration = Duration::from_nanos(6 * (4096 << 14));
 
 /// Active-side transition delays (ms) of the race rounds. The active side
 /// brings its 2 QPs (`MC_NUM_QP_PER_EP`) up one after the other, so its
@@ -172,7 +175,7 @@ const SHORT: Delays = Delays {
 };
 /// Well beyond it: every transmission reaches a QP that is not ready.
 const LONG: Delays = Delays {
-    rtr_min: 400,
+    rtr_min: 650,
     rtr_spread: 50,
     rts_max: 10,
 };
@@ -204,12 +207,12 @@ fn race_rounds(legacy: bool, delays: Delays, rounds: u32) -> Verdict {
         seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
         let rtr = Duration::from_millis(delays.rtr_min + (seed >> 16) as u64 % delays.rtr_spread);
         let rts = Duration::from_millis((seed >> 8) as u64 % (delays.rts_max + 1));
-        let mut vars = vec![("MC_IB_TIMEOUT", RACE_TIMEOUT)];
+        let mut vars = RACE_RTS.to_vec();
         if legacy {
             vars.push(("MC_TE_RS_LEGACY_HANDSHAKE", "1"));
         }
         let a = engine_with(&["race0"], &vars);
-        let b = engine_with(&["race1"], &[("MC_IB_TIMEOUT", RACE_TIMEOUT)]);
+        let b = engine_with(&["race1"], &RACE_RTS);
         let before = fault::retransmits("race1").unwrap();
         // After install: the fabric creates the device when it is opened.
         fault::delay_transition(Scope::Device("race0"), QpState::Rtr, Some(rtr)).unwrap();
@@ -263,5 +266,5 @@ fn legacy_peer_rtr_delay_beyond_the_retry_budget_loses_wrs() {
         v.rounds_with_loss, rounds,
         "retry exceeded every round: {v:?}"
     );
-    assert!(v.retransmits >= 7, "retransmitted before giving up: {v:?}");
+    assert!(v.retransmits >= 6, "retransmitted before giving up: {v:?}");
 }

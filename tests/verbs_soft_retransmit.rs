@@ -320,3 +320,41 @@ fn waiting_for_a_retransmit_timer_does_not_spin() {
     a.qp.modify_to_err().unwrap();
     assert_eq!(wait_wcs(&a.cq, 1)[0].status, WcStatus::WrFlushError);
 }
+
+/// Linux rxe never counts down a retry_cnt of 7 (rxe_comp.c), so with
+/// Mooncake's value a WR to a QP that never answers is retransmitted forever
+/// there; the fabric can emulate that. (Sole user of the knob in this binary.)
+#[test]
+fn rxe_emulation_retransmits_forever_at_retry_cnt_7() {
+    let p = SoftProvider::with_devices(&["rxe0", "rxe1"]);
+    let a = side(&p, "rxe0", 8, 4);
+    let b = side(&p, "rxe1", 8, 4);
+    b.qp.modify_to_init(&InitAttrs::default()).unwrap();
+    fault::emulate_rxe_retry7(true);
+    connect_with(
+        &a,
+        &b,
+        &RtsAttrs {
+            retry_cnt: 7,
+            ..FAST
+        },
+    );
+    let (mut src, mut dst) = (vec![3u8; 16], vec![0u8; 16]);
+    let src_mr = reg(&a.pd, &mut src, Access::ALL);
+    let dst_mr = reg(&b.pd, &mut dst, Access::ALL);
+    a.qp.post_send(&[wr(1, Opcode::Write, &*src_mr, 0, &*dst_mr, 0, 16)])
+        .unwrap();
+    // Far past the spec's 8 transmissions: still retransmitting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fault::retransmits("rxe0").unwrap() < 12 {
+        assert!(Instant::now() < deadline, "retransmission stopped");
+        std::thread::sleep(ack_timeout());
+    }
+    fault::emulate_rxe_retry7(false);
+    assert_eq!(a.cq.poll(4).unwrap(), vec![]);
+    // The peer finally gets ready: the WR lands.
+    b.qp.modify_to_rtr(&rtr_to(&a, &b)).unwrap();
+    assert_eq!(wait_wcs(&a.cq, 1)[0].status, WcStatus::Success);
+    drop((src_mr, dst_mr));
+    assert_eq!(dst, vec![3u8; 16]);
+}

@@ -128,6 +128,7 @@ fn progress(fabric: &Fabric, qp: &Arc<QpShared>) -> Option<Instant> {
                         core.retransmit = Some(Retransmit {
                             due,
                             left: rts.retry_cnt,
+                            forever: rts.retry_cnt == 7 && fabric.rxe_retry7(),
                             transmissions: 1,
                             why,
                         })
@@ -163,7 +164,9 @@ fn head(qp: &QpShared) -> Head {
             Some(_) => {}
         }
         if r.left > 0 {
-            r.left -= 1;
+            if !r.forever {
+                r.left -= 1;
+            }
             r.transmissions += 1;
             qp.device.retransmits.fetch_add(1, Ordering::Relaxed);
         } else {

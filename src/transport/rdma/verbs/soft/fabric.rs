@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use super::device::SoftDevice;
 use super::fault::FaultSet;
 use super::qp::QpShared;
+use crate::config::env_flag;
 use crate::transport::rdma::verbs::types::{gid_to_string, Access, Gid};
 
 /// First bytes of a soft fabric's routable GIDs (`fd73:6f66::/32`, a
@@ -131,6 +132,10 @@ pub(crate) struct Fabric {
     /// Test knob: every QP's local ACK timeout, instead of its `timeout`
     /// attribute.
     pub ack_timeout_override: Mutex<Option<Duration>>,
+    /// `MC_SOFT_RDMA_RXE_RETRY7`: a `retry_cnt` of 7 retransmits forever, as
+    /// Linux rxe does (`rxe_comp.c` never counts 7 down); the IB spec and
+    /// hardware NICs give up after 7 retransmissions (the default here).
+    pub rxe_retry7: AtomicBool,
     /// Faults that apply to every device.
     pub all_faults: Mutex<FaultSet>,
     /// QPs with queued WRs, for the executor.
@@ -152,6 +157,7 @@ pub(crate) fn fabric() -> &'static Arc<Fabric> {
             next_device_id: AtomicU32::new(1),
             id: FabricId::this_process(),
             ack_timeout_override: Mutex::new(None),
+            rxe_retry7: AtomicBool::new(env_flag("MC_SOFT_RDMA_RXE_RETRY7")),
             all_faults: Mutex::new(FaultSet::default()),
             runnable: Mutex::new(Vec::new()),
             wake: Condvar::new(),
@@ -212,6 +218,10 @@ impl Fabric {
             Some(d) => Some(d),
             None => ack_timeout_of(attr),
         }
+    }
+
+    pub fn rxe_retry7(&self) -> bool {
+        self.rxe_retry7.load(Ordering::Relaxed)
     }
 
     /// Hand `qp` to the executor.

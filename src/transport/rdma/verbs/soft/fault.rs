@@ -128,6 +128,16 @@ pub fn ack_timeout(timeout: u8) -> Option<Duration> {
     fabric().ack_timeout(timeout)
 }
 
+/// Emulate Linux rxe (or not): with it, a QP whose `retry_cnt` is 7 (Mooncake's
+/// value) retransmits a lost WR forever instead of failing it after 7
+/// retransmissions. Applies to WRs lost from now on; also set by
+/// `MC_SOFT_RDMA_RXE_RETRY7=1`.
+pub fn emulate_rxe_retry7(on: bool) {
+    fabric()
+        .rxe_retry7
+        .store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Retransmissions of WRs sent from `device` so far.
 pub fn retransmits(device: &str) -> Result<u64> {
     let dev = fabric()

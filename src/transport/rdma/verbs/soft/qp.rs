@@ -24,6 +24,9 @@ pub(crate) struct Retransmit {
     /// Retransmissions left (from `retry_cnt`); at 0 the next timer expiry
     /// completes the WR `RetryExceeded`.
     pub left: u8,
+    /// Linux rxe never counts down a `retry_cnt` of 7 (see
+    /// `fault::emulate_rxe_retry7`).
+    pub forever: bool,
     pub transmissions: u32,
     /// Why the last transmission was lost.
     pub why: String,
