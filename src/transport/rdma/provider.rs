@@ -67,7 +67,20 @@ pub fn open(name: &str, cq_depth: usize) -> Result<Arc<dyn Device>> {
         },
         traffic_class: env_i64("MC_IB_TC", 0, 0, 255) as u8,
         sl: env_i64("MC_IB_SL", 0, 0, 15) as u8,
+        rts: rts_from_env(),
     }))
+}
+
+/// Mooncake's RTS attributes (timeout 14 ≈ 67 ms local ACK timeout,
+/// retry_cnt 7); `MC_IB_TIMEOUT` (1..31; 0, infinite, is refused so a lost WR
+/// cannot hang) and `MC_IB_RETRY_CNT` (0..7) override them.
+fn rts_from_env() -> verbs::RtsAttrs {
+    let d = verbs::RtsAttrs::default();
+    verbs::RtsAttrs {
+        timeout: env_u64("MC_IB_TIMEOUT", d.timeout as u64, 1, 31) as u8,
+        retry_cnt: env_u64("MC_IB_RETRY_CNT", d.retry_cnt as u64, 0, 7) as u8,
+        ..d
+    }
 }
 
 struct VerbsDevice {
@@ -81,6 +94,7 @@ struct VerbsDevice {
     caps: verbs::QpCaps,
     traffic_class: u8,
     sl: u8,
+    rts: verbs::RtsAttrs,
 }
 
 struct VerbsMr(Box<dyn verbs::Mr>);
@@ -101,6 +115,7 @@ struct VerbsQp {
     path_mtu: u32,
     traffic_class: u8,
     sl: u8,
+    rts: verbs::RtsAttrs,
 }
 
 impl QueuePair for VerbsQp {
@@ -127,7 +142,7 @@ impl QueuePair for VerbsQp {
             sl: self.sl,
             ..Default::default()
         })?;
-        self.qp.modify_to_rts(&verbs::RtsAttrs::default())
+        self.qp.modify_to_rts(&self.rts)
     }
 
     fn set_error(&self) {
@@ -210,6 +225,7 @@ impl Device for VerbsDevice {
             path_mtu: self.path_mtu,
             traffic_class: self.traffic_class,
             sl: self.sl,
+            rts: self.rts.clone(),
         }))
     }
 

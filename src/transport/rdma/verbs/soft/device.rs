@@ -1,12 +1,13 @@
 //! Soft devices, contexts opened on them, and their protection domains.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
 use super::cq::{CqShared, SoftCq};
-use super::fabric::{fabric, MrEntry};
+use super::fabric::{fabric, FabricId, MrEntry};
 use super::fault::FaultSet;
 use super::mr::SoftMr;
 use super::qp::SoftQp;
@@ -28,29 +29,23 @@ pub(crate) struct PortState {
 pub(crate) struct SoftDevice {
     pub id: u32,
     pub name: String,
-    /// Index 0: link-local (as RoCE devices have); index 1: an IPv4-mapped
-    /// loopback GID bound to `lo`, which the automatic ranking prefers.
+    /// Index 0: link-local (as RoCE devices have); index 1: a unique-local
+    /// GID bound to `lo`, which the automatic ranking prefers. Both name
+    /// this process's fabric (see `fabric::FabricId`).
     pub gids: Vec<GidCandidate>,
     pub port: Mutex<PortState>,
     pub faults: Mutex<FaultSet>,
+    /// Retransmissions of WRs sent from this device.
+    pub retransmits: AtomicU64,
     listeners: Mutex<Vec<Weak<EventQueue>>>,
 }
 
 pub(crate) const SOFT_MTU: u32 = 4096;
 
 impl SoftDevice {
-    pub fn new(id: u32, name: &str) -> SoftDevice {
-        let mut link_local = [0u8; 16];
-        link_local[0] = 0xfe;
-        link_local[1] = 0x80;
-        link_local[12..].copy_from_slice(&id.to_be_bytes());
-        let mut routable = [0u8; 16];
-        routable[10] = 0xff;
-        routable[11] = 0xff;
-        routable[12] = 127;
-        routable[13] = (id >> 16) as u8;
-        routable[14] = (id >> 8) as u8;
-        routable[15] = id as u8;
+    pub fn new(id: u32, name: &str, fabric: &FabricId) -> SoftDevice {
+        let link_local = fabric.link_local_gid(id);
+        let routable = fabric.routable_gid(id);
         SoftDevice {
             id,
             name: name.to_string(),
@@ -70,6 +65,7 @@ impl SoftDevice {
             ],
             port: Mutex::new(PortState::default()),
             faults: Mutex::new(FaultSet::default()),
+            retransmits: AtomicU64::new(0),
             listeners: Mutex::new(Vec::new()),
         }
     }

@@ -1,12 +1,18 @@
 //! The fabric executor: one thread that carries out posted WRs in order per
-//! QP, copies bytes, and delivers completions.
+//! QP, copies bytes, and delivers completions. A lost WR is retransmitted
+//! when its QP's local ACK timer fires (4.096 µs × 2^`timeout`), at most
+//! `retry_cnt` times, then completes `RetryExceeded` and moves its QP to ERR;
+//! later WRs of the QP wait behind it, as on an RC connection. A QP waiting
+//! for its timer costs nothing until then (the executor sleeps until the
+//! earliest timer or a new post).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::fabric::Fabric;
-use super::fault::take_drop;
-use super::qp::QpShared;
+use super::path;
+use super::qp::{QpShared, Retransmit};
 use crate::transport::rdma::verbs::types::*;
 
 /// Longest the executor sleeps without being woken.
@@ -58,44 +64,30 @@ fn run(weak: Weak<Fabric>) {
 
 enum Outcome {
     Done(WcStatus),
-    Lost(&'static str),
+    Lost(String),
 }
 
-/// Work through `qp`'s send queue; `Some(t)` when its head is stalled
-/// until `t`.
+/// What the head of a send queue needs next.
+enum Head {
+    /// Nothing to do until the QP is scheduled again.
+    Idle,
+    /// Its retransmit timer fires at this instant.
+    WaitUntil(Instant),
+    /// (Re)transmit it.
+    Send(WorkRequest, u64, Option<RtrAttrs>, RtsAttrs),
+    /// It completed (or was flushed); look at the next.
+    Next,
+}
+
+/// Work through `qp`'s send queue; `Some(t)` when its head waits for a
+/// retransmit timer until `t`.
 fn progress(fabric: &Fabric, qp: &Arc<QpShared>) -> Option<Instant> {
     loop {
-        let (wr, generation, rtr) = {
-            let mut core = qp.core.lock();
-            match core.state {
-                QpState::Err => {
-                    core.stalled_until = None;
-                    while let Some(wr) = core.sq.pop_front() {
-                        qp.complete(&wr, WcStatus::WrFlushError);
-                    }
-                    return None;
-                }
-                QpState::Reset => return None,
-                _ => {}
-            }
-            let wr = *core.sq.front()?;
-            if let Some(t) = core.stalled_until {
-                if Instant::now() < t {
-                    return Some(t);
-                }
-                core.sq.pop_front();
-                core.stalled_until = None;
-                core.state = QpState::Err;
-                log::warn!(
-                    "soft QP {} on {}: wr_id {} retry exceeded, QP → err",
-                    qp.qpn,
-                    qp.device.name,
-                    wr.wr_id
-                );
-                qp.complete(&wr, WcStatus::RetryExceeded);
-                continue;
-            }
-            (wr, core.generation, core.rtr.clone())
+        let (wr, generation, rtr, rts) = match head(qp) {
+            Head::Idle => return None,
+            Head::WaitUntil(t) => return Some(t),
+            Head::Next => continue,
+            Head::Send(wr, generation, rtr, rts) => (wr, generation, rtr, rts),
         };
         let outcome = execute(fabric, qp, &wr, rtr.as_ref());
         let mut core = qp.core.lock();
@@ -105,6 +97,8 @@ fn progress(fabric: &Fabric, qp: &Arc<QpShared>) -> Option<Instant> {
         match outcome {
             Outcome::Done(status) => {
                 core.sq.pop_front();
+                // An ACK: the next WR starts with the full retry budget.
+                core.retransmit = None;
                 if status != WcStatus::Success {
                     log::warn!(
                         "soft QP {} on {}: wr_id {} {}, QP → err",
@@ -118,47 +112,92 @@ fn progress(fabric: &Fabric, qp: &Arc<QpShared>) -> Option<Instant> {
                 qp.complete(&wr, status);
             }
             Outcome::Lost(why) => {
+                let due = fabric.ack_timeout(rts.timeout).map(|d| Instant::now() + d);
                 log::debug!(
-                    "soft QP {} on {}: wr_id {} lost ({why})",
+                    "soft QP {} on {}: wr_id {} lost ({why}), retransmit at {due:?}",
                     qp.qpn,
                     qp.device.name,
                     wr.wr_id
                 );
-                core.stalled_until = Some(Instant::now() + fabric.retry_timeout());
+                match core.retransmit.as_mut() {
+                    Some(r) => {
+                        r.due = due;
+                        r.why = why;
+                    }
+                    None => {
+                        core.retransmit = Some(Retransmit {
+                            due,
+                            left: rts.retry_cnt,
+                            forever: rts.retry_cnt == 7 && fabric.rxe_retry7(),
+                            transmissions: 1,
+                            why,
+                        })
+                    }
+                }
             }
         }
     }
 }
 
-/// Carry out one WR (no QP lock held).
+/// Decide about the head WR of `qp` under its lock: flush, wait for the
+/// retransmit timer, give up (`RetryExceeded`), or send it.
+fn head(qp: &QpShared) -> Head {
+    let mut core = qp.core.lock();
+    match core.state {
+        QpState::Err => {
+            core.retransmit = None;
+            while let Some(wr) = core.sq.pop_front() {
+                qp.complete(&wr, WcStatus::WrFlushError);
+            }
+            return Head::Idle;
+        }
+        QpState::Reset => return Head::Idle,
+        _ => {}
+    }
+    let Some(wr) = core.sq.front().copied() else {
+        return Head::Idle;
+    };
+    if let Some(r) = core.retransmit.as_mut() {
+        match r.due {
+            None => return Head::Idle,
+            Some(t) if Instant::now() < t => return Head::WaitUntil(t),
+            Some(_) => {}
+        }
+        if r.left > 0 {
+            if !r.forever {
+                r.left -= 1;
+            }
+            r.transmissions += 1;
+            qp.device.retransmits.fetch_add(1, Ordering::Relaxed);
+        } else {
+            log::warn!(
+                "soft QP {} on {}: wr_id {} retry exceeded after {} transmissions ({}), QP → err",
+                qp.qpn,
+                qp.device.name,
+                wr.wr_id,
+                r.transmissions,
+                r.why
+            );
+            core.sq.pop_front();
+            core.retransmit = None;
+            core.state = QpState::Err;
+            qp.complete(&wr, WcStatus::RetryExceeded);
+            return Head::Next;
+        }
+    }
+    let rts = core.rts.clone().unwrap_or_default();
+    Head::Send(wr, core.generation, core.rtr.clone(), rts)
+}
+
+/// Carry out one transmission of `wr` (no QP lock held).
 fn execute(fabric: &Fabric, qp: &QpShared, wr: &WorkRequest, rtr: Option<&RtrAttrs>) -> Outcome {
-    if !qp.device.is_up() {
-        return Outcome::Lost("local port down");
-    }
-    if take_drop(&mut qp.device.faults.lock()) {
-        return Outcome::Lost("dropped (injected)");
-    }
     let Some(rtr) = rtr else {
-        return Outcome::Lost("no path");
+        return Outcome::Lost("no path".into());
     };
-    let Some(peer_dev) = fabric.device_by_gid(&rtr.dgid) else {
-        return Outcome::Lost("no device has the destination GID");
+    let peer_dev = match path::responder(fabric, qp, rtr) {
+        Ok(d) => d,
+        Err(why) => return Outcome::Lost(why),
     };
-    if !peer_dev.is_up() {
-        return Outcome::Lost("peer port down");
-    }
-    if peer_dev.id != qp.device.id && take_drop(&mut peer_dev.faults.lock()) {
-        return Outcome::Lost("dropped at peer (injected)");
-    }
-    let Some(peer) = fabric
-        .qp(rtr.dest_qp_num)
-        .filter(|p| p.device.id == peer_dev.id)
-    else {
-        return Outcome::Lost("destination QP does not exist");
-    };
-    if !matches!(peer.core.lock().state, QpState::Rtr | QpState::Rts) {
-        return Outcome::Lost("destination QP is not ready to receive");
-    }
     if wr.length > (1u32 << 31) {
         return Outcome::Done(WcStatus::LocalLengthError);
     }

@@ -4,6 +4,7 @@
 //! use their own device names (see `SoftProvider::with_devices`) so that
 //! parallel tests do not see each other's faults.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::fabric::fabric;
@@ -53,8 +54,9 @@ pub fn delay_transition(scope: Scope<'_>, to: QpState, delay: Option<Duration>) 
     }
 }
 
-/// The next `n` WRs sent from or to a device in `scope` are lost (they end
-/// `RetryExceeded` after the retry timeout).
+/// The next `n` packets (transmissions of WRs) sent from or to a device in
+/// `scope` are lost. A lost WR is retransmitted, so it ends `RetryExceeded`
+/// only when all `retry_cnt + 1` of its transmissions are lost.
 pub fn drop_next_packets(scope: Scope<'_>, n: u64) -> Result<()> {
     with_faults(scope, |f| f.drop_next = n)
 }
@@ -107,14 +109,41 @@ pub fn port_up(device: &str) -> Result<()> {
     Ok(())
 }
 
-/// Set the simulated transport retry timeout of the whole fabric (how long
-/// a lost WR takes to end `RetryExceeded`).
-pub fn set_retry_timeout(timeout: Duration) {
-    *fabric().retry_timeout.lock() = timeout;
+/// Test knob: every QP's local ACK timeout (the wait before each
+/// retransmission) is `timeout` instead of 4.096 µs × 2^`timeout` attribute;
+/// `None` restores the attribute. Prefer lowering the attribute itself
+/// (`MC_IB_TIMEOUT` for engines): that is what a NIC does too.
+pub fn set_ack_timeout(timeout: Option<Duration>) {
+    *fabric().ack_timeout_override.lock() = timeout;
 }
 
-pub fn retry_timeout() -> Duration {
-    fabric().retry_timeout()
+/// `set_ack_timeout(Some(timeout))`, kept for older tests.
+pub fn set_retry_timeout(timeout: Duration) {
+    set_ack_timeout(Some(timeout));
+}
+
+/// The local ACK timeout a QP with RTS attribute `timeout` uses (`None`:
+/// infinite, attribute 0).
+pub fn ack_timeout(timeout: u8) -> Option<Duration> {
+    fabric().ack_timeout(timeout)
+}
+
+/// Emulate Linux rxe (or not): with it, a QP whose `retry_cnt` is 7 (Mooncake's
+/// value) retransmits a lost WR forever instead of failing it after 7
+/// retransmissions. Applies to WRs lost from now on; also set by
+/// `MC_SOFT_RDMA_RXE_RETRY7=1`.
+pub fn emulate_rxe_retry7(on: bool) {
+    fabric()
+        .rxe_retry7
+        .store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Retransmissions of WRs sent from `device` so far.
+pub fn retransmits(device: &str) -> Result<u64> {
+    let dev = fabric()
+        .device(device)
+        .ok_or_else(|| Error::DeviceNotFound(format!("soft device {device}")))?;
+    Ok(dev.retransmits.load(Ordering::Relaxed))
 }
 
 /// Consume one dropped-packet credit of `dev` or of the fabric.

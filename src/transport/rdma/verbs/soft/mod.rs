@@ -6,10 +6,14 @@
 //! A fabric executor thread carries out posted WRs in order per QP and moves
 //! real bytes between registered regions, so posting never waits on a copy.
 //! Rules enforced: QP states, lkey/rkey, access rights and bounds, CQ depth,
-//! `max_send_wr`, ordered completions per QP; a WR whose peer QP is missing
-//! or not yet in RTR is lost and ends `RetryExceeded` after the simulated
-//! retry timeout (`MC_SOFT_RDMA_RETRY_TIMEOUT_MS`, default 50), moving the
-//! sender QP to ERR. Faults are injected through [`fault`].
+//! `max_send_wr`, ordered completions per QP; a responder accepts a WR only
+//! in RTR/RTS and only if its QP is connected back to the sender (QPN and
+//! GIDs, [`path`]); a lost WR is retransmitted after the QP's local ACK
+//! timeout (4.096 µs × 2^`timeout`) up to `retry_cnt` times, then ends
+//! `RetryExceeded` and moves the sender QP to ERR ([`exec`]). GIDs name the
+//! process, so a descriptor from another process is unreachable, never
+//! resolved to local QPs, keys or addresses ([`fabric`]). Faults are
+//! injected through [`fault`].
 
 mod cq;
 mod device;
@@ -17,6 +21,7 @@ mod exec;
 mod fabric;
 pub mod fault;
 mod mr;
+mod path;
 mod qp;
 
 use std::sync::Arc;
@@ -25,8 +30,6 @@ use crate::config::env_str;
 use crate::error::{Error, Result};
 
 use super::{Context, DeviceInfo, OpenOptions, Provider};
-
-pub use fabric::DEFAULT_RETRY_TIMEOUT_MS;
 
 /// Device names from `MC_SOFT_RDMA_DEVICES`.
 pub fn device_names_from_env() -> Vec<String> {

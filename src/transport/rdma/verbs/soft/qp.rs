@@ -16,12 +16,30 @@ use crate::transport::rdma::verbs::errno::qp_error;
 use crate::transport::rdma::verbs::types::*;
 use crate::transport::rdma::verbs::Qp;
 
+/// The head WR was lost (no ACK came back) and waits for its next
+/// transmission, as a requester's retransmit timer does.
+pub(crate) struct Retransmit {
+    /// When the local ACK timer fires; `None`: never (timeout attribute 0).
+    pub due: Option<Instant>,
+    /// Retransmissions left (from `retry_cnt`); at 0 the next timer expiry
+    /// completes the WR `RetryExceeded`.
+    pub left: u8,
+    /// Linux rxe never counts down a `retry_cnt` of 7 (see
+    /// `fault::emulate_rxe_retry7`).
+    pub forever: bool,
+    pub transmissions: u32,
+    /// Why the last transmission was lost.
+    pub why: String,
+}
+
 pub(crate) struct QpCore {
     pub state: QpState,
     pub rtr: Option<RtrAttrs>,
+    /// Set by the RTS transition: `timeout` and `retry_cnt` drive
+    /// retransmission.
+    pub rts: Option<RtsAttrs>,
     pub sq: VecDeque<WorkRequest>,
-    /// The head WR was lost; it completes `RetryExceeded` at this instant.
-    pub stalled_until: Option<Instant>,
+    pub retransmit: Option<Retransmit>,
     /// Bumped by reset/destroy so the executor drops results for WRs that
     /// were discarded while it worked on them.
     pub generation: u64,
@@ -64,7 +82,7 @@ impl QpShared {
     fn discard_queue(&self, core: &mut QpCore) {
         let n = core.sq.len();
         core.sq.clear();
-        core.stalled_until = None;
+        core.retransmit = None;
         core.generation += 1;
         self.outstanding.fetch_sub(n, Ordering::AcqRel);
     }
@@ -87,8 +105,9 @@ impl SoftQp {
             core: Mutex::new(QpCore {
                 state: QpState::Reset,
                 rtr: None,
+                rts: None,
                 sq: VecDeque::new(),
-                stalled_until: None,
+                retransmit: None,
                 generation: 0,
             }),
         });
@@ -215,8 +234,21 @@ impl Qp for SoftQp {
         self.transition(QpState::Rtr, &detail, move |core| core.rtr = Some(attrs))
     }
 
-    fn modify_to_rts(&self, _attrs: &RtsAttrs) -> Result<()> {
-        self.transition(QpState::Rts, "", |_| {})
+    fn modify_to_rts(&self, attrs: &RtsAttrs) -> Result<()> {
+        // 5-bit and 3-bit fields on the wire (IB spec 9.7.6.1, 11.2.4.2).
+        if attrs.timeout > 31 || attrs.retry_cnt > 7 || attrs.rnr_retry > 7 {
+            return Err(qp_error(
+                "ibv_modify_qp",
+                "rtr→rts",
+                libc::EINVAL,
+                &format!(
+                    "QP {}: timeout {} (max 31), retry_cnt {} (max 7), rnr_retry {} (max 7)",
+                    self.shared.qpn, attrs.timeout, attrs.retry_cnt, attrs.rnr_retry
+                ),
+            ));
+        }
+        let attrs = attrs.clone();
+        self.transition(QpState::Rts, "", move |core| core.rts = Some(attrs))
     }
 
     fn modify_to_err(&self) -> Result<()> {
@@ -231,6 +263,7 @@ impl Qp for SoftQp {
         self.transition(QpState::Reset, "", |core| {
             shared.discard_queue(core);
             core.rtr = None;
+            core.rts = None;
         })
     }
 
