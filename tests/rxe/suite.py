@@ -109,15 +109,25 @@ def ready_ack_logged(res, logdir):
 
 def ready_ack_gate(res, logdir):
     """The active side's RTR is held back 3 s while both sides have writes
-    queued for each other. Gate on: the passive side posts nothing before the
-    ACK, so its NIC never retransmits (rxe0's completer_retry_err stays put)
-    and every byte arrives. Legacy (no ACK, both sides): the passive side
-    posts to a QP that is not ready yet, and rxe retransmits until it is
-    (with retry_cnt 7 rxe retries without end; a NIC gives up after 7)."""
-    for legacy in (False, True):
-        def run(legacy=legacy):
+    queued for each other.
+    - Gate on: the passive side posts nothing before the ACK, so its NIC never
+      retransmits (rxe0's completer_retry_err stays put); every byte arrives.
+    - Legacy (no ACK on either side), retry_cnt 7 (upstream's): the passive
+      side posts to a QP that is not ready, and rxe retransmits until it is
+      (rxe never counts 7 down); nothing is lost.
+    - Legacy, MC_IB_RETRY_CNT=6: the delay outlasts 7 transmissions, rxe ends
+      the WR with retry-exceeded (retry_exceeded_err grows): the WR is lost,
+      the verdict the soft fabric gives for a delay beyond the retry budget
+      (tests/rdma_ready_ack.rs); the tasks still end."""
+    cases = [("gated: passive posts nothing before the ACK", False, None),
+             ("legacy: passive posts early, rxe retransmits, nothing lost", True, None),
+             ("legacy, retry_cnt 6: the early WR is lost (retry exceeded)", True, "6")]
+    for label, legacy, retry in cases:
+        def run(legacy=legacy, retry=retry):
             extra = {"MC_TE_RS_LEGACY_HANDSHAKE": "1"} if legacy else {}
-            tag = "gate-legacy" if legacy else "gate"
+            if retry:
+                extra["MC_IB_RETRY_CNT"] = retry
+            tag = "gate-legacy%s" % (retry or "") if legacy else "gate"
             tgt = Peer("te-rs", "target", logdir, tag, **side(0, extra))
             ini = Peer("te-rs", "initiator", logdir, tag,
                        **side(1, dict(extra, MC_TE_RS_TEST_RTR_DELAY_MS="3000")))
@@ -127,7 +137,7 @@ def ready_ack_gate(res, logdir):
                 ib = ini.must(op="alloc", size=n)["addr"]
                 tgt.must(op="fill", addr=tb, len=n // 2, seed=11)
                 ini.must(op="fill", addr=ib + n // 2, len=n // 2, seed=12)
-                before = counters("rxe0").get("completer_retry_err", 0)
+                c0 = counters("rxe0")
                 blk = 64 * KiB
                 half = n // 2
                 # Active: the initiator writes its upper half to the target.
@@ -138,13 +148,17 @@ def ready_ack_gate(res, logdir):
                 # Passive: the target writes its lower half to the initiator.
                 tgt.must(op="submit", dir="write", segment=ini.name,
                          reqs=[[tb + i * blk, ib + i * blk, blk] for i in range(half // blk)])
-                for peer, what in ((ini, "initiator"), (tgt, "target")):
-                    _, fin = wait_terminal(peer, half // blk, 60.0, what)
-                    if fin.get("COMPLETED", 0) != half // blk:
-                        raise PeerError("%s: %r" % (what, fin))
-                tgt.must(op="check", addr=tb + half, len=half, seed=12)
-                ini.must(op="check", addr=ib, len=half, seed=11)
-                retrans = counters("rxe0").get("completer_retry_err", 0) - before
+                fins = [wait_terminal(p, half // blk, 60.0, w)[1]
+                        for p, w in ((ini, "initiator"), (tgt, "target"))]
+                c1 = counters("rxe0")
+                retrans = c1.get("completer_retry_err", 0) - c0.get("completer_retry_err", 0)
+                exceeded = c1.get("retry_exceeded_err", 0) - c0.get("retry_exceeded_err", 0)
+                if retry is None:
+                    for fin, what in zip(fins, ("initiator", "target")):
+                        if fin.get("COMPLETED", 0) != half // blk:
+                            raise PeerError("%s: %r" % (what, fin))
+                    tgt.must(op="check", addr=tb + half, len=half, seed=12)
+                    ini.must(op="check", addr=ib, len=half, seed=11)
             finally:
                 ini.kill()
                 tgt.kill()
@@ -154,9 +168,13 @@ def ready_ack_gate(res, logdir):
             if legacy and retrans == 0:
                 raise PeerError("legacy passive side never retransmitted: the race "
                                 "was not opened (timing?)")
-            return "passive-side retransmissions: %d, all bytes verified" % retrans
-        label = ("legacy: passive posts early, rxe retransmits, nothing lost" if legacy
-                 else "gated: passive posts nothing before the ACK")
+            if retry and exceeded == 0:
+                raise PeerError("retry_cnt %s: no retry-exceeded completion after %d "
+                                "retransmissions" % (retry, retrans))
+            if not retry and exceeded != 0:
+                raise PeerError("%d WRs ended retry-exceeded" % exceeded)
+            return "passive-side retransmissions %d, retry-exceeded %d, targets %r" % (
+                retrans, exceeded, fins)
         res.run("[ready-ACK, RTR delayed 3s] %s" % label, run)
 
 
