@@ -2,7 +2,8 @@
 # Run every test of te-rs: formatting, clippy, the Rust unit and integration
 # tests (real etcd, Redis and te-metadata-server started on loopback; RDMA
 # on the soft fabric), the C harness through ctest, and interop with the
-# C++ Mooncake engine in a loopback-only network namespace.
+# C++ Mooncake engine in a loopback-only network namespace, and the Python
+# package (python/) with pytest, against te-rs and upstream's wheel.
 # Installs missing system packages itself (Debian, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,3 +35,6 @@ scripts/ctest.sh
 
 echo "== interop with the C++ Mooncake engine =="
 scripts/interop.sh
+
+echo "== python: mooncake.engine on te-rs (pip install ./python, pytest, upstream interop) =="
+scripts/pytest.sh

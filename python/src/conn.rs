@@ -76,7 +76,11 @@ pub fn install_transport(engine: &TransferEngine, filter: &[String]) -> Result<(
     let matrix = discover_matrix(filter)?;
     if !matrix.is_empty() || env_is_set("MC_FORCE_HCA") {
         let json = serde_json::to_string(&matrix)?;
-        let arg = if matrix.is_empty() { None } else { Some(json.as_str()) };
+        let arg = if matrix.is_empty() {
+            None
+        } else {
+            Some(json.as_str())
+        };
         engine.install_transport("rdma", arg)
     } else {
         engine.install_transport("tcp", None)
@@ -91,5 +95,36 @@ pub fn topology_json(filter: &[String]) -> String {
             log::error!("get_local_topology: {e}");
             "{}".into()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn_of(s: &str) -> String {
+        let (kind, server) = split_metadata_server(s);
+        connection_string(&kind, &server)
+    }
+
+    #[test]
+    fn metadata_strings_as_upstream_reads_them() {
+        assert_eq!(conn_of("P2PHANDSHAKE"), "P2PHANDSHAKE");
+        assert_eq!(conn_of("10.0.0.1:2379"), "etcd://10.0.0.1:2379");
+        assert_eq!(conn_of("etcd://h:2379"), "etcd://h:2379");
+        assert_eq!(conn_of("redis://h:6379"), "redis://h:6379");
+        assert_eq!(conn_of("http://h:8080/metadata"), "http://h:8080/metadata");
+        assert_eq!(connection_string("redis", "h:6379"), "redis://h:6379");
+        assert_eq!(connection_string("etcd", "P2PHANDSHAKE"), "P2PHANDSHAKE");
+    }
+
+    #[test]
+    fn device_filters_and_protocols() {
+        assert!(device_filter("").is_empty());
+        assert_eq!(device_filter("mlx5_0,mlx5_1"), ["mlx5_0", "mlx5_1"]);
+        assert!(check_protocol("rdma").is_ok() && check_protocol("tcp").is_ok());
+        assert!(check_protocol("nvlink")
+            .unwrap_err()
+            .contains("not supported"));
     }
 }

@@ -153,7 +153,13 @@ impl PyTransferEngine {
     ) -> i32 {
         let (kind, server) = conn::split_metadata_server(metadata_server);
         let conn = conn::connection_string(&kind, &server);
-        self.init(py, local_hostname, conn, protocol, device_name.unwrap_or(""))
+        self.init(
+            py,
+            local_hostname,
+            conn,
+            protocol,
+            device_name.unwrap_or(""),
+        )
     }
 
     #[pyo3(signature = (local_hostname, metadata_server, protocol, device_name, metadata_type, /))]
@@ -167,7 +173,13 @@ impl PyTransferEngine {
         metadata_type: &str,
     ) -> i32 {
         let conn = conn::connection_string(metadata_type, metadata_server);
-        self.init(py, local_hostname, conn, protocol, device_name.unwrap_or(""))
+        self.init(
+            py,
+            local_hostname,
+            conn,
+            protocol,
+            device_name.unwrap_or(""),
+        )
     }
 
     fn get_rpc_port(&self) -> PyResult<i32> {

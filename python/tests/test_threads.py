@@ -1,0 +1,71 @@
+"""The GIL is released while a transfer waits, and one engine serves many
+Python threads at once."""
+
+import os
+import signal
+import threading
+import time
+
+MiB = 1 << 20
+
+
+def test_gil_released_while_waiting(local, te_rs_child):
+    size = 128 * MiB  # far more than loopback socket buffers hold
+    src, _ = local.alloc("numpy", size)
+    dst, dst_addr = te_rs_child.alloc("numpy", size)
+    local.fill(src, 11, 0, size)
+    # Fetch the peer's descriptor now: a stopped peer answers no handshake.
+    assert local.call("get_first_buffer_address", te_rs_child.session) == dst_addr
+    result = []
+    os.kill(te_rs_child.p.pid, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=lambda: result.append(local.call(
+            "transfer_sync_write", te_rs_child.session, local.addr(src), dst_addr, size)))
+        t.start()
+        spins, end = 0, time.monotonic() + 0.5
+        while time.monotonic() < end:
+            spins += 1
+        # The transfer cannot finish while the peer is stopped, yet this
+        # thread ran: the waiting call does not hold the GIL.
+        assert t.is_alive() and not result
+        assert spins > 10000, "only %d loop turns while the transfer waited" % spins
+    finally:
+        os.kill(te_rs_child.p.pid, signal.SIGCONT)
+    t.join(60)
+    assert result == [0]
+    assert te_rs_child.check(dst, 11, 0, size) == -1
+
+
+def test_many_threads_one_engine(local, te_rs_child):
+    threads, rounds, block = 8, 10, 256 << 10
+    src, _ = local.alloc("numpy", threads * block)
+    back, _ = local.alloc("bytearray", threads * block)
+    dst, dst_addr = te_rs_child.alloc("numpy", threads * block)
+    s, errors = te_rs_child.session, []
+
+    def worker(i):
+        try:
+            off = i * block
+            for r in range(rounds):
+                local.fill(src, 1000 * i + r, off, block)
+                if r % 2:
+                    bid = local.call("batch_transfer_async_write", s, [local.addr(src, off)],
+                                     [dst_addr + off], [block])
+                    assert bid and local.call("get_batch_transfer_status", [bid]) == 0
+                else:
+                    assert local.call("transfer_sync_write", s, local.addr(src, off),
+                                      dst_addr + off, block) == 0
+                assert local.call("transfer_sync_read", s, local.addr(back, off),
+                                  dst_addr + off, block) == 0
+                assert local.check(back, 1000 * i + r, off, block) == -1, (i, r)
+        except Exception as e:  # collected and asserted below
+            errors.append((i, repr(e)))
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not errors, errors
+    for i in range(threads):
+        assert te_rs_child.check(dst, 1000 * i + rounds - 1, i * block, block) == -1
