@@ -44,12 +44,17 @@ def te_rs_child(request):
     peer.close()
 
 
-@pytest.fixture
-def upstream_child(request):
+def upstream_python():
     python = os.environ.get("MOONCAKE_UPSTREAM_PYTHON")
     if not python:
         pytest.fail("MOONCAKE_UPSTREAM_PYTHON is not set: it must name the python of a "
-                    "virtualenv with mooncake-transfer-engine-non-cuda (scripts/test.sh makes one)")
+                    "virtualenv with mooncake-transfer-engine-non-cuda (scripts/pytest.sh makes one)")
+    return python
+
+
+@pytest.fixture
+def upstream_child(request):
+    python = upstream_python()
     peer = RemotePeer(python, env=child_env(), log_path=_log(request, "upstream"))
     assert peer.backend() == "upstream", "%s imports te-rs, not upstream's wheel" % python
     peer.session = peer.start()

@@ -43,7 +43,11 @@ class LocalPeer:
         ret = self.engine.initialize(host, metadata, protocol, device)
         if ret != 0:
             raise RuntimeError("initialize returned %d" % ret)
-        self.session = "%s:%d" % (host, self.engine.get_rpc_port())
+        # P2PHANDSHAKE peers are named host:rpc_port; store modes by host name.
+        if metadata == "P2PHANDSHAKE":
+            self.session = "%s:%d" % (host, self.engine.get_rpc_port())
+        else:
+            self.session = host
         return self.session
 
     def alloc(self, kind, size, register="single"):
