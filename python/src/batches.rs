@@ -97,7 +97,10 @@ impl BatchBook {
     pub fn wait_all(&self, engine: &TransferEngine, ids: &[u64]) -> i32 {
         let mut pending = Vec::with_capacity(ids.len());
         let mut ok = true;
-        for &id in ids {
+        let mut unique = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        for id in unique {
             match self.take(id) {
                 Some(t) => pending.push(t),
                 None => {
@@ -115,7 +118,7 @@ impl BatchBook {
                     state => {
                         let t = pending.swap_remove(i);
                         if state != State::Completed {
-                            log_error!("batch {:#x} ended {state:?}", t.batch);
+                            log_error!("batch {:#x} ended {}", t.batch, t.describe(state));
                             ok = false;
                         }
                         release(engine, self, t);

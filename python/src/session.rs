@@ -136,9 +136,10 @@ impl Session {
         let state = wait::wait(&self.engine, &mut tracker);
         if state != State::Completed {
             log_error!(
-                "transfer of {} requests to '{}' ended {state:?}",
+                "transfer of {} requests to '{}' ended {}",
                 t.buffers.len(),
-                t.target
+                t.target,
+                tracker.describe(state)
             );
         }
         release(&self.engine, &self.book, tracker);

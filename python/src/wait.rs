@@ -89,6 +89,21 @@ impl Tracker {
         }
     }
 
+    /// Why a batch ended, for the log.
+    pub fn describe(&self, state: State) -> String {
+        match state {
+            State::TimedOut if Instant::now() >= self.deadline => format!(
+                "TIMEOUT: {} of {} tasks still running at the deadline (MC_TRANSFER_TIMEOUT={} s + 1 ns per byte)",
+                self.left,
+                self.ended.len(),
+                transfer_timeout().as_secs()
+            ),
+            State::TimedOut => "TIMEOUT: a task read TIMEOUT (MC_SLICE_TIMEOUT)".to_string(),
+            State::Failed => "FAILED: a task did not move its bytes".to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+
     /// All tasks ended (so the engine will free the batch).
     pub fn ended(&self) -> bool {
         self.left == 0

@@ -69,3 +69,37 @@ def test_many_threads_one_engine(local, te_rs_child):
     assert not errors, errors
     for i in range(threads):
         assert te_rs_child.check(dst, 1000 * i + rounds - 1, i * block, block) == -1
+
+
+def test_stalled_peer_times_out_then_recovers(request):
+    """A peer that stops answering: the sync call ends -1 within
+    MC_TRANSFER_TIMEOUT (5 s here), never hangs, and the pair works again
+    once the peer is back (the abandoned batch is freed later)."""
+    from conftest import _log, child_env
+    from remote import RemotePeer
+    import sys
+
+    size = 128 * MiB
+    ini = RemotePeer(sys.executable, env=child_env(MC_TRANSFER_TIMEOUT="5"),
+                     log_path=_log(request, "initiator"))
+    tgt = RemotePeer(sys.executable, env=child_env(), log_path=_log(request, "target"))
+    try:
+        ini.start()
+        session = tgt.start()
+        src, _ = ini.alloc("numpy", size)
+        dst, dst_addr = tgt.alloc("numpy", size)
+        ini.fill(src, 21, 0, size)
+        assert ini.call("get_first_buffer_address", session) == dst_addr
+        os.kill(tgt.p.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            assert ini.call("transfer_sync_write", session, ini.addr(src), dst_addr, size) == -1
+            took = time.monotonic() - t0
+            assert 4.5 < took < 30, "returned after %.1f s" % took
+        finally:
+            os.kill(tgt.p.pid, signal.SIGCONT)
+        assert ini.call("transfer_sync_write", session, ini.addr(src), dst_addr, size) == 0
+        assert tgt.check(dst, 21, 0, size) == -1
+    finally:
+        ini.close()
+        tgt.close()
