@@ -66,6 +66,7 @@ assert e.get_rpc_port() > 0
 
 echo "-- pytest python/tests (loopback-only network namespace)"
 RUN=(env MOONCAKE_UPSTREAM_PYTHON="$WORK/upstream/bin/python" MC_TCP_BIND_ADDRESS=127.0.0.1
+     MC_LOG_LEVEL="${MC_LOG_LEVEL:-WARNING}"
      "$WORK/te-rs/bin/python" -m pytest -q -p no:cacheprovider -rfE "$REPO/python/tests" "$@")
 set +e
 if [[ $EUID -eq 0 ]] && command -v ip >/dev/null; then

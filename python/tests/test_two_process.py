@@ -39,3 +39,13 @@ def test_large_batch_both_ways(local, te_rs_child):
                      [dst_addr + (n - 1 - i) * size for i in range(n)], [size] * n)
     assert ret == 0
     assert local.check(src, 77, 0, n * size) == -1
+
+
+def test_transfer_to_own_segment(local):
+    """An engine may name itself as the target (upstream's local segment)."""
+    a, a_addr = local.alloc("bytearray", 64 << 10)
+    b, b_addr = local.alloc("numpy", 64 << 10)
+    local.fill(a, 8, 0, 64 << 10)
+    assert local.call("transfer_sync_write", local.session, a_addr, b_addr, 64 << 10) == 0
+    assert local.check(b, 8, 0, 64 << 10) == -1
+    assert local.call("get_first_buffer_address", local.session) == a_addr
