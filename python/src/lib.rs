@@ -8,6 +8,7 @@
 mod batches;
 mod conn;
 mod mem;
+mod memory;
 mod pool;
 mod py_engine;
 mod ranges;

@@ -6,24 +6,17 @@
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use pyo3::exceptions::{PyAttributeError, PyNotImplementedError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyAttributeError, PyNotImplementedError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
 use transfer_engine::engine::task::Opcode;
-use transfer_engine::error::err;
-use transfer_engine::metadata::handshake::client;
 
 use crate::conn;
 use crate::ratelog::log_error;
 use crate::session::{Session, Transfer};
 use crate::types::{TransferNotify, TransferOpcode};
-
-/// Locations of accelerator memory, which te-rs cannot move.
-fn is_device_location(location: &str) -> bool {
-    ["cuda", "musa", "npu", "hip"]
-        .iter()
-        .any(|p| location.starts_with(p))
-}
 
 const CUDA_METHODS: [&str; 4] = [
     "transfer_write_on_cuda",
@@ -31,16 +24,6 @@ const CUDA_METHODS: [&str; 4] = [
     "batch_transfer_write_on_cuda",
     "batch_transfer_read_on_cuda",
 ];
-
-fn code(r: transfer_engine::Result<()>, what: &str) -> i32 {
-    match r {
-        Ok(()) => 0,
-        Err(e) => {
-            log_error!("{what}: {e}");
-            e.err_code()
-        }
-    }
-}
 
 #[pyclass(name = "TransferEngine", module = "mooncake.engine", frozen)]
 pub struct PyTransferEngine {
@@ -381,40 +364,27 @@ impl PyTransferEngine {
         length: u64,
     ) -> PyResult<i32> {
         let s = self.session()?;
-        let copy = |bytes: &[u8]| -> PyResult<i32> {
-            if (bytes.len() as u64) < length {
-                return Err(PyValueError::new_err(format!(
-                    "write_bytes_to_buffer: src has {} bytes, length is {length}",
-                    bytes.len()
-                )));
-            }
-            if length == 0 {
-                return Ok(0);
-            }
-            if !s.is_registered(dest_address, length) {
-                return Err(PyValueError::new_err(format!(
-                    "write_bytes_to_buffer: [{dest_address:#x}, +{length}) is not inside memory registered with this engine"
-                )));
-            }
-            // SAFETY: the destination range lies in a region registered with
-            // the engine (checked above) and `bytes` holds `length` bytes.
-            unsafe {
-                std::ptr::copy(bytes.as_ptr(), dest_address as *mut u8, length as usize);
-            }
-            Ok(0)
-        };
-        if let Ok(b) = src.cast::<PyBytes>() {
-            copy(b.as_bytes())
+        let bytes: Vec<u8> = if let Ok(b) = src.cast::<PyBytes>() {
+            b.as_bytes().to_vec()
         } else if let Ok(t) = src.cast::<PyString>() {
-            copy(t.to_str()?.as_bytes())
+            t.to_str()?.as_bytes().to_vec()
         } else if let Ok(a) = src.cast::<PyByteArray>() {
-            copy(&a.to_vec())
+            a.to_vec()
         } else {
-            Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            return Err(PyTypeError::new_err(format!(
                 "write_bytes_to_buffer: src must be bytes, bytearray or str, not {}",
                 src.get_type().name()?
-            )))
-        }
+            )));
+        };
+        let Some(head) = usize::try_from(length).ok().and_then(|n| bytes.get(..n)) else {
+            return Err(PyValueError::new_err(format!(
+                "write_bytes_to_buffer: src has {} bytes, length is {length}",
+                bytes.len()
+            )));
+        };
+        s.copy_in(dest_address, head)
+            .map(|()| 0)
+            .map_err(|e| PyValueError::new_err(format!("write_bytes_to_buffer: {e}")))
     }
 
     /// `length` bytes at `source_address` (registered memory) as `bytes`.
@@ -426,16 +396,10 @@ impl PyTransferEngine {
         length: u64,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let s = self.session()?;
-        if length > 0 && !s.is_registered(source_address, length) {
-            return Err(PyValueError::new_err(format!(
-                "read_bytes_from_buffer: [{source_address:#x}, +{length}) is not inside memory registered with this engine"
-            )));
-        }
         let len = usize::try_from(length).map_err(|_| PyValueError::new_err("length too large"))?;
         PyBytes::new_with(py, len, |out| {
-            // SAFETY: the source range lies in registered memory (checked).
-            unsafe { std::ptr::copy(source_address as *const u8, out.as_mut_ptr(), len) };
-            Ok(())
+            s.copy_out(source_address, out)
+                .map_err(|e| PyValueError::new_err(format!("read_bytes_from_buffer: {e}")))
         })
     }
 
@@ -448,28 +412,14 @@ impl PyTransferEngine {
         location: &str,
     ) -> PyResult<i32> {
         let s = self.session()?;
-        if is_device_location(location) {
-            log_error!("register_memory: location '{location}' is accelerator memory; te-rs moves host memory only");
-            return Ok(err::NOT_IMPLEMENTED);
-        }
         let loc = location.to_string();
-        Ok(py.detach(|| {
-            let r = s
-                .engine
-                .register_local_memory(buffer_addr, capacity, &loc, true);
-            code(r, "register_memory")
-        }))
+        Ok(py.detach(|| s.register(&[buffer_addr], &[capacity], &loc)))
     }
 
     #[pyo3(signature = (buffer_addr, /))]
     fn unregister_memory(&self, py: Python<'_>, buffer_addr: u64) -> PyResult<i32> {
         let s = self.session()?;
-        Ok(py.detach(|| {
-            code(
-                s.engine.unregister_local_memory(buffer_addr),
-                "unregister_memory",
-            )
-        }))
+        Ok(py.detach(|| s.unregister(&[buffer_addr])))
     }
 
     #[pyo3(signature = (buffer_addresses, capacities, location = "*"))]
@@ -481,33 +431,14 @@ impl PyTransferEngine {
         location: &str,
     ) -> PyResult<i32> {
         let s = self.session()?;
-        if buffer_addresses.len() != capacities.len() {
-            log_error!(
-                "batch_register_memory: {} addresses but {} capacities",
-                buffer_addresses.len(),
-                capacities.len()
-            );
-            return Ok(err::INVALID_ARGUMENT);
-        }
-        if is_device_location(location) {
-            log_error!("batch_register_memory: location '{location}' is accelerator memory; te-rs moves host memory only");
-            return Ok(err::NOT_IMPLEMENTED);
-        }
-        let regions: Vec<(u64, u64)> = buffer_addresses.into_iter().zip(capacities).collect();
         let loc = location.to_string();
-        Ok(py.detach(|| {
-            let r = s.engine.register_local_memory_batch(&regions, &loc);
-            code(r, "batch_register_memory")
-        }))
+        Ok(py.detach(|| s.register(&buffer_addresses, &capacities, &loc)))
     }
 
     #[pyo3(signature = (buffer_addresses, /))]
     fn batch_unregister_memory(&self, py: Python<'_>, buffer_addresses: Vec<u64>) -> PyResult<i32> {
         let s = self.session()?;
-        Ok(py.detach(|| {
-            let r = s.engine.unregister_local_memory_batch(&buffer_addresses);
-            code(r, "batch_unregister_memory")
-        }))
+        Ok(py.detach(|| s.unregister(&buffer_addresses)))
     }
 
     #[pyo3(signature = (device_name = None))]
@@ -521,17 +452,7 @@ impl PyTransferEngine {
     fn get_first_buffer_address(&self, py: Python<'_>, segment_name: &str) -> PyResult<u64> {
         let s = self.session()?;
         let name = segment_name.to_string();
-        Ok(py.detach(|| {
-            let Ok(id) = s.engine.open_segment(&name) else {
-                log_error!("get_first_buffer_address: cannot open segment '{name}'");
-                return 0;
-            };
-            s.engine
-                .metadata()
-                .segment_desc(id)
-                .and_then(|d| d.buffers.first().map(|b| b.addr))
-                .unwrap_or(0)
-        }))
+        Ok(py.detach(|| s.first_buffer_address(&name)))
     }
 
     /// No EFA transport in te-rs: nothing to warm up (upstream's non-EFA value).
@@ -555,19 +476,7 @@ impl PyTransferEngine {
     fn send_probe(&self, py: Python<'_>, peer_server_name: &str) -> PyResult<i32> {
         let s = self.session()?;
         let name = peer_server_name.to_string();
-        Ok(py.detach(|| {
-            let meta = match s.engine.metadata().rpc_meta(&name) {
-                Ok(m) => m,
-                Err(e) => {
-                    log_error!("send_probe: no RPC address for '{name}': {e}");
-                    return err::METADATA;
-                }
-            };
-            code(
-                client::probe(&meta.ip_or_host_name, meta.rpc_port),
-                "send_probe",
-            )
-        }))
+        Ok(py.detach(|| s.probe(&name)))
     }
 
     fn get_engine(&self) -> PyResult<()> {

@@ -7,18 +7,20 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use transfer_engine::engine::task::{Opcode, TransferRequest};
+use transfer_engine::error::err;
+use transfer_engine::metadata::handshake::client;
 use transfer_engine::{SegmentId, TransferEngine};
 
 use crate::batches::{release, BatchBook};
 use crate::conn;
+use crate::memory::code;
 use crate::pool::Pool;
-use crate::ranges::Ranges;
 use crate::ratelog::log_error;
 use crate::wait::{self, State, Tracker};
 
 pub struct Session {
     pub engine: Arc<TransferEngine>,
-    pool: Mutex<Pool>,
+    pub(crate) pool: Mutex<Pool>,
     book: BatchBook,
     timeout: Duration,
 }
@@ -89,7 +91,7 @@ impl Session {
             );
             return None;
         }
-        let local = Ranges::new(&self.engine.registered_buffers());
+        let local = crate::ranges::Ranges::new(&self.engine.registered_buffers());
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             let (addr, len) = (t.buffers[i], t.lengths[i]);
@@ -170,38 +172,25 @@ impl Session {
         self.book.wait_all(&self.engine, ids)
     }
 
-    /// Whether `[addr, addr + len)` lies in memory registered here.
-    pub fn is_registered(&self, addr: u64, len: u64) -> bool {
-        Ranges::new(&self.engine.registered_buffers()).contains(addr, len)
-    }
-
-    pub fn allocate_managed(&self, len: u64) -> u64 {
-        let engine = &self.engine;
-        let map = |size: u64| -> Option<u64> {
-            let addr = crate::mem::map(size)?;
-            match engine.register_local_memory(addr, size, "*", true) {
-                Ok(()) => Some(addr),
-                Err(e) => {
-                    log_error!("allocate_managed_buffer: registering {size} bytes: {e}");
-                    crate::mem::unmap(addr, size);
-                    None
-                }
-            }
+    /// `get_first_buffer_address`: the first buffer `name` registered, 0 if none.
+    pub fn first_buffer_address(&self, name: &str) -> u64 {
+        let Some(id) = self.open(name) else {
+            return 0;
         };
-        self.pool.lock().allocate(len, map).unwrap_or(0)
+        self.engine
+            .metadata()
+            .segment_desc(id)
+            .and_then(|d| d.buffers.first().map(|b| b.addr))
+            .unwrap_or(0)
     }
 
-    pub fn free_managed(&self, addr: u64) -> i32 {
-        match self.pool.lock().free(addr) {
-            Ok(None) => 0,
-            Ok(Some((addr, len))) => {
-                let _ = self.engine.unregister_local_memory(addr);
-                crate::mem::unmap(addr, len);
-                0
-            }
+    /// `send_probe`: 0 when the peer's handshake daemon answers.
+    pub fn probe(&self, name: &str) -> i32 {
+        match self.engine.metadata().rpc_meta(name) {
+            Ok(m) => code(client::probe(&m.ip_or_host_name, m.rpc_port), "send_probe"),
             Err(e) => {
-                log_error!("free_managed_buffer: {e}");
-                -1
+                log_error!("send_probe: no RPC address for '{name}': {e}");
+                err::METADATA
             }
         }
     }
