@@ -9,6 +9,7 @@ that holds upstream's wheel instead of te-rs.
 import ctypes
 import json
 import random
+import struct
 import sys
 import time
 
@@ -21,9 +22,20 @@ except ImportError:  # pragma: no cover - the test venvs install numpy
     numpy = None
 
 
+PAGE = 4096
+
+
 def pattern(seed, length):
-    """Seeded bytes, different for every (seed, length)."""
-    return random.Random(seed * 1000003 + length).randbytes(length)
+    """Seeded bytes for (seed, length). Every 4 KiB page starts with its own
+    index, so a page that lands in the wrong place never matches."""
+    base = random.Random(seed * 1000003 + length).randbytes(min(length, 1 << 20) + PAGE)
+    span = len(base) - PAGE
+    pages = []
+    for i in range((length + PAGE - 1) // PAGE):
+        o = (i * 4099) % span if span > 0 else 0
+        tag = struct.pack("<Q", (i * 2654435761 + seed) & 0xFFFFFFFFFFFFFFFF)
+        pages.append(tag + base[o + 8:o + PAGE])
+    return b"".join(pages)[:length]
 
 
 class LocalPeer:
@@ -112,7 +124,10 @@ class LocalPeer:
 
     def check(self, bid, seed, off, length):
         """Index of the first byte that differs from the pattern, or -1."""
-        got, want = self.read(bid, off, length), pattern(seed, length)
+        want, view = pattern(seed, length), self._view(bid)
+        if view is not None and view[off:off + length] == want:
+            return -1
+        got = self.read(bid, off, length)
         if got == want:
             return -1
         return next(i for i in range(length) if got[i] != want[i])
