@@ -64,4 +64,5 @@ def upstream_child(request):
 
 def _log(request, name):
     os.makedirs(LOGDIR, exist_ok=True)
-    return os.path.join(LOGDIR, "%s.%s.log" % (request.node.name, name))
+    node = request.node.name.replace("/", "_")
+    return os.path.join(LOGDIR, "%s.%s.log" % (node, name))

@@ -1,5 +1,7 @@
-"""Store-mode metadata (`http://...`), with upstream's own HTTP metadata
-server (from its wheel): te-rs with te-rs, and te-rs with upstream."""
+"""Store-mode metadata as upstream's module parses it: `http://...` with
+upstream's own HTTP metadata server (te-rs with te-rs, te-rs with upstream),
+`etcd://host:port`, a bare `host:port` (etcd) and `redis://host:port`
+between te-rs engines, on servers started inside the test's namespace."""
 
 import os
 import socket
@@ -9,16 +11,18 @@ import time
 
 import pytest
 
-from conftest import child_env, upstream_python
+import servers
+
+from conftest import LOGDIR, _log, child_env, upstream_python
 from peer import LocalPeer
 from remote import RemotePeer
 from sequences import sglang_sequence, vllm_sequence
 
-pytestmark = pytest.mark.interop
 
 
 @pytest.fixture
 def http_metadata():
+    """Upstream's mooncake.http_metadata_server (from its virtualenv)."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -40,16 +44,16 @@ def http_metadata():
 
 
 def start_pair(url, python, request):
+    os.makedirs(LOGDIR, exist_ok=True)
     local = LocalPeer()
     local.start(metadata=url, host="te-rs-local")
     child = RemotePeer(python, env=child_env(),
-                       log_path="/tmp/te-rs-pytest/%s.child.log" % request.node.name)
+                       log_path=_log(request, "child"))
     child.session = child.start(metadata=url, host="child-peer")
     return local, child
 
 
 def test_http_store_te_rs_pair(http_metadata, request):
-    os.makedirs("/tmp/te-rs-pytest", exist_ok=True)
     local, child = start_pair(http_metadata, sys.executable, request)
     try:
         assert child.backend() == "te-rs"
@@ -59,12 +63,46 @@ def test_http_store_te_rs_pair(http_metadata, request):
         child.close()
 
 
+@pytest.mark.interop
 def test_http_store_with_upstream(http_metadata, request):
-    os.makedirs("/tmp/te-rs-pytest", exist_ok=True)
     local, child = start_pair(http_metadata, upstream_python(), request)
     try:
         assert child.backend() == "upstream"
         vllm_sequence(local, child)
         sglang_sequence(child, local)
+    finally:
+        child.close()
+
+
+@pytest.fixture
+def etcd():
+    os.makedirs(LOGDIR, exist_ok=True)
+    server = servers.start_etcd(LOGDIR)
+    yield "127.0.0.1:%d" % server.port
+    server.stop()
+
+
+@pytest.fixture
+def redis():
+    os.makedirs(LOGDIR, exist_ok=True)
+    server = servers.start_redis(LOGDIR)
+    yield "redis://127.0.0.1:%d" % server.port
+    server.stop()
+
+
+@pytest.mark.parametrize("scheme", ["", "etcd://"], ids=["bare-host-port", "etcd-url"])
+def test_etcd_store_te_rs_pair(etcd, scheme, request):
+    url = scheme + etcd
+    local, child = start_pair(url, sys.executable, request)
+    try:
+        sglang_sequence(local, child)
+    finally:
+        child.close()
+
+
+def test_redis_store_te_rs_pair(redis, request):
+    local, child = start_pair(redis, sys.executable, request)
+    try:
+        vllm_sequence(local, child)
     finally:
         child.close()
