@@ -19,6 +19,11 @@ export PYTHONDONTWRITEBYTECODE=1
 fail() { echo "pytest.sh: $*" >&2; exit 1; }
 
 WORK="$(mktemp -d /tmp/te-rs-py.XXXXXX)"
+# Virtualenvs are made afresh (--clear) at a fixed place: maturin hands the
+# venv's interpreter path to PyO3's build script, and a new path every run
+# would rebuild PyO3.
+VENVS="${TE_RS_PY_VENVS:-$CARGO_TARGET_DIR/py-venvs}"
+mkdir -p "$VENVS"
 NS=""
 cleanup() {
     if [[ -n "$NS" ]]; then ip netns del "$NS" 2>/dev/null || true; fi
@@ -41,23 +46,23 @@ libdir="$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR") o
     cargo test --release) || fail "cargo test (python/)"
 
 echo "-- pip install ./python (fresh virtualenv)"
-"$PY" -m venv "$WORK/te-rs"
-"$WORK/te-rs/bin/pip" install --quiet "$REPO/python" pytest numpy \
+"$PY" -m venv --clear "$VENVS/te-rs"
+"$VENVS/te-rs/bin/pip" install --quiet "$REPO/python" pytest numpy \
     || fail "pip install ./python pytest numpy failed"
 
 echo "-- upstream's wheel in its own virtualenv"
-"$PY" -m venv "$WORK/upstream"
-"$WORK/upstream/bin/pip" install --quiet mooncake-transfer-engine-non-cuda numpy \
+"$PY" -m venv --clear "$VENVS/upstream"
+"$VENVS/upstream/bin/pip" install --quiet mooncake-transfer-engine-non-cuda numpy \
     || fail "pip install mooncake-transfer-engine-non-cuda failed"
 
 echo "-- pip wheel ./python, installed into a third virtualenv"
-"$WORK/te-rs/bin/pip" wheel --quiet --no-deps "$REPO/python" -w "$WORK/wheels" \
+"$VENVS/te-rs/bin/pip" wheel --quiet --no-deps "$REPO/python" -w "$WORK/wheels" \
     || fail "pip wheel ./python failed"
 wheel=$(ls "$WORK"/wheels/mooncake_te_rs-*.whl 2>/dev/null | head -1)
 [[ -n "$wheel" ]] || fail "pip wheel produced no mooncake_te_rs wheel"
-"$PY" -m venv "$WORK/wheel"
-"$WORK/wheel/bin/pip" install --quiet "$wheel" || fail "installing $wheel failed"
-MC_LOG_LEVEL=WARNING "$WORK/wheel/bin/python" -c '
+"$PY" -m venv --clear "$VENVS/wheel"
+"$VENVS/wheel/bin/pip" install --quiet "$wheel" || fail "installing $wheel failed"
+MC_LOG_LEVEL=WARNING "$VENVS/wheel/bin/python" -c '
 import mooncake.engine as m
 e = m.TransferEngine()
 assert m.BACKEND == "te-rs" and e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", "") == 0
@@ -65,9 +70,9 @@ assert e.get_rpc_port() > 0
 ' || fail "the wheel does not import or initialize"
 
 echo "-- pytest python/tests (loopback-only network namespace)"
-RUN=(env MOONCAKE_UPSTREAM_PYTHON="$WORK/upstream/bin/python" MC_TCP_BIND_ADDRESS=127.0.0.1
+RUN=(env MOONCAKE_UPSTREAM_PYTHON="$VENVS/upstream/bin/python" MC_TCP_BIND_ADDRESS=127.0.0.1
      MC_LOG_LEVEL="${MC_LOG_LEVEL:-WARNING}"
-     "$WORK/te-rs/bin/python" -m pytest -q -p no:cacheprovider -rfE "$REPO/python/tests" "$@")
+     "$VENVS/te-rs/bin/python" -m pytest -q -p no:cacheprovider -rfE "$REPO/python/tests" "$@")
 set +e
 if [[ $EUID -eq 0 ]] && command -v ip >/dev/null; then
     NS="te-rs-py-$$"

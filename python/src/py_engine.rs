@@ -53,7 +53,8 @@ impl PyTransferEngine {
             return -1;
         }
         let (host, filter) = (host.to_string(), conn::device_filter(dev));
-        match py.detach(|| Session::start(&host, &conn, &filter)) {
+        let proto = proto.to_string();
+        match py.detach(|| Session::start(&host, &conn, &proto, &filter)) {
             Some(s) => {
                 *self.session.write() = Some(Arc::new(s));
                 0

@@ -35,7 +35,12 @@ pub struct Transfer<'a> {
 }
 
 impl Session {
-    pub fn start(local_hostname: &str, conn_string: &str, filter: &[String]) -> Option<Session> {
+    pub fn start(
+        local_hostname: &str,
+        conn_string: &str,
+        protocol: &str,
+        filter: &[String],
+    ) -> Option<Session> {
         let engine = match TransferEngine::new(conn_string, local_hostname, false) {
             Ok(e) => e,
             Err(e) => {
@@ -48,11 +53,17 @@ impl Session {
             engine.shutdown();
             return None;
         }
+        let installed = engine.installed_protocols();
         log::info!(
-            "mooncake.engine on te-rs: segment '{}', transports {:?}",
-            engine.local_server_name(),
-            engine.installed_protocols()
+            "mooncake.engine on te-rs: segment '{}', transports {installed:?}",
+            engine.local_server_name()
         );
+        // Upstream, too, installs what auto-discovery finds, whatever `protocol` says.
+        if !protocol.is_empty() && !installed.contains(&protocol) {
+            log::warn!(
+                "initialize: protocol '{protocol}' asked, {installed:?} installed (RDMA needs a NIC that passes device_name {filter:?}; MC_FORCE_TCP forces tcp)"
+            );
+        }
         Some(Session {
             engine,
             pool: Mutex::new(Pool::default()),
