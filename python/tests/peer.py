@@ -51,8 +51,12 @@ class LocalPeer:
         """"te-rs" for te-rs's module, "upstream" for Mooncake's own."""
         return getattr(mooncake.engine, "BACKEND", "upstream")
 
-    def start(self, metadata="P2PHANDSHAKE", protocol="tcp", device="", host="127.0.0.1"):
-        ret = self.engine.initialize(host, metadata, protocol, device)
+    def start(self, metadata="P2PHANDSHAKE", protocol="tcp", device="", host="127.0.0.1",
+              metadata_type=None):
+        if metadata_type is None:
+            ret = self.engine.initialize(host, metadata, protocol, device)
+        else:
+            ret = self.engine.initialize_ext(host, metadata, protocol, device, metadata_type)
         if ret != 0:
             raise RuntimeError("initialize returned %d" % ret)
         # P2PHANDSHAKE peers are named host:rpc_port; store modes by host name.

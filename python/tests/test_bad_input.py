@@ -42,6 +42,10 @@ def test_initialize_refusals(local):
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "nvlink", "") == -1
     assert e.initialize("127.0.0.1", "bogus://x", "tcp", "") == -1
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", None) == 0  # None device: all
+    x = TransferEngine()
+    assert x.initialize_ext("127.0.0.1", "P2PHANDSHAKE", "rdma", "", "") == 0
+    assert x.get_rpc_port() > 0
+    assert TransferEngine().initialize_ext("n", "h:1", "tcp", "", "bogus") == -1
 
 
 def test_unknown_segment(local):

@@ -106,3 +106,16 @@ def test_redis_store_te_rs_pair(redis, request):
         vllm_sequence(local, child)
     finally:
         child.close()
+
+
+def test_initialize_ext_with_metadata_type(redis, request):
+    """initialize_ext(host, server, protocol, device, metadata_type): a bare
+    server gets `metadata_type://` in front, as upstream builds it."""
+    local = LocalPeer()
+    local.start(metadata=redis[len("redis://"):], host="te-rs-ext", metadata_type="redis")
+    child = RemotePeer(sys.executable, env=child_env(), log_path=_log(request, "child"))
+    try:
+        child.session = child.start(metadata=redis, host="child-ext")
+        sglang_sequence(child, local)
+    finally:
+        child.close()
