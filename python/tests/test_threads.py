@@ -96,8 +96,20 @@ def test_stalled_peer_times_out_then_recovers(request):
             assert ini.call("transfer_sync_write", session, ini.addr(src), dst_addr, size) == -1
             took = time.monotonic() - t0
             assert 4.5 < took < 30, "returned after %.1f s" % took
+            # Polled: 0 while within the deadline, then -2 (TIMEOUT), not freed.
+            bid = ini.call("transfer_submit_write", session, ini.addr(src), dst_addr, size)
+            assert bid != 0
+            status, t0 = 0, time.monotonic()
+            while status == 0 and time.monotonic() - t0 < 30:
+                status = ini.call("transfer_check_status", bid)
+            assert status == -2 and time.monotonic() - t0 > 4.5, status
         finally:
             os.kill(tgt.p.pid, signal.SIGCONT)
+        # Once the peer is back the late batch completes and reads 1.
+        deadline = time.monotonic() + 60
+        while status == -2 and time.monotonic() < deadline:
+            status = ini.call("transfer_check_status", bid)
+        assert status == 1, status
         assert ini.call("transfer_sync_write", session, ini.addr(src), dst_addr, size) == 0
         assert tgt.check(dst, 21, 0, size) == -1
     finally:
