@@ -2,8 +2,9 @@
 # Run every test of te-rs: formatting, clippy, the Rust unit and integration
 # tests (real etcd, Redis and te-metadata-server started on loopback; RDMA
 # on the soft fabric), the C harness through ctest, interop with the
-# C++ Mooncake engine in a loopback-only network namespace, and the RDMA
-# suite on real kernel verbs (SoftRoCE) in a QEMU guest.
+# C++ Mooncake engine in a loopback-only network namespace, the Python
+# package (python/) with pytest against te-rs and upstream's wheel, and the
+# RDMA suite on real kernel verbs (SoftRoCE) in a QEMU guest.
 # Installs missing system packages itself (Debian, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,9 @@ scripts/ctest.sh
 
 echo "== interop with the C++ Mooncake engine =="
 scripts/interop.sh
+
+echo "== python: mooncake.engine on te-rs (pip install ./python, pytest, upstream interop) =="
+scripts/pytest.sh
 
 echo "== RDMA on real kernel verbs: SoftRoCE in a QEMU guest =="
 scripts/test-rxe.sh
