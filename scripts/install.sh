@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build te-rs in release mode and install the C library package:
 #   <prefix>/lib/libtransfer_engine.{so,a}
+#   <prefix>/lib/lib{base,asio,mooncake_common}.a   (empty: upstream link lines name them)
 #   <prefix>/include/transfer_engine_c.h
 #   <prefix>/lib/cmake/MooncakeTransferEngine/MooncakeTransferEngineConfig{,Version}.cmake
 #   <prefix>/lib/pkgconfig/transfer_engine.pc
@@ -55,6 +56,15 @@ install -d "$PREFIX/lib" "$PREFIX/include" \
 install -m 0755 "$RELEASE/libtransfer_engine.so" "$PREFIX/lib/"
 install -m 0644 "$RELEASE/libtransfer_engine.a" "$PREFIX/lib/"
 install -m 0644 "$ROOT/include/transfer_engine_c.h" "$PREFIX/include/"
+# Upstream's bindings link -lbase -lasio -lmooncake_common next to the
+# engine; te-rs has everything in libtransfer_engine, so these are empty
+# archives (build.rs makes them in the build tree; recreate if missing).
+for name in base asio mooncake_common; do
+    if [ ! -f "$RELEASE/lib$name.a" ]; then
+        printf '!<arch>\n' >"$RELEASE/lib$name.a"
+    fi
+    install -m 0644 "$RELEASE/lib$name.a" "$PREFIX/lib/"
+done
 
 subst() {
     sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@VERSION@|$VERSION|g" \
