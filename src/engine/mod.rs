@@ -419,6 +419,12 @@ impl TransferEngine {
                                 r.target_id, target.protocol
                             ))
                         })?;
+                    log::trace!(
+                        "selectTransport route: target_id={} segment_protocol=\"{}\" chosen={}",
+                        r.target_id,
+                        target.protocol,
+                        t.protocol()
+                    );
                     targets.push((r.target_id, target, t));
                     targets.len() - 1
                 }

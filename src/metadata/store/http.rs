@@ -70,6 +70,7 @@ impl HttpStore {
             }
         };
         let status = resp.status();
+        log::trace!("metadata {method} {url} -> HTTP {status}");
         let mut text = String::new();
         resp.into_reader()
             .take(MAX_BODY)
