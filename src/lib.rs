@@ -9,6 +9,8 @@ pub mod error;
 pub mod ffi;
 pub mod logging;
 pub mod metadata;
+pub mod metrics;
+pub mod settings;
 pub mod transport;
 
 pub use engine::task::{Opcode, TaskStatus, TransferRequest};
