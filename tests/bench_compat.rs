@@ -230,3 +230,70 @@ fn env_logger_format_on_request_and_trace_level() {
         "MC_LOG_LEVEL=TRACE printed no trace line:\n{err}"
     );
 }
+
+#[test]
+fn mc_te_metric_reports_each_interval() {
+    let out = run(Command::new(TE_BENCH)
+        .args([
+            "--threads=1",
+            "--batch_size=2",
+            "--block_size=4096",
+            "--duration=2.5",
+            "--nobaseline",
+        ])
+        .env("MC_TE_METRIC", "1")
+        .env("MC_TE_METRIC_INTERVAL_SECONDS", "1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let reports: Vec<&str> = err
+        .lines()
+        .filter_map(|l| {
+            l.split_once("] [Metrics] Transfer Engine Stats (over last 1s): ")
+                .map(|(_, r)| r)
+        })
+        .collect();
+    assert!(reports.len() >= 2, "{err}");
+    for r in &reports {
+        // "Throughput: 12.34 MB/s | Latency Distribution (count=N): 20-50μs:97.0%, ..."
+        let (tput, lat) = r.split_once(" | Latency Distribution (count=").expect(r);
+        let mbps: f64 = tput
+            .strip_prefix("Throughput: ")
+            .unwrap()
+            .strip_suffix(" MB/s")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(mbps > 0.0, "{r}");
+        let (count, buckets) = lat.split_once("): ").unwrap();
+        assert!(count.parse::<u64>().unwrap() > 0, "{r}");
+        let pct: f64 = buckets
+            .split(", ")
+            .map(|b| {
+                b.rsplit_once(':')
+                    .unwrap()
+                    .1
+                    .trim_end_matches('%')
+                    .parse::<f64>()
+                    .unwrap()
+            })
+            .sum();
+        assert!((pct - 100.0).abs() < 1.0, "{r}");
+    }
+}
+
+#[test]
+fn a_set_unread_setting_is_logged_once() {
+    // Loopback creates two engines; the warning comes once.
+    let out = run(Command::new(TE_BENCH)
+        .args(SMALL)
+        .env("MC_USE_TENT", "1")
+        .env("MC_TCP_ENABLE_CONNECTION_POOL", "1"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let tent: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("MC_USE_TENT is set but not applicable to te-rs"))
+        .collect();
+    assert_eq!(tent.len(), 1, "{err}");
+    assert!(tent[0].starts_with('W'), "{}", tent[0]);
+    let pool = err.lines().filter(|l| l.contains("MC_TCP_ENABLE_CONNECTION_POOL is set but not read by te-rs: connections are always pooled")).count();
+    assert_eq!(pool, 1, "{err}");
+}
