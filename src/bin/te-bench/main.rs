@@ -72,8 +72,11 @@ fn register(engine: &TransferEngine, r: &Region) {
 
 fn buffer_len(a: &Args) -> usize {
     let max_block = a.block_sizes.iter().copied().max().unwrap_or(65536);
-    (a.buffer_size
-        .max(max_block * (a.batch_size * a.threads) as u64)) as usize
+    let need = max_block * (a.batch_size * a.threads) as u64;
+    if a.flavor == Flavor::Upstream && a.buffer_size < need {
+        log::warn!("Invalid flag: buffer size is smaller than require_size, adjust to {need}");
+    }
+    a.buffer_size.max(need) as usize
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
