@@ -148,3 +148,48 @@ fn http_store_takes_over_a_stale_rpc_meta_on_the_strict_server() {
     store.remove(key).unwrap();
     assert_eq!(store.get(key).unwrap(), None);
 }
+
+/// The binary on a free port with `extra` flags; killed on drop.
+struct Binary(std::process::Child, std::net::SocketAddr);
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_binary(extra: &[&str]) -> Binary {
+    use std::io::BufRead;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_te-metadata-server"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    Binary(child, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+#[test]
+fn the_binary_defaults_to_master_rules_and_takes_go_compat() {
+    let missing = "/metadata?key=mooncake%2Fram%2Fnobody";
+    let strict = spawn_binary(&[]);
+    assert_eq!(
+        request(strict.1, "GET", "/health", ""),
+        (200, "OK".to_string())
+    );
+    assert_eq!(request(strict.1, "DELETE", missing, "").0, 404);
+    let loose = spawn_binary(&["--go-compat"]);
+    assert_eq!(request(loose.1, "DELETE", missing, "").0, 200);
+}
