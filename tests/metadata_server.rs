@@ -7,8 +7,9 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use transfer_engine::metadata::http_server::{Flavor, MetadataServer};
+use transfer_engine::metadata::http_server::{Flavor, MetadataServer, PutOutcome};
 use transfer_engine::metadata::store::{http::HttpStore, MetadataStore};
+use transfer_engine::TransferEngine;
 
 fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> (u16, String) {
     let mut c = TcpStream::connect(addr).unwrap();
@@ -192,4 +193,28 @@ fn the_binary_defaults_to_master_rules_and_takes_go_compat() {
     assert_eq!(request(strict.1, "DELETE", missing, "").0, 404);
     let loose = spawn_binary(&["--go-compat"]);
     assert_eq!(request(loose.1, "DELETE", missing, "").0, 200);
+}
+
+#[test]
+fn an_engine_restarted_under_its_name_replaces_its_stale_rpc_meta() {
+    let srv = MetadataServer::start("127.0.0.1:0", None, 2).unwrap();
+    // What a crashed engine of the same name left behind.
+    let key = "mooncake/rpc_meta/restarted-node";
+    let stale = "{\"ip_or_host_name\":\"127.0.0.1\",\"rpc_port\":1}";
+    assert_eq!(
+        srv.map().put_exclusive(key, stale.into()).unwrap(),
+        PutOutcome::Stored
+    );
+    let e = TransferEngine::new(&srv.url(), "restarted-node", false).expect("engine starts");
+    let now = srv.map().get(key).expect("rpc_meta published");
+    assert_ne!(now, stale);
+    let port = e
+        .local_ip_and_port()
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .to_string();
+    assert!(now.contains(&format!("\"rpc_port\":{port}")), "{now}");
+    e.shutdown();
+    assert_eq!(srv.map().get(key), None, "shutdown removes the key");
 }
