@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Build te-rs in release mode and install the C library package:
 #   <prefix>/lib/libtransfer_engine.{so,a}
+#   <prefix>/lib/lib{base,asio,mooncake_common}.a   (empty: upstream link lines name them)
 #   <prefix>/include/transfer_engine_c.h
+#   <prefix>/bin/{te-bench,te-metadata-server}, bin/transfer_engine_bench -> te-bench
+#     (as last built by `cargo build --release --bins`; built here only if missing)
 #   <prefix>/lib/cmake/MooncakeTransferEngine/MooncakeTransferEngineConfig{,Version}.cmake
 #   <prefix>/lib/pkgconfig/transfer_engine.pc
 # Usage: scripts/install.sh [PREFIX]   (default /usr/local)
@@ -36,6 +39,12 @@ if [ "${TE_SKIP_BUILD:-0}" != 1 ]; then
     if [ -n "$note" ]; then
         printf '%s\n' "$note" >"$NOTE_FILE"
     fi
+    # Building the tools here would rebuild the library without the flag
+    # above (and the next install again with it): build them only if missing.
+    if [ ! -f "$RELEASE/te-bench" ] || [ ! -f "$RELEASE/te-metadata-server" ]; then
+        echo "install.sh: building release tools (cargo build --release --bins)" >&2
+        (cd "$ROOT" && cargo build --release --bins --quiet)
+    fi
 fi
 if [ -s "$NOTE_FILE" ]; then
     NATIVE_LIBS="$(cat "$NOTE_FILE")"
@@ -50,11 +59,26 @@ for f in libtransfer_engine.so libtransfer_engine.a; do
     [ -f "$RELEASE/$f" ] || { echo "install.sh: missing $RELEASE/$f" >&2; exit 1; }
 done
 
-install -d "$PREFIX/lib" "$PREFIX/include" \
+install -d "$PREFIX/lib" "$PREFIX/include" "$PREFIX/bin" \
     "$PREFIX/lib/cmake/MooncakeTransferEngine" "$PREFIX/lib/pkgconfig"
 install -m 0755 "$RELEASE/libtransfer_engine.so" "$PREFIX/lib/"
 install -m 0644 "$RELEASE/libtransfer_engine.a" "$PREFIX/lib/"
 install -m 0644 "$ROOT/include/transfer_engine_c.h" "$PREFIX/include/"
+for tool in te-bench te-metadata-server; do
+    [ -f "$RELEASE/$tool" ] || { echo "install.sh: missing $RELEASE/$tool" >&2; exit 1; }
+    install -m 0755 "$RELEASE/$tool" "$PREFIX/bin/"
+done
+# te-bench run under upstream's name takes upstream's defaults and output.
+ln -sf te-bench "$PREFIX/bin/transfer_engine_bench"
+# Upstream's bindings link -lbase -lasio -lmooncake_common next to the
+# engine; te-rs has everything in libtransfer_engine, so these are empty
+# archives (build.rs makes them in the build tree; recreate if missing).
+for name in base asio mooncake_common; do
+    if [ ! -f "$RELEASE/lib$name.a" ]; then
+        printf '!<arch>\n' >"$RELEASE/lib$name.a"
+    fi
+    install -m 0644 "$RELEASE/lib$name.a" "$PREFIX/lib/"
+done
 
 subst() {
     sed -e "s|@PREFIX@|$PREFIX|g" -e "s|@VERSION@|$VERSION|g" \

@@ -10,6 +10,8 @@ pub mod ffi;
 pub mod log_limit;
 pub mod logging;
 pub mod metadata;
+pub mod metrics;
+pub mod settings;
 pub mod transport;
 
 pub use engine::task::{Opcode, TaskStatus, TransferRequest};

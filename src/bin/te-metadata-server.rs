@@ -1,7 +1,8 @@
-//! te-metadata-server: Mooncake's HTTP metadata server (the Go reference
-//! server's protocol), optionally persisted to a file.
+//! te-metadata-server: Mooncake's HTTP metadata server, answering as the one
+//! built into `mooncake_master` (or, with `--go-compat`, as upstream's Go
+//! example server), optionally persisted to a file.
 //!
-//!     te-metadata-server [--host 0.0.0.0] [--port 8080] [--persist FILE] [--workers 4]
+//!     te-metadata-server [--host 0.0.0.0] [--port 8080] [--persist FILE] [--workers 4] [--go-compat]
 //!
 //! Clients use `http://<host>:<port>/metadata` as the metadata connection
 //! string. SIGTERM/SIGINT stop it cleanly.
@@ -9,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use transfer_engine::metadata::http_server::MetadataServer;
+use transfer_engine::metadata::http_server::{Flavor, MetadataServer};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -23,10 +24,13 @@ struct Args {
     port: u16,
     persist: Option<PathBuf>,
     workers: usize,
+    flavor: Flavor,
 }
 
-const USAGE: &str =
-    "usage: te-metadata-server [--host ADDR] [--port N] [--persist FILE] [--workers N]";
+const USAGE: &str = "usage: te-metadata-server [--host ADDR] [--port N] [--persist FILE] [--workers N] [--go-compat]
+  default: answers as mooncake_master's metadata server (/metadata, /health; 400 for an empty
+  key or a changed rpc_meta key, 404 for DELETE of a missing key)
+  --go-compat: the Go example server's rules (any path, DELETE always 200, PUT overwrites)";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
@@ -34,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
         port: 8080,
         persist: None,
         workers: 4,
+        flavor: Flavor::Master,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,6 +49,10 @@ fn parse_args() -> Result<Args, String> {
         if name == "-h" || name == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if name == "--go-compat" && inline.is_none() {
+            args.flavor = Flavor::GoExample;
+            continue;
         }
         let value = match inline {
             Some(v) => v,
@@ -87,16 +96,22 @@ fn main() {
         args.host.clone()
     };
     let addr = format!("{host}:{}", args.port);
-    let server = match MetadataServer::start(&addr, args.persist.clone(), args.workers) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("te-metadata-server: {e}");
-            std::process::exit(1);
-        }
-    };
+    let server =
+        match MetadataServer::start_with(&addr, args.persist.clone(), args.workers, args.flavor) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("te-metadata-server: {e}");
+                std::process::exit(1);
+            }
+        };
     println!(
-        "te-metadata-server listening on {} ({} keys{})",
+        "te-metadata-server listening on {} ({} rules, {} keys{})",
         server.url(),
+        if args.flavor == Flavor::Master {
+            "mooncake_master"
+        } else {
+            "Go example"
+        },
         server.map().len(),
         args.persist
             .as_ref()

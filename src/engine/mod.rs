@@ -53,6 +53,8 @@ pub struct TransferEngine {
     /// `MC_SLICE_TIMEOUT` (seconds): WAITING older than this reads TIMEOUT.
     slice_timeout: Option<Duration>,
     destroyed: AtomicBool,
+    /// `MC_TE_METRIC`: the per-interval report.
+    metrics: Option<crate::metrics::Reporter>,
 }
 
 impl TransferEngine {
@@ -64,6 +66,7 @@ impl TransferEngine {
         auto_discover: bool,
     ) -> Result<Arc<Self>> {
         crate::logging::init();
+        crate::settings::log_unread_once();
         if local_server_name.is_empty() {
             return Err(Error::InvalidArgument("empty local_server_name".into()));
         }
@@ -108,6 +111,7 @@ impl TransferEngine {
                 _ => None,
             },
             destroyed: AtomicBool::new(false),
+            metrics: crate::metrics::Reporter::from_env(),
         });
         if metadata.is_p2p() {
             metadata.start_daemon(listener.expect("p2p listener"))?;
@@ -419,6 +423,12 @@ impl TransferEngine {
                                 r.target_id, target.protocol
                             ))
                         })?;
+                    log::trace!(
+                        "selectTransport route: target_id={} segment_protocol=\"{}\" chosen={}",
+                        r.target_id,
+                        target.protocol,
+                        t.protocol()
+                    );
                     targets.push((r.target_id, target, t));
                     targets.len() - 1
                 }
@@ -482,7 +492,15 @@ impl TransferEngine {
         })?;
         let mut status = task.status();
         match status {
-            TaskStatus::Completed | TaskStatus::Failed => task.mark_observed_terminal(),
+            TaskStatus::Completed if task.mark_observed_terminal() => {
+                if let Some(m) = &self.metrics {
+                    m.counters.record(task.transferred_bytes(), task.age());
+                }
+            }
+            TaskStatus::Completed => {}
+            TaskStatus::Failed => {
+                task.mark_observed_terminal();
+            }
             TaskStatus::Waiting if self.slice_timeout.is_some_and(|t| task.age() > t) => {
                 status = TaskStatus::Timeout;
             }
@@ -589,6 +607,9 @@ impl TransferEngine {
         }
         self.metadata.shutdown();
         self.pending_listener.lock().take();
+        if let Some(m) = &self.metrics {
+            m.stop();
+        }
         log::info!("transfer engine '{}' destroyed", self.metadata.local_name());
     }
 

@@ -145,8 +145,9 @@ impl Task {
         }
     }
 
-    pub fn mark_observed_terminal(&self) {
-        self.observed_terminal.store(true, Ordering::Release);
+    /// True the first time (the metric counts a task once).
+    pub fn mark_observed_terminal(&self) -> bool {
+        !self.observed_terminal.swap(true, Ordering::AcqRel)
     }
 
     pub fn observed_terminal(&self) -> bool {

@@ -1,8 +1,8 @@
-//! Mooncake's HTTP metadata server (spec §3.5), with the Go reference
-//! server's semantics: `GET|PUT|DELETE <any path>?key=K`, 200/404 bodies
-//! `metadata updated`, `metadata deleted`, `metadata not found`; other
-//! methods 405. Optional persistence: the whole map is rewritten atomically
-//! (temp file + rename) on every change and loaded at start.
+//! Mooncake's HTTP metadata server (spec §3.5): threads, listener and
+//! persistence. What each request gets back lives in `http_rules`
+//! (`mooncake_master`'s rules by default, the Go example's on request).
+//! Optional persistence: the whole map is rewritten atomically (temp file +
+//! rename) on every change and loaded at start.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -16,12 +16,20 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use super::store::urlcode;
+pub use super::http_rules::{handle, Flavor, Reply};
 use crate::error::{Error, Result};
 
 /// Largest accepted PUT body; larger ones get 413.
 pub const MAX_BODY: usize = 16 << 20;
 const POLL: Duration = Duration::from_millis(100);
+
+/// What `MetadataMap::put_exclusive` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored,
+    Unchanged,
+    Conflict,
+}
 
 /// The key-value map, optionally mirrored to a file.
 pub struct MetadataMap {
@@ -76,6 +84,24 @@ impl MetadataMap {
         self.save()
     }
 
+    /// Store `value` only if `key` is absent; an identical value already
+    /// there is `Unchanged`, a different one `Conflict` (nothing written).
+    pub fn put_exclusive(&self, key: &str, value: String) -> Result<PutOutcome> {
+        let _w = self.write_lock.lock();
+        {
+            let mut map = self.map.write();
+            match map.get(key) {
+                Some(old) if *old == value => return Ok(PutOutcome::Unchanged),
+                Some(_) => return Ok(PutOutcome::Conflict),
+                None => {
+                    map.insert(key.to_string(), value);
+                }
+            }
+        }
+        self.save()?;
+        Ok(PutOutcome::Stored)
+    }
+
     /// True if the key existed.
     pub fn delete(&self, key: &str) -> Result<bool> {
         let _w = self.write_lock.lock();
@@ -108,64 +134,6 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// What the server answers; kept free of I/O so it is unit-testable.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub body: String,
-    pub json: bool,
-}
-
-impl Reply {
-    fn text(status: u16, body: &str) -> Reply {
-        Reply {
-            status,
-            body: body.to_string(),
-            json: false,
-        }
-    }
-}
-
-/// Handle one request. `body` is `None` when it could not be read.
-pub fn handle(map: &MetadataMap, method: &str, url: &str, body: Option<String>) -> Reply {
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    let query = query.split_once('#').map_or(query, |(q, _)| q);
-    let key = urlcode::query_param(query, "key");
-    match method {
-        "GET" => match key.and_then(|k| map.get(&k)) {
-            Some(v) => Reply {
-                status: 200,
-                body: v,
-                json: true,
-            },
-            None => Reply::text(404, "metadata not found"),
-        },
-        "PUT" => {
-            let (Some(key), Some(body)) = (key, body) else {
-                return Reply::text(400, "invalid request");
-            };
-            match map.put(&key, body) {
-                Ok(()) => Reply::text(200, "metadata updated"),
-                Err(e) => {
-                    log::error!("PUT {key}: {e}");
-                    Reply::text(500, "metadata not persisted")
-                }
-            }
-        }
-        "DELETE" => {
-            // Go's server answers 200 even for a missing key.
-            if let Some(key) = key {
-                if let Err(e) = map.delete(&key) {
-                    log::error!("DELETE {key}: {e}");
-                    return Reply::text(500, "metadata not persisted");
-                }
-            }
-            Reply::text(200, "metadata deleted")
-        }
-        _ => Reply::text(405, "method not allowed"),
-    }
-}
-
 /// A running server: worker threads sharing one tiny_http listener.
 pub struct MetadataServer {
     addr: SocketAddr,
@@ -175,8 +143,19 @@ pub struct MetadataServer {
 }
 
 impl MetadataServer {
-    /// Bind `addr` (port 0 = any free port) and serve with `workers` threads.
+    /// Bind `addr` (port 0 = any free port) and serve with `workers` threads,
+    /// answering as `mooncake_master`'s metadata server does.
     pub fn start(addr: &str, persist: Option<PathBuf>, workers: usize) -> Result<MetadataServer> {
+        Self::start_with(addr, persist, workers, Flavor::Master)
+    }
+
+    /// As `start`, with the given answering rules.
+    pub fn start_with(
+        addr: &str,
+        persist: Option<PathBuf>,
+        workers: usize,
+        flavor: Flavor,
+    ) -> Result<MetadataServer> {
         let map = Arc::new(MetadataMap::open(persist)?);
         let server = Server::http(addr)
             .map_err(|e| Error::Socket(format!("metadata server cannot bind {addr}: {e}")))?;
@@ -191,7 +170,7 @@ impl MetadataServer {
             let (server, stop, map) = (server.clone(), stop.clone(), map.clone());
             let h = std::thread::Builder::new()
                 .name(format!("te-md-http-{i}"))
-                .spawn(move || serve(&server, &stop, &map))
+                .spawn(move || serve(&server, &stop, &map, flavor))
                 .map_err(|e| Error::Socket(format!("spawning a metadata worker: {e}")))?;
             handles.push(h);
         }
@@ -244,10 +223,10 @@ impl Drop for MetadataServer {
     }
 }
 
-fn serve(server: &Server, stop: &AtomicBool, map: &MetadataMap) {
+fn serve(server: &Server, stop: &AtomicBool, map: &MetadataMap, flavor: Flavor) {
     while !stop.load(Ordering::SeqCst) {
         match server.recv_timeout(POLL) {
-            Ok(Some(req)) => respond(map, req),
+            Ok(Some(req)) => respond(map, flavor, req),
             Ok(None) => {}
             Err(e) => {
                 log::warn!("metadata server: {e}");
@@ -257,7 +236,7 @@ fn serve(server: &Server, stop: &AtomicBool, map: &MetadataMap) {
     }
 }
 
-fn respond(map: &MetadataMap, mut req: Request) {
+fn respond(map: &MetadataMap, flavor: Flavor, mut req: Request) {
     let method = match req.method() {
         Method::Get => "GET",
         Method::Put => "PUT",
@@ -275,10 +254,10 @@ fn respond(map: &MetadataMap, mut req: Request) {
         };
         match body {
             Err(r) => r,
-            Ok(body) => handle(map, method, &url, body),
+            Ok(body) => handle(map, flavor, method, &url, body),
         }
     };
-    log::debug!("{method} {url} -> {}", reply.status);
+    log::trace!("{method} {url} -> {}", reply.status);
     let ctype = if reply.json {
         "application/json; charset=utf-8"
     } else {
@@ -317,33 +296,6 @@ mod tests {
             std::process::id(),
             std::thread::current().id()
         ))
-    }
-
-    #[test]
-    fn go_server_semantics() {
-        let m = MetadataMap::open(None).unwrap();
-        let url = "/metadata?key=mooncake%2Fram%2Fa%3A1";
-        assert_eq!(handle(&m, "GET", url, None).status, 404);
-        assert_eq!(handle(&m, "GET", url, None).body, "metadata not found");
-        let r = handle(&m, "PUT", url, Some("{\"x\":1}".into()));
-        assert_eq!((r.status, r.body.as_str()), (200, "metadata updated"));
-        assert_eq!(m.get("mooncake/ram/a:1").as_deref(), Some("{\"x\":1}"));
-        let r = handle(&m, "GET", "/any/path?key=mooncake/ram/a:1", None);
-        assert_eq!(
-            (r.status, r.body.as_str(), r.json),
-            (200, "{\"x\":1}", true)
-        );
-        let r = handle(&m, "DELETE", url, None);
-        assert_eq!((r.status, r.body.as_str()), (200, "metadata deleted"));
-        assert_eq!(handle(&m, "DELETE", url, None).status, 200);
-        assert_eq!(handle(&m, "GET", url, None).status, 404);
-        assert_eq!(handle(&m, "OTHER", url, None).status, 405);
-        assert_eq!(handle(&m, "PUT", url, None).status, 400);
-        assert_eq!(
-            handle(&m, "PUT", "/metadata", Some("{}".into())).status,
-            400
-        );
-        assert_eq!(handle(&m, "GET", "/metadata", None).status, 404);
     }
 
     #[test]

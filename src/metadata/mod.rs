@@ -6,6 +6,7 @@
 
 pub mod descriptor;
 pub mod handshake;
+pub mod http_rules;
 pub mod http_server;
 pub mod json;
 mod keeper;

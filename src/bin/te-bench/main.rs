@@ -4,6 +4,7 @@
 
 mod args;
 mod baseline;
+mod gflags;
 mod region;
 mod workload;
 
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use args::Args;
+use args::{Args, Flavor};
 use region::Region;
 use transfer_engine::{Opcode, TransferEngine};
 use workload::{Case, Outcome, Target};
@@ -71,8 +72,11 @@ fn register(engine: &TransferEngine, r: &Region) {
 
 fn buffer_len(a: &Args) -> usize {
     let max_block = a.block_sizes.iter().copied().max().unwrap_or(65536);
-    (a.buffer_size
-        .max(max_block * (a.batch_size * a.threads) as u64)) as usize
+    let need = max_block * (a.batch_size * a.threads) as u64;
+    if a.flavor == Flavor::Upstream && a.buffer_size < need {
+        log::warn!("Invalid flag: buffer size is smaller than require_size, adjust to {need}");
+    }
+    a.buffer_size.max(need) as usize
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -157,6 +161,7 @@ fn run_cases(
             for _ in 0..a.runs {
                 let out = workload::run(engine, local, scratch, target, &case)
                     .unwrap_or_else(|e| fail(e));
+                log_completed(a, block, &out);
                 row.runs.push(out);
                 if a.baseline {
                     let secs = a.duration.clamp(0.5, 3.0);
@@ -166,18 +171,35 @@ fn run_cases(
                     }
                 }
             }
-            eprintln!(
-                "te-bench: {op} {block} B done: {:.3} GB/s (median of {})",
-                row.rate() / 1e9,
-                a.runs
-            );
+            if a.flavor == Flavor::TeBench {
+                eprintln!(
+                    "te-bench: {op} {block} B done: {:.3} GB/s (median of {})",
+                    row.rate() / 1e9,
+                    a.runs
+                );
+            }
             rows.push(row);
         }
     }
     rows
 }
 
+/// transfer_engine_bench's result line (an INFO log line, as upstream's
+/// `LOG(INFO) << "Test completed: ..."`), which scripts parse.
+fn log_completed(a: &Args, block: u64, out: &Outcome) {
+    let bytes = out.batches * a.batch_size as u64 * block;
+    log::info!(
+        "Test completed: duration {:.2}, batch count {}, throughput {}",
+        out.elapsed,
+        out.batches,
+        a.rate_text(bytes, out.elapsed)
+    );
+}
+
 fn report(a: &Args, rows: &[Row]) {
+    if a.flavor == Flavor::Upstream {
+        return;
+    }
     let unit = a.unit_bytes();
     let p = a.report_precision;
     println!(
@@ -268,9 +290,25 @@ fn human(b: u64) -> String {
     }
 }
 
+/// `transfer_engine_bench` when installed (or linked) under that name.
+fn flavor_of(argv0: &str) -> Flavor {
+    let name = std::path::Path::new(argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == "transfer_engine_bench" {
+        Flavor::Upstream
+    } else {
+        Flavor::TeBench
+    }
+}
+
 fn main() {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let a = match Args::parse(&argv) {
+    transfer_engine::logging::init();
+    let mut argv = std::env::args();
+    let flavor = flavor_of(&argv.next().unwrap_or_default());
+    let argv: Vec<String> = argv.collect();
+    let a = match Args::parse_as(flavor, &argv) {
         Ok(a) => a,
         Err(e) if e.is_empty() => {
             print!("{}", args::USAGE);
@@ -295,9 +333,12 @@ fn main() {
                 libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
                 libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
             }
+            // An initiator elsewhere (te-rs or C++) needs both.
             println!(
-                "te-bench target ready: segment {}",
-                engine.local_server_name()
+                "te-bench target ready: segment {} buffer {:#x} length {}",
+                engine.local_server_name(),
+                buf.addr(),
+                buf.len()
             );
             while !STOP.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(100));

@@ -70,6 +70,7 @@ impl HttpStore {
             }
         };
         let status = resp.status();
+        log::trace!("metadata {method} {url} -> HTTP {status}");
         let mut text = String::new();
         resp.into_reader()
             .take(MAX_BODY)
@@ -105,7 +106,18 @@ impl MetadataStore for HttpStore {
     }
 
     fn set(&self, key: &str, value: &str) -> Result<()> {
-        let (status, body) = self.call("PUT", key, Some(value))?;
+        let (mut status, mut body) = self.call("PUT", key, Some(value))?;
+        if status == 400 && body.contains("Duplicate rpc_meta") {
+            // mooncake_master's server keeps the first rpc_meta of a name (a
+            // crashed predecessor's, typically). Take it over, as the etcd
+            // and Redis stores overwrite.
+            log::warn!(
+                "PUT {}: the server holds another rpc_meta for this name; replacing it",
+                self.key_url(key)
+            );
+            self.remove(key)?;
+            (status, body) = self.call("PUT", key, Some(value))?;
+        }
         if status == 200 {
             Ok(())
         } else {

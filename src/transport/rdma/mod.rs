@@ -585,6 +585,12 @@ impl Transport for RdmaTransport {
             };
             match dev.register(buf.addr, buf.length) {
                 Ok(mr) => {
+                    log::trace!(
+                        "registerMemoryRegion: addr={:#x}, length={}, context={}",
+                        buf.addr,
+                        buf.length,
+                        c.name
+                    );
                     lkeys.push(mr.lkey());
                     rkeys.push(mr.rkey());
                     c.mrs.lock().insert(buf.addr, mr);

@@ -550,6 +550,7 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
         match c.status {
             CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
             CompletionStatus::Flushed => {
+                log::trace!("Worker: WR flush error, redispatching if retry allows");
                 sh.counters.flushed.fetch_add(1, Ordering::Relaxed);
                 sh.retry_or_fail(f.slice, "flushed");
             }
