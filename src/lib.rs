@@ -9,6 +9,7 @@ pub mod error;
 pub mod ffi;
 pub mod logging;
 pub mod metadata;
+pub mod serving;
 pub mod transport;
 
 pub use engine::task::{Opcode, TaskStatus, TransferRequest};

@@ -1,7 +1,7 @@
 //! TCP transport, wire-compatible with Mooncake's v1/v2 (spec §7).
 //!
 //! * `wire`: header and status-frame codec.
-//! * `server`: the data acceptor serving peers' requests against `regions`.
+//! * `server` + `server_conn`: event loops serving peers' requests against `regions`.
 //! * `client` → `peer` → `conn`: per-peer FIFO, persistent pipelined lanes.
 //!
 //! Caveat (as upstream): memory must not be freed or unregistered while
@@ -16,6 +16,7 @@ pub mod peer;
 pub mod queue;
 pub mod regions;
 pub mod server;
+pub mod server_conn;
 pub mod sock;
 pub mod wire;
 
