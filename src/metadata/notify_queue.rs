@@ -99,7 +99,10 @@ mod tests {
         assert!(q.push("d".into(), "".into()).is_err(), "count");
         assert_eq!(q.refused(), 2);
         let got = q.take_all();
-        assert_eq!(got, vec![("a".into(), "1234".into()), ("c".into(), "1".into())]);
+        assert_eq!(
+            got,
+            vec![("a".into(), "1234".into()), ("c".into(), "1".into())]
+        );
         q.push("e".into(), "123456789".into()).unwrap();
     }
 }

@@ -56,7 +56,11 @@ impl AcceptGate {
         self.emfile_log.warn(format_args!(
             "{}: accept failed: {e}; {}pausing accepts for {EMFILE_BACKOFF:?} (raise `ulimit -n`)",
             self.what,
-            if shed { "closed one waiting connection, " } else { "" },
+            if shed {
+                "closed one waiting connection, "
+            } else {
+                ""
+            },
         ));
     }
 }
@@ -78,10 +82,9 @@ pub fn accept_ready(
         match listener.accept() {
             Ok((stream, peer)) => match admission.admit(peer.ip()) {
                 Ok(ticket) => admitted(stream, peer, ticket),
-                Err(why) => gate.refused_log.warn(format_args!(
-                    "{}: refusing {peer}: {why}",
-                    gate.what
-                )),
+                Err(why) => gate
+                    .refused_log
+                    .warn(format_args!("{}: refusing {peer}: {why}", gate.what)),
             },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -236,7 +236,8 @@ impl HsLoop {
         let admission = Admission::new(self.cfg.limits);
         let mut gate = AcceptGate::new("handshake server");
         let mut events = Events::with_capacity(256);
-        let period = (self.cfg.read_timeout / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let period =
+            (self.cfg.read_timeout / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let mut next_sweep = Instant::now() + period;
         loop {
             let mut wake_at = next_sweep;
@@ -350,7 +351,9 @@ impl HsLoop {
             .filter_map(|(&t, c)| {
                 let quiet = now.saturating_duration_since(c.last_progress);
                 let why = match c.state {
-                    HsState::Reading if now.saturating_duration_since(c.started) >= cfg.deadline => {
+                    HsState::Reading
+                        if now.saturating_duration_since(c.started) >= cfg.deadline =>
+                    {
                         "request deadline passed"
                     }
                     HsState::Reading | HsState::Draining if quiet >= cfg.read_timeout => {

@@ -96,13 +96,11 @@ impl HsConn {
                 )));
             }
             match self.stream.read(&mut chunk[..take]) {
-                Ok(0) => {
-                    return HsDrive::Close(Some(format!(
-                        "handshake from {} rejected: connection closed after {} bytes, inside a frame",
-                        self.peer,
-                        self.buf.len()
-                    )))
-                }
+                Ok(0) => return HsDrive::Close(Some(format!(
+                    "handshake from {} rejected: connection closed after {} bytes, inside a frame",
+                    self.peer,
+                    self.buf.len()
+                ))),
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     self.accounted = self.accounted.max(self.buf.len());
@@ -135,10 +133,9 @@ impl HsConn {
                 self.state = HsState::Dispatched;
                 return match frame::decode(&bytes, max_len) {
                     Ok(f) => HsDrive::Frame(f),
-                    Err(e) => HsDrive::Close(Some(format!(
-                        "handshake from {} rejected: {e}",
-                        self.peer
-                    ))),
+                    Err(e) => {
+                        HsDrive::Close(Some(format!("handshake from {} rejected: {e}", self.peer)))
+                    }
                 };
             }
         }

@@ -64,6 +64,16 @@ impl TcpTransport {
     pub fn data_port(&self) -> u16 {
         self.server.port()
     }
+
+    /// Connections the data server currently serves (diagnostics, tests).
+    pub fn open_data_connections(&self) -> usize {
+        self.server.open_connections()
+    }
+
+    /// Connections the data server closed for silence or stalls.
+    pub fn reclaimed_data_connections(&self) -> usize {
+        self.server.reclaimed_connections()
+    }
 }
 
 impl Transport for TcpTransport {

@@ -225,7 +225,10 @@ impl EventLoop {
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("tcp data server: epoll failed: {e}; loop {} stops", self.index);
+                    log::error!(
+                        "tcp data server: epoll failed: {e}; loop {} stops",
+                        self.index
+                    );
                     return;
                 }
             }

@@ -364,7 +364,9 @@ impl ServeConn {
             let mut n = n as usize;
             total += n;
             while n > 0 {
-                let Some(front) = self.replies.front_mut() else { break };
+                let Some(front) = self.replies.front_mut() else {
+                    break;
+                };
                 let (done, used) = match front {
                     Reply::Status(_, off) => {
                         let used = (8 - *off).min(n);
