@@ -96,11 +96,13 @@ impl HsConn {
                 )));
             }
             match self.stream.read(&mut chunk[..take]) {
-                Ok(0) => return HsDrive::Close(Some(format!(
+                Ok(0) => {
+                    return HsDrive::Close(Some(format!(
                     "handshake from {} rejected: connection closed after {} bytes, inside a frame",
                     self.peer,
                     self.buf.len()
-                ))),
+                )))
+                }
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     self.accounted = self.accounted.max(self.buf.len());
