@@ -11,6 +11,7 @@ pub mod context;
 pub mod endpoint;
 pub mod endpoint_driver;
 pub mod memory;
+pub mod passive_cap;
 pub mod provider;
 pub mod rail;
 pub mod selection;
@@ -752,7 +753,11 @@ impl Transport for RdmaTransport {
             ));
         }
         for _ in 0..2 {
-            let ep = match sh.endpoint(ctx, &req.local_nic_path) {
+            // A request may create an endpoint: capped (passive_cap.rs).
+            let made = ctx.passive.endpoint(ctx, &req.local_nic_path, || {
+                sh.endpoint(ctx, &req.local_nic_path)
+            });
+            let ep = match made {
                 Ok(e) => e,
                 Err(e) => {
                     return HandShakeDesc::rejected(format!(
