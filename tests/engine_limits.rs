@@ -16,7 +16,7 @@ use transfer_engine::metadata::handshake::{
     HandShakeDesc, HandshakeHandler, HandshakeServer, HandshakeServerConfig,
 };
 use transfer_engine::serving::AdmissionLimits;
-use transfer_engine::{Opcode, TaskStatus, TransferEngine};
+use transfer_engine::{Opcode, TaskStatus};
 
 const T: Duration = Duration::from_secs(30);
 

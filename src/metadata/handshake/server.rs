@@ -90,9 +90,13 @@ const LISTENER: Token = Token(1);
 static REJECT_LOG: RateLimited = RateLimited::new(Duration::from_secs(5));
 static SWEEP_LOG: RateLimited = RateLimited::new(Duration::from_secs(10));
 
-/// Frames waiting for a worker, and replies waiting for the loop.
+/// A frame to answer: connection token, request, peer (for the log).
+type Job = (usize, Frame, String);
+
+/// Frames waiting for a worker (and the stop flag), and replies waiting
+/// for the loop.
 struct Dispatch {
-    jobs: Mutex<(VecDeque<(usize, Frame, String)>, bool)>,
+    jobs: Mutex<(VecDeque<Job>, bool)>,
     jobs_cv: Condvar,
     done: Mutex<Vec<(usize, Option<Vec<u8>>)>>,
     waker: Waker,

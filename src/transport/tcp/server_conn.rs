@@ -382,10 +382,8 @@ impl ServeConn {
                     }
                 };
                 n -= used;
-                if done {
-                    if matches!(self.replies.pop_front(), Some(Reply::Body { .. })) {
-                        self.queued_bodies -= 1;
-                    }
+                if done && matches!(self.replies.pop_front(), Some(Reply::Body { .. })) {
+                    self.queued_bodies -= 1;
                 }
             }
             if total >= DRIVE_BUDGET {
