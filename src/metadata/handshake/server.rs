@@ -58,7 +58,7 @@ pub struct HandshakeServerConfig {
     pub deadline: Duration,
     /// `MC_HANDSHAKE_WORKERS` (2): threads running the handler.
     pub workers: usize,
-    /// `MC_HANDSHAKE_MAX_BUFFERED_MB` (64, at least two maximal frames):
+    /// `MC_HANDSHAKE_MAX_BUFFERED_MB` (32, at least two maximal frames):
     /// bytes of partly read frames held for all connections together.
     pub buffer_budget: usize,
 }
@@ -75,7 +75,7 @@ impl HandshakeServerConfig {
             read_timeout: env_secs("MC_HANDSHAKE_READ_TIMEOUT_SEC", 5, 1, 3600),
             deadline: env_secs("MC_HANDSHAKE_CONNECTION_DEADLINE_SEC", 30, 1, 3600),
             workers: env_u64("MC_HANDSHAKE_WORKERS", 2, 1, 64) as usize,
-            buffer_budget: ((env_u64("MC_HANDSHAKE_MAX_BUFFERED_MB", 64, 1, 1 << 20) as usize)
+            buffer_budget: ((env_u64("MC_HANDSHAKE_MAX_BUFFERED_MB", 32, 1, 1 << 20) as usize)
                 << 20)
                 .max(min_budget),
         }

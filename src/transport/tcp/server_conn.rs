@@ -78,10 +78,6 @@ pub struct ServeConn {
     pub last_progress: Instant,
 }
 
-// SAFETY: the raw pointers are addresses inside registered regions, used only
-// by the one loop thread that owns this connection.
-unsafe impl Send for ServeConn {}
-
 fn os_err() -> io::Error {
     io::Error::last_os_error()
 }
