@@ -55,6 +55,9 @@ pub struct DataServer {
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// A connection quiet this long gives its input buffer back.
+const BUFFER_KEEP: Duration = Duration::from_secs(1);
+
 static RECLAIM_LOG: RateLimited = RateLimited::new(Duration::from_secs(10));
 
 fn sock_err(what: &str, e: io::Error) -> Error {
@@ -321,8 +324,11 @@ impl EventLoop {
         let cfg = &self.shared.cfg;
         let now = Instant::now();
         let mut silent = Vec::new();
-        for (&t, c) in &self.conns {
+        for (&t, c) in self.conns.iter_mut() {
             let idle = now.saturating_duration_since(c.last_progress);
+            if idle >= BUFFER_KEEP {
+                c.release_buffer();
+            }
             let (limit, what) = match c.phase() {
                 Phase::AwaitingHeader => (cfg.server_header_timeout, "no complete header"),
                 Phase::Busy => (cfg.status_timeout, "stalled mid-request"),

@@ -62,7 +62,7 @@ pub struct ServeConn {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     _ticket: Ticket,
-    /// Allocated while bytes are buffered; idle connections hold none.
+    /// Allocated on first input; quiet connections give it back.
     buf: Option<Box<[u8]>>,
     start: usize,
     end: usize,
@@ -112,6 +112,14 @@ impl ServeConn {
             Phase::AwaitingHeader
         } else {
             Phase::Idle
+        }
+    }
+
+    /// Give the input buffer back while nothing is buffered (the sweep calls
+    /// this for quiet connections, so busy ones keep theirs).
+    pub fn release_buffer(&mut self) {
+        if self.end == self.start {
+            self.buf = None;
         }
     }
 
@@ -170,9 +178,6 @@ impl ServeConn {
                 continue;
             }
             if !progress {
-                if self.end == self.start {
-                    self.buf = None;
-                }
                 return Drive::Blocked;
             }
             if moved >= DRIVE_BUDGET {
