@@ -42,7 +42,9 @@ fn idle_sockets_on_both_ports_do_not_stop_peers_from_opening_and_transferring() 
         .tcp_data_port;
     let before = threads();
     let mut idle = Vec::new();
-    for i in 0..1000u32 {
+    // 2,000 on each port, from 8 addresses (the handshake server's per-IP
+    // cap is 1,024 by default).
+    for i in 0..2000u32 {
         let from = Ipv4Addr::new(127, 0, 1, 2 + (i % 8) as u8);
         for port in [hs_port, data_port] {
             let to: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
@@ -51,7 +53,7 @@ fn idle_sockets_on_both_ports_do_not_stop_peers_from_opening_and_transferring() 
     }
     assert!(
         threads() <= before + 1,
-        "target threads went from {before} to {} with 2000 idle sockets",
+        "target threads went from {before} to {} with 4000 idle sockets",
         threads()
     );
     for round in 0..5u8 {
@@ -61,7 +63,7 @@ fn idle_sockets_on_both_ports_do_not_stop_peers_from_opening_and_transferring() 
             .unwrap();
         let id = init
             .open_segment(&target.local_server_name())
-            .expect("openSegment while 2000 idle sockets are held");
+            .expect("openSegment while 4000 idle sockets are held");
         let data = pattern(round + 1, len);
         local.data_mut().copy_from_slice(&data);
         let st = run_batch(
