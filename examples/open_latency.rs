@@ -6,7 +6,8 @@
 //!
 //! `cargo run --release --example open_latency [rounds] [idle]` (20, 2000)
 
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
+use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 
 use transfer_engine::{Opcode, TaskStatus, TransferEngine, TransferRequest};
@@ -22,6 +23,34 @@ fn raise_nofile() {
         r.rlim_cur = r.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
     }
+}
+
+/// A connection to `127.0.0.1:port` from `from` (another loopback address, as
+/// an attacker on another host would be: per-IP caps do not mix them up).
+fn connect_from(from: Ipv4Addr, port: u16) -> Option<TcpStream> {
+    let sin = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a plain socket, owned by the TcpStream right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh socket nobody else owns.
+    let s = unsafe { TcpStream::from_raw_fd(fd) };
+    let (local, remote) = (sin(from, 0), sin(Ipv4Addr::LOCALHOST, port));
+    // SAFETY: both addresses are live sockaddr_in values of `len` bytes.
+    let ok = unsafe {
+        libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) == 0
+            && libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) == 0
+    };
+    ok.then_some(s)
 }
 
 /// One fresh initiator's time to its first completed 4 KiB WRITE.
@@ -84,11 +113,10 @@ fn main() {
     let remote = mem.as_ptr() as u64;
     let quiet = median(rounds, &name, remote);
     let mut held = Vec::with_capacity(2 * idle);
-    for _ in 0..idle {
+    for i in 0..idle {
+        let from = Ipv4Addr::new(127, 0, 2, 2 + (i % 8) as u8);
         for port in [hs_port, data_port] {
-            if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
-                held.push(s);
-            }
+            held.extend(connect_from(from, port));
         }
     }
     let loaded = median(rounds, &name, remote);
