@@ -46,7 +46,7 @@ impl NotifyQueue {
             limits,
             inner: Mutex::new(Inner::default()),
             refused: AtomicU64::new(0),
-            log: RateLimited::new(Duration::from_secs(5)),
+            log: RateLimited::new(module_path!(), Duration::from_secs(5)),
         }
     }
 

@@ -38,8 +38,8 @@ impl AcceptGate {
             what,
             spare: open_spare(),
             paused_until: None,
-            refused_log: RateLimited::new(Duration::from_secs(5)),
-            emfile_log: RateLimited::new(Duration::from_secs(5)),
+            refused_log: RateLimited::new(module_path!(), Duration::from_secs(5)),
+            emfile_log: RateLimited::new(module_path!(), Duration::from_secs(5)),
         }
     }
 

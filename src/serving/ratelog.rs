@@ -7,14 +7,18 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 pub struct RateLimited {
+    /// Log target: the module that owns this call site.
+    target: &'static str,
     interval: Duration,
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
 }
 
 impl RateLimited {
-    pub const fn new(interval: Duration) -> RateLimited {
+    /// `target` is the log target, normally `module_path!()`.
+    pub const fn new(target: &'static str, interval: Duration) -> RateLimited {
         RateLimited {
+            target,
             interval,
             last: Mutex::new(None),
             suppressed: AtomicU64::new(0),
@@ -41,9 +45,9 @@ impl RateLimited {
     pub fn warn(&self, msg: std::fmt::Arguments<'_>) {
         if let Some(n) = self.allow() {
             if n > 0 {
-                log::warn!("{msg} ({n} similar messages suppressed)");
+                log::warn!(target: self.target, "{msg} ({n} similar messages suppressed)");
             } else {
-                log::warn!("{msg}");
+                log::warn!(target: self.target, "{msg}");
             }
         }
     }
@@ -55,7 +59,7 @@ mod tests {
 
     #[test]
     fn one_line_per_interval_then_the_suppressed_count() {
-        let r = RateLimited::new(Duration::from_millis(50));
+        let r = RateLimited::new(module_path!(), Duration::from_millis(50));
         assert_eq!(r.allow(), Some(0));
         assert_eq!(r.allow(), None);
         assert_eq!(r.allow(), None);

@@ -87,8 +87,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 
-static REJECT_LOG: RateLimited = RateLimited::new(Duration::from_secs(5));
-static SWEEP_LOG: RateLimited = RateLimited::new(Duration::from_secs(10));
+static REJECT_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
+static SWEEP_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(10));
 
 /// A frame to answer: connection token, request, peer (for the log).
 type Job = (usize, Frame, String);

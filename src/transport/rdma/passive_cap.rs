@@ -55,7 +55,7 @@ impl PassiveCap {
         PassiveCap {
             limits,
             entries: Mutex::new(VecDeque::new()),
-            log: RateLimited::new(Duration::from_secs(5)),
+            log: RateLimited::new(module_path!(), Duration::from_secs(5)),
         }
     }
 

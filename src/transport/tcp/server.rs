@@ -58,7 +58,7 @@ pub struct DataServer {
 /// A connection quiet this long gives its input buffer back.
 const BUFFER_KEEP: Duration = Duration::from_secs(1);
 
-static RECLAIM_LOG: RateLimited = RateLimited::new(Duration::from_secs(10));
+static RECLAIM_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(10));
 
 fn sock_err(what: &str, e: io::Error) -> Error {
     Error::Socket(format!("tcp data server: {what}: {e}"))

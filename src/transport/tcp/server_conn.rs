@@ -32,7 +32,8 @@ const MAX_QUEUED_REPLIES: usize = 256;
 pub const DRIVE_BUDGET: usize = 4 << 20;
 const MAX_IOV: usize = 64;
 
-static REJECT_LOG: RateLimited = RateLimited::new(std::time::Duration::from_secs(5));
+static REJECT_LOG: RateLimited =
+    RateLimited::new(module_path!(), std::time::Duration::from_secs(5));
 
 enum Reply {
     Status([u8; 8], usize),
