@@ -26,6 +26,7 @@ fn port_of(name: &str) -> u16 {
 
 #[test]
 fn idle_sockets_on_both_ports_do_not_stop_peers_from_opening_and_transferring() {
+    let _serial = serial();
     capture_logs();
     assert!(raise_nofile(16384) >= 8192, "needs 8192 descriptors");
     let target = p2p_engine();
@@ -88,6 +89,7 @@ fn idle_sockets_on_both_ports_do_not_stop_peers_from_opening_and_transferring() 
 
 #[test]
 fn notifications_are_bounded_and_refused_senders_are_told() {
+    let _serial = serial();
     capture_logs();
     let a = p2p_engine();
     let b = p2p_engine();
@@ -134,6 +136,7 @@ impl HandshakeHandler for Probe {
 
 #[test]
 fn handshake_per_ip_cap_and_silent_sockets_are_reclaimed() {
+    let _serial = serial();
     capture_logs();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

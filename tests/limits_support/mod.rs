@@ -135,3 +135,11 @@ pub fn logged(needle: &str) -> Vec<String> {
         .cloned()
         .collect()
 }
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Run the tests of one binary one at a time: they count the process's
+/// threads and memory, which parallel tests would disturb.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
