@@ -345,8 +345,8 @@ impl EventLoop {
                     c.peer
                 ));
             }
-            close(self.poll.registry(), &mut self.conns, t);
             self.shared.reclaimed.fetch_add(1, Ordering::Relaxed);
+            close(self.poll.registry(), &mut self.conns, t);
         }
     }
 }
