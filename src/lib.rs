@@ -11,6 +11,7 @@ pub mod log_limit;
 pub mod logging;
 pub mod metadata;
 pub mod metrics;
+pub mod serving;
 pub mod settings;
 pub mod transport;
 

@@ -11,6 +11,7 @@ pub mod http_server;
 pub mod json;
 mod keeper;
 pub mod name;
+pub mod notify_queue;
 pub mod store;
 
 use std::collections::HashMap;
@@ -47,7 +48,7 @@ pub struct Metadata {
     local_desc: RwLock<Option<Arc<SegmentDesc>>>,
     segments: RwLock<SegmentCache>,
     rpc_cache: Mutex<HashMap<String, RpcMeta>>,
-    notifies: Mutex<Vec<(String, String)>>,
+    notifies: notify_queue::NotifyQueue,
     connection_handler: RwLock<Option<ConnectionHandler>>,
     server: Mutex<Option<HandshakeServer>>,
     cache_disabled: bool,
@@ -79,7 +80,7 @@ impl Metadata {
                 ..Default::default()
             }),
             rpc_cache: Mutex::new(HashMap::new()),
-            notifies: Mutex::new(Vec::new()),
+            notifies: notify_queue::NotifyQueue::new(notify_queue::NotifyLimits::from_env()),
             connection_handler: RwLock::new(None),
             server: Mutex::new(None),
             cache_disabled: crate::config::env_is_set("MC_DISABLE_METACACHE"),
@@ -452,7 +453,12 @@ impl Metadata {
 
     /// Drain received notifications in arrival order.
     pub fn take_notifies(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut *self.notifies.lock())
+        self.notifies.take_all()
+    }
+
+    /// Notifications refused because the queue was full.
+    pub fn refused_notifies(&self) -> u64 {
+        self.notifies.refused()
     }
 
     /// Stop the daemon; called once on engine destroy.
@@ -490,8 +496,13 @@ impl HandshakeHandler for DaemonHandler {
     }
 
     fn on_notify(&self, name: String, msg: String) {
-        if let Some(md) = self.0.upgrade() {
-            md.notifies.lock().push((name, msg));
+        let _ = self.try_notify(name, msg);
+    }
+
+    fn try_notify(&self, name: String, msg: String) -> std::result::Result<(), String> {
+        match self.0.upgrade() {
+            Some(md) => md.notifies.push(name, msg),
+            None => Err("engine is shutting down".into()),
         }
     }
 }

@@ -1,26 +1,33 @@
-//! Handshake RPC server (spec §4.2), concurrent unlike upstream's: an accept
-//! thread plus one thread per connection, so a slow or silent client never
-//! blocks other handshakes.
+//! Handshake RPC server (spec §4.2), concurrent unlike upstream's: one
+//! event-loop thread (readiness I/O on `mio`) reads frames from every
+//! connection and writes the replies; `MC_HANDSHAKE_WORKERS` threads run the
+//! handler. A slow or silent client costs a descriptor, never a thread, and
+//! a new connection is accepted the moment it arrives.
 //!
 //! Per connection: read one frame, dispatch, reply with the request's framing,
 //! `shutdown(SHUT_WR)`, wait (bounded) for the client's EOF, close. Invalid
-//! frames are logged with the peer address and closed without a reply.
+//! frames are logged (rate-limited) with the peer address and closed without
+//! a reply.
 
-use std::collections::HashMap;
-use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::{Condvar, Mutex};
 
 use super::desc::{NotifyDesc, ProbeReply};
 use super::frame::{self, Frame, MsgType};
+use super::server_conn::{HsConn, HsDrive, HsState};
 use super::HandShakeDesc;
+use crate::config::{env_secs, env_u64};
 use crate::error::{Error, Result};
 use crate::metadata::json;
+use crate::serving::{accept_ready, AcceptGate, Admission, AdmissionLimits, RateLimited};
 
 /// What the server asks its owner for each request type.
 pub trait HandshakeHandler: Send + Sync {
@@ -30,74 +37,147 @@ pub trait HandshakeHandler: Send + Sync {
     fn on_metadata(&self, requester_json: &str) -> String;
     /// Notify (type 2).
     fn on_notify(&self, name: String, msg: String);
+    /// Notify (type 2), with the right to refuse: `Err(why)` makes the
+    /// reply carry an empty `notify_msg`, which senders report as refused.
+    fn try_notify(&self, name: String, msg: String) -> std::result::Result<(), String> {
+        self.on_notify(name, msg);
+        Ok(())
+    }
 }
 
-/// Connections served at once; further ones are closed immediately.
-const MAX_CONNECTIONS: usize = 256;
-/// Socket read timeout per connection (upstream `SO_RCVTIMEO` 5 s).
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Whole-connection budget, so a client trickling bytes cannot hold a thread.
-const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Accept-loop poll interval; bounds how long `stop` waits for the loop.
-const ACCEPT_POLL: Duration = Duration::from_millis(20);
+/// Limits of the handshake server (all `MC_HANDSHAKE_*`, see README).
+#[derive(Clone, Debug)]
+pub struct HandshakeServerConfig {
+    /// `MC_HANDSHAKE_MAX_CONNECTIONS` (4096) and `..._PER_IP` (1024).
+    pub limits: AdmissionLimits,
+    /// `MC_HANDSHAKE_READ_TIMEOUT_SEC` (5, upstream's `SO_RCVTIMEO`): longest
+    /// silence while a frame is read or the client's EOF awaited.
+    pub read_timeout: Duration,
+    /// `MC_HANDSHAKE_CONNECTION_DEADLINE_SEC` (30): whole-request budget, so a
+    /// client trickling bytes cannot hold a connection.
+    pub deadline: Duration,
+    /// `MC_HANDSHAKE_WORKERS` (2): threads running the handler.
+    pub workers: usize,
+    /// `MC_HANDSHAKE_MAX_BUFFERED_MB` (32, at least two maximal frames):
+    /// bytes of partly read frames held for all connections together.
+    pub buffer_budget: usize,
+}
 
-/// Open connections, so `stop` can shut their sockets and unblock readers.
-#[derive(Default)]
-struct Connections {
-    next_id: AtomicU64,
-    open: Mutex<HashMap<u64, TcpStream>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+impl HandshakeServerConfig {
+    pub fn from_env() -> Self {
+        let min_budget = 2 * frame::max_frame_len() as usize;
+        HandshakeServerConfig {
+            limits: AdmissionLimits {
+                max_total: env_u64("MC_HANDSHAKE_MAX_CONNECTIONS", 4096, 1, 1 << 20) as usize,
+                max_per_ip: env_u64("MC_HANDSHAKE_MAX_CONNECTIONS_PER_IP", 1024, 1, 1 << 20)
+                    as usize,
+            },
+            read_timeout: env_secs("MC_HANDSHAKE_READ_TIMEOUT_SEC", 5, 1, 3600),
+            deadline: env_secs("MC_HANDSHAKE_CONNECTION_DEADLINE_SEC", 30, 1, 3600),
+            workers: env_u64("MC_HANDSHAKE_WORKERS", 2, 1, 64) as usize,
+            buffer_budget: ((env_u64("MC_HANDSHAKE_MAX_BUFFERED_MB", 32, 1, 1 << 20) as usize)
+                << 20)
+                .max(min_budget),
+        }
+    }
+}
+
+/// Reply write budget (upstream 5 s).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+const WAKER: Token = Token(0);
+const LISTENER: Token = Token(1);
+
+static REJECT_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
+static SWEEP_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(10));
+
+/// A frame to answer: connection token, request, peer (for the log).
+type Job = (usize, Frame, String);
+
+/// Frames waiting for a worker (and the stop flag), and replies waiting
+/// for the loop.
+struct Dispatch {
+    jobs: Mutex<(VecDeque<Job>, bool)>,
+    jobs_cv: Condvar,
+    done: Mutex<Vec<(usize, Option<Vec<u8>>)>>,
+    waker: Waker,
 }
 
 pub struct HandshakeServer {
     port: u16,
     stopping: Arc<AtomicBool>,
-    accept_thread: Mutex<Option<JoinHandle<()>>>,
-    conns: Arc<Connections>,
+    dispatch: Arc<Dispatch>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl HandshakeServer {
     /// Serve `listener` on background threads until `stop`.
     pub fn start(listener: TcpListener, handler: Arc<dyn HandshakeHandler>) -> Result<Self> {
+        Self::start_with_config(listener, handler, HandshakeServerConfig::from_env())
+    }
+
+    pub fn start_with_config(
+        listener: TcpListener,
+        handler: Arc<dyn HandshakeHandler>,
+        cfg: HandshakeServerConfig,
+    ) -> Result<Self> {
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
+        let mut listener = mio::net::TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let dispatch = Arc::new(Dispatch {
+            jobs: Mutex::new((VecDeque::new(), false)),
+            jobs_cv: Condvar::new(),
+            done: Mutex::new(Vec::new()),
+            waker: Waker::new(poll.registry(), WAKER)?,
+        });
         let stopping = Arc::new(AtomicBool::new(false));
-        let conns = Arc::new(Connections::default());
-        let accept_thread = {
-            let stopping = stopping.clone();
-            let conns = conns.clone();
-            std::thread::Builder::new()
-                .name("te-handshake".into())
-                .spawn(move || accept_loop(listener, handler, stopping, conns))
-                .map_err(|e| Error::Socket(format!("spawning handshake accept thread: {e}")))?
-        };
-        log::info!("handshake daemon listening on port {port}");
-        Ok(HandshakeServer {
+        let server = HandshakeServer {
             port,
+            stopping: stopping.clone(),
+            dispatch: dispatch.clone(),
+            threads: Mutex::new(Vec::new()),
+        };
+        for i in 0..cfg.workers.max(1) {
+            let d = dispatch.clone();
+            let h = handler.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("te-handshake-w{i}"))
+                .spawn(move || worker(&d, h.as_ref()))
+                .map_err(|e| Error::Socket(format!("spawning handshake worker: {e}")))?;
+            server.threads.lock().push(t);
+        }
+        let lp = HsLoop {
+            poll,
+            listener,
+            cfg,
+            conns: HashMap::new(),
+            next_token: 2,
+            buffered: 0,
+            dispatch,
             stopping,
-            accept_thread: Mutex::new(Some(accept_thread)),
-            conns,
-        })
+        };
+        let t = std::thread::Builder::new()
+            .name("te-handshake".into())
+            .spawn(move || lp.run())
+            .map_err(|e| Error::Socket(format!("spawning handshake loop: {e}")))?;
+        server.threads.lock().push(t);
+        log::info!("handshake daemon listening on port {port}");
+        Ok(server)
     }
 
     pub fn local_port(&self) -> u16 {
         self.port
     }
 
-    /// Stop accepting, cut open connections, join threads. Idempotent.
+    /// Stop accepting, close open connections, join threads. Idempotent.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        if let Some(t) = self.accept_thread.lock().take() {
-            if t.join().is_err() {
-                log::error!("handshake accept thread panicked");
-            }
-        }
-        // The accept loop is gone, so no new connection can register now.
-        for stream in self.conns.open.lock().values() {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-        let threads = std::mem::take(&mut *self.conns.threads.lock());
+        self.dispatch.jobs.lock().1 = true;
+        self.dispatch.jobs_cv.notify_all();
+        let _ = self.dispatch.waker.wake();
+        let threads = std::mem::take(&mut *self.threads.lock());
         let me = std::thread::current().id();
         for t in threads {
             // A handler that stops its own daemon must not join itself.
@@ -105,7 +185,7 @@ impl HandshakeServer {
                 continue;
             }
             if t.join().is_err() {
-                log::error!("handshake connection thread panicked");
+                log::error!("handshake server thread panicked");
             }
         }
     }
@@ -117,132 +197,185 @@ impl Drop for HandshakeServer {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    handler: Arc<dyn HandshakeHandler>,
-    stopping: Arc<AtomicBool>,
-    conns: Arc<Connections>,
-) {
-    while !stopping.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, peer)) => spawn_connection(stream, peer, &handler, &conns),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+fn worker(d: &Dispatch, handler: &dyn HandshakeHandler) {
+    loop {
+        let (token, frame, peer) = {
+            let mut g = d.jobs.lock();
+            loop {
+                if g.1 {
+                    return;
+                }
+                if let Some(j) = g.0.pop_front() {
+                    break j;
+                }
+                d.jobs_cv.wait(&mut g);
+            }
+        };
+        let reply = match dispatch(&frame, handler) {
+            Ok(r) => Some(frame::encode(frame.framing, &r)),
             Err(e) => {
-                // e.g. EMFILE: back off instead of spinning.
-                log::warn!("handshake accept failed: {e}");
-                std::thread::sleep(ACCEPT_POLL * 5);
+                REJECT_LOG.warn(format_args!("handshake from {peer} rejected: {e}"));
+                None
+            }
+        };
+        d.done.lock().push((token, reply));
+        let _ = d.waker.wake();
+    }
+}
+
+struct HsLoop {
+    poll: Poll,
+    listener: mio::net::TcpListener,
+    cfg: HandshakeServerConfig,
+    conns: HashMap<usize, HsConn>,
+    next_token: usize,
+    /// Bytes of frames held for all connections.
+    buffered: usize,
+    dispatch: Arc<Dispatch>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl HsLoop {
+    fn run(mut self) {
+        let admission = Admission::new(self.cfg.limits);
+        let mut gate = AcceptGate::new("handshake server");
+        let mut events = Events::with_capacity(256);
+        let period =
+            (self.cfg.read_timeout / 5).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut next_sweep = Instant::now() + period;
+        loop {
+            let mut wake_at = next_sweep;
+            if let Some(t) = gate.paused_until() {
+                wake_at = wake_at.min(t);
+            }
+            let timeout = wake_at.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("handshake server: epoll failed: {e}; it stops");
+                    return;
+                }
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let mut accept = gate.paused_until().is_some_and(|t| Instant::now() >= t);
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.take_replies(),
+                    LISTENER => accept = true,
+                    Token(t) => self.drive(t),
+                }
+            }
+            if accept {
+                let mut fresh = Vec::new();
+                accept_ready(&self.listener, &mut gate, &admission, |s, peer, ticket| {
+                    fresh.push(HsConn::new(s, peer, ticket))
+                });
+                for c in fresh {
+                    self.adopt(c);
+                }
+            }
+            if Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + period;
             }
         }
     }
-}
 
-fn spawn_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    handler: &Arc<dyn HandshakeHandler>,
-    conns: &Arc<Connections>,
-) {
-    let mut threads = conns.threads.lock();
-    threads.retain(|t| !t.is_finished());
-    if threads.len() >= MAX_CONNECTIONS {
-        log::warn!("handshake from {peer} refused: {MAX_CONNECTIONS} connections already open");
-        return;
-    }
-    let registered = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("handshake from {peer} dropped: {e}");
+    fn adopt(&mut self, mut c: HsConn) {
+        let _ = c.stream.set_nodelay(true);
+        let token = self.next_token;
+        self.next_token += 1;
+        if let Err(e) = self.poll.registry().register(
+            &mut c.stream,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("handshake from {} dropped: {e}", c.peer);
             return;
         }
-    };
-    let id = conns.next_id.fetch_add(1, Ordering::Relaxed);
-    conns.open.lock().insert(id, registered);
-    let guard = OpenGuard {
-        id,
-        conns: conns.clone(),
-    };
-    let handler = handler.clone();
-    let spawned = std::thread::Builder::new()
-        .name("te-handshake-conn".into())
-        .spawn(move || {
-            let _guard = guard;
-            serve_connection(stream, peer, handler.as_ref());
-        });
-    match spawned {
-        Ok(t) => threads.push(t),
-        // The closure (and its guard) was dropped, deregistering the socket.
-        Err(e) => log::warn!("handshake from {peer} dropped: cannot spawn thread: {e}"),
+        self.conns.insert(token, c);
+        self.drive(token);
     }
-}
 
-/// Removes a connection from the open set however its thread ends.
-struct OpenGuard {
-    id: u64,
-    conns: Arc<Connections>,
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.conns.open.lock().remove(&self.id);
-    }
-}
-
-/// A reader that re-arms the socket timeout before each read so that neither
-/// one read nor the whole connection exceeds its budget.
-struct DeadlineReader<'a> {
-    stream: &'a TcpStream,
-    deadline: Instant,
-}
-
-impl Read for DeadlineReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "handshake connection deadline passed",
-            ));
+    fn take_replies(&mut self) {
+        let done = std::mem::take(&mut *self.dispatch.done.lock());
+        for (token, reply) in done {
+            match reply {
+                Some(r) => {
+                    if let Some(c) = self.conns.get_mut(&token) {
+                        c.set_reply(r);
+                        self.drive(token);
+                    }
+                }
+                None => self.close(token),
+            }
         }
-        self.stream.set_read_timeout(Some(left.min(READ_TIMEOUT)))?;
-        (&*self.stream).read(buf)
     }
-}
 
-fn serve_connection(stream: TcpStream, peer: SocketAddr, handler: &dyn HandshakeHandler) {
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut reader = DeadlineReader {
-        stream: &stream,
-        deadline: Instant::now() + CONNECTION_DEADLINE,
-    };
-    let request = match frame::read_frame(&mut reader, frame::max_frame_len()) {
-        Ok(f) => f,
-        Err(e) => {
-            log::warn!("handshake from {peer} rejected: {e}");
+    fn drive(&mut self, token: usize) {
+        let max_len = frame::max_frame_len();
+        let left = self.cfg.buffer_budget.saturating_sub(self.buffered);
+        let Some(c) = self.conns.get_mut(&token) else {
             return;
+        };
+        let before = c.accounted;
+        let outcome = c.drive(max_len, left);
+        self.buffered += c.accounted - before;
+        match outcome {
+            HsDrive::Blocked => {}
+            HsDrive::Frame(f) => {
+                let peer = c.peer.to_string();
+                self.dispatch.jobs.lock().0.push_back((token, f, peer));
+                self.dispatch.jobs_cv.notify_one();
+            }
+            HsDrive::Close(why) => {
+                if let Some(w) = why {
+                    REJECT_LOG.warn(format_args!("{w}"));
+                }
+                self.close(token);
+            }
         }
-    };
-    let reply = match dispatch(&request, handler) {
-        Ok(r) => r,
-        Err(e) => {
-            log::warn!("handshake from {peer} rejected: {e}");
-            return;
-        }
-    };
-    if let Err(e) = frame::write_frame(&mut &stream, request.framing, &reply) {
-        log::warn!("handshake reply to {peer} failed: {e}");
-        return;
     }
-    // Half-close, then let the client close first (upstream does the same).
-    let _ = stream.shutdown(Shutdown::Write);
-    let mut sink = [0u8; 512];
-    loop {
-        match reader.read(&mut sink) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+
+    fn close(&mut self, token: usize) {
+        if let Some(mut c) = self.conns.remove(&token) {
+            self.buffered -= c.accounted;
+            let _ = self.poll.registry().deregister(&mut c.stream);
+        }
+    }
+
+    /// Close connections past their read, write or whole-request budget.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let cfg = &self.cfg;
+        let expired: Vec<(usize, &'static str)> = self
+            .conns
+            .iter()
+            .filter_map(|(&t, c)| {
+                let quiet = now.saturating_duration_since(c.last_progress);
+                let why = match c.state {
+                    HsState::Reading
+                        if now.saturating_duration_since(c.started) >= cfg.deadline =>
+                    {
+                        "request deadline passed"
+                    }
+                    HsState::Reading | HsState::Draining if quiet >= cfg.read_timeout => {
+                        "silent past the read timeout"
+                    }
+                    HsState::Replying if quiet >= WRITE_TIMEOUT => "reply not taken",
+                    _ => return None,
+                };
+                Some((t, why))
+            })
+            .collect();
+        for (t, why) in expired {
+            if let Some(c) = self.conns.get(&t) {
+                if c.state == HsState::Reading {
+                    SWEEP_LOG.warn(format_args!("handshake from {} closed: {why}", c.peer));
+                }
+            }
+            self.close(t);
         }
     }
 }
@@ -260,8 +393,13 @@ fn dispatch(request: &Frame, handler: &dyn HandshakeHandler) -> Result<String> {
         MsgType::Notify => {
             let n: NotifyDesc = serde_json::from_str(text)
                 .map_err(|e| Error::MalformedJson(format!("Notify request: {e}")))?;
-            handler.on_notify(n.name, n.notify_msg);
-            Ok(json::to_fast_writer(&NotifyDesc::success()))
+            Ok(match handler.try_notify(n.name, n.notify_msg) {
+                Ok(()) => json::to_fast_writer(&NotifyDesc::success()),
+                Err(why) => json::to_fast_writer(&NotifyDesc {
+                    name: why,
+                    notify_msg: String::new(),
+                }),
+            })
         }
         MsgType::Probe => Ok(json::to_fast_writer(&ProbeReply {
             status: "success".into(),

@@ -109,6 +109,8 @@ pub struct RdmaContext {
     pub mrs: Mutex<HashMap<u64, Box<dyn MemoryRegion>>>,
     /// Endpoints by peer NIC path.
     pub endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
+    /// Caps on endpoints created by incoming Connection requests.
+    pub passive: super::passive_cap::PassiveCap,
     pub stats: DeviceStats,
 }
 
@@ -123,6 +125,9 @@ impl RdmaContext {
             fatal: AtomicBool::new(false),
             mrs: Mutex::new(HashMap::new()),
             endpoints: Mutex::new(HashMap::new()),
+            passive: super::passive_cap::PassiveCap::new(
+                super::passive_cap::PassiveLimits::from_env(),
+            ),
             stats: DeviceStats::default(),
         }
     }

@@ -13,6 +13,7 @@ pub mod endpoint_driver;
 pub mod events;
 pub mod liveness;
 pub mod memory;
+pub mod passive_cap;
 pub mod provider;
 pub mod rail;
 pub mod selection;
@@ -793,7 +794,11 @@ impl Transport for RdmaTransport {
             ));
         }
         for _ in 0..2 {
-            let ep = match sh.endpoint(ctx, &req.local_nic_path) {
+            // A request may create an endpoint: capped (passive_cap.rs).
+            let made = ctx.passive.endpoint(ctx, &req.local_nic_path, || {
+                sh.endpoint(ctx, &req.local_nic_path)
+            });
+            let ep = match made {
                 Ok(e) => e,
                 Err(e) => {
                     return HandShakeDesc::rejected(format!(

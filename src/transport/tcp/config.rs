@@ -21,10 +21,20 @@ pub struct TcpConfig {
     /// A lane closes its connection after this long without work (the
     /// server closes idle connections later than this).
     pub lane_idle: Duration,
-    /// The server closes a connection that sends no header for this long.
+    /// The server closes a connection idle between requests for this long
+    /// (`MC_TCP_SERVER_IDLE_TIMEOUT_SEC`, 120 s; lanes close theirs after 60 s).
     pub server_idle: Duration,
-    /// Server-side cap on concurrently served connections.
+    /// The server closes a connection that has not completed a request
+    /// header this long after connecting or after the header's last byte
+    /// (`MC_TCP_SERVER_HEADER_TIMEOUT_SEC`, 5 s).
+    pub server_header_timeout: Duration,
+    /// Server-side cap on concurrently served connections
+    /// (`MC_TCP_SERVER_MAX_CONNECTIONS`, 16384).
     pub max_server_connections: usize,
+    /// ... from one source IP (`MC_TCP_SERVER_MAX_CONNECTIONS_PER_IP`, 4096).
+    pub max_server_connections_per_ip: usize,
+    /// Event-loop threads of the server (`MC_TCP_SERVER_THREADS`, up to 4).
+    pub server_threads: usize,
     /// SO_SNDBUF/SO_RCVBUF for data sockets; 0 keeps kernel autotuning.
     pub socket_buffer: usize,
 }
@@ -38,8 +48,11 @@ impl Default for TcpConfig {
             connect_timeout: Duration::from_secs(5),
             pipeline_depth: 32,
             lane_idle: Duration::from_secs(60),
-            server_idle: Duration::from_secs(600),
-            max_server_connections: 1024,
+            server_idle: Duration::from_secs(120),
+            server_header_timeout: Duration::from_secs(5),
+            max_server_connections: 16384,
+            max_server_connections_per_ip: 4096,
+            server_threads: default_server_threads(),
             socket_buffer: 0,
         }
     }
@@ -58,7 +71,32 @@ impl TcpConfig {
             force_v1: env_str("MC_TCP_PROTO").is_some_and(|v| v.trim() == "1"),
             status_timeout: env_secs("MC_TCP_STATUS_TIMEOUT_SEC", 30, 1, 3600),
             socket_buffer: env_u64("MC_TCP_SOCKET_BUFFER", 0, 0, 1 << 30) as usize,
+            server_idle: env_secs("MC_TCP_SERVER_IDLE_TIMEOUT_SEC", 120, 1, 86400),
+            server_header_timeout: env_secs("MC_TCP_SERVER_HEADER_TIMEOUT_SEC", 5, 1, 3600),
+            max_server_connections: env_u64("MC_TCP_SERVER_MAX_CONNECTIONS", 16384, 1, 1 << 20)
+                as usize,
+            max_server_connections_per_ip: env_u64(
+                "MC_TCP_SERVER_MAX_CONNECTIONS_PER_IP",
+                4096,
+                1,
+                1 << 20,
+            ) as usize,
+            server_threads: env_u64(
+                "MC_TCP_SERVER_THREADS",
+                default_server_threads() as u64,
+                1,
+                64,
+            ) as usize,
             ..d
         }
     }
+}
+
+/// One event loop per core, at most four: enough to keep memory copies
+/// parallel, few enough that thousands of peers cost no threads.
+fn default_server_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
 }

@@ -34,6 +34,10 @@ struct State {
     broken: bool,
     /// The lane thread is inside a send on this socket.
     sending: bool,
+    /// A send made no progress within the status timeout: the peer is
+    /// unresponsive (its close must not count as an ordinary break, which
+    /// would retry the requests behind the head on a new connection).
+    send_timed_out: bool,
 }
 
 pub struct Conn {
@@ -76,6 +80,7 @@ impl Conn {
                 inflight: VecDeque::new(),
                 broken: false,
                 sending: false,
+                send_timed_out: false,
             }),
             cv: Condvar::new(),
         }
@@ -171,8 +176,9 @@ impl Conn {
         let res = unsafe { sock::send_all(self.fd(), &spans) };
         let mut g = self.state.lock();
         g.sending = false;
-        if res.is_err() {
+        if let Err(e) = &res {
             g.broken = true;
+            g.send_timed_out = e.kind() == io::ErrorKind::TimedOut;
         }
         drop(g);
         self.cv.notify_all();
@@ -219,6 +225,14 @@ impl Conn {
                         if write { "WRITE" } else { "READ" }
                     );
                     self.finish(queue, Fate::RetryBehindHead);
+                    return;
+                }
+                Err(ReadFail::Broken(_)) if self.state.lock().send_timed_out => {
+                    log::warn!(
+                        "tcp: {} took no request bytes within the status timeout; failing its queued requests",
+                        self.peer
+                    );
+                    self.finish(queue, Fate::PeerDead);
                     return;
                 }
                 Err(ReadFail::TimedOut) => {

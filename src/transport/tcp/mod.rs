@@ -1,7 +1,7 @@
 //! TCP transport, wire-compatible with Mooncake's v1/v2 (spec §7).
 //!
 //! * `wire`: header and status-frame codec.
-//! * `server`: the data acceptor serving peers' requests against `regions`.
+//! * `server` + `server_conn`: event loops serving peers' requests against `regions`.
 //! * `client` → `peer` → `conn`: per-peer FIFO, persistent pipelined lanes.
 //!
 //! Caveat (as upstream): memory must not be freed or unregistered while
@@ -16,6 +16,7 @@ pub mod peer;
 pub mod queue;
 pub mod regions;
 pub mod server;
+pub mod server_conn;
 pub mod sock;
 pub mod wire;
 
@@ -62,6 +63,16 @@ impl TcpTransport {
     /// The data port peers connect to (`tcp_data_port`).
     pub fn data_port(&self) -> u16 {
         self.server.port()
+    }
+
+    /// Connections the data server currently serves (diagnostics, tests).
+    pub fn open_data_connections(&self) -> usize {
+        self.server.open_connections()
+    }
+
+    /// Connections the data server closed for silence or stalls.
+    pub fn reclaimed_data_connections(&self) -> usize {
+        self.server.reclaimed_connections()
     }
 }
 

@@ -1,48 +1,67 @@
-//! The data server: an acceptor thread and one thread per connection, each
-//! serving requests sequentially (spec §7.3 server loop). Pipelined small
-//! requests are parsed from one receive buffer and answered together.
+//! The data server: `MC_TCP_SERVER_THREADS` event loops (readiness I/O on
+//! `mio`) serve every connection, so a thousand peers cost descriptors, not
+//! threads. Loop 0 also owns the listener and deals accepted connections out
+//! round-robin. Each connection is a `ServeConn` state machine.
 //!
 //! Payloads move straight between the socket and registered memory. The
 //! region list is checked per request; unregistering a region while a
 //! transfer into it runs only affects later requests. As upstream, the owner
 //! must not free registered memory while peers may still transfer into it:
 //! the bytes land wherever the (already validated) address points.
+//!
+//! Limits: total and per-source-IP connection caps; a connection that sends
+//! no complete header within `MC_TCP_SERVER_HEADER_TIMEOUT_SEC` is closed, one
+//! that stalls mid-request within `MC_TCP_STATUS_TIMEOUT_SEC`, an idle one
+//! after `MC_TCP_SERVER_IDLE_TIMEOUT_SEC`.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use parking_lot::Mutex;
 
 use super::config::TcpConfig;
-use super::inbuf::{InBuf, INBUF_CAP};
 use super::regions::Regions;
-use super::sock::{self, IoSpan};
-use super::wire::{Header, Status, HEADER_LEN};
+use super::server_conn::{Drive, Phase, ServeConn};
 use crate::error::{Error, Result};
+use crate::serving::{accept_ready, AcceptGate, Admission, AdmissionLimits, RateLimited, Ticket};
+
+const WAKER: Token = Token(0);
+const LISTENER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+type Incoming = (mio::net::TcpStream, SocketAddr, Ticket);
 
 struct Shared {
     regions: Arc<Regions>,
     cfg: TcpConfig,
     stop: AtomicBool,
-    /// Clones of live connections, so shutdown can wake their threads.
-    conns: Mutex<HashMap<u64, TcpStream>>,
-    /// Connection threads still running.
-    live: Mutex<usize>,
-    live_cv: Condvar,
-    next_id: AtomicU64,
+    admission: Admission,
+    /// Connections accepted by loop 0 for loop i.
+    inboxes: Vec<Mutex<Vec<Incoming>>>,
+    wakers: Vec<Arc<Waker>>,
+    reclaimed: AtomicUsize,
 }
 
 pub struct DataServer {
     port: u16,
-    listener: TcpListener,
     shared: Arc<Shared>,
-    acceptor: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A connection quiet this long gives its input buffer back.
+const BUFFER_KEEP: Duration = Duration::from_secs(1);
+
+static RECLAIM_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(10));
+
+fn sock_err(what: &str, e: io::Error) -> Error {
+    Error::Socket(format!("tcp data server: {what}: {e}"))
 }
 
 impl DataServer {
@@ -50,59 +69,82 @@ impl DataServer {
     pub fn start(listener: TcpListener, regions: Arc<Regions>, cfg: TcpConfig) -> Result<Self> {
         let port = listener
             .local_addr()
-            .map_err(|e| Error::Socket(format!("tcp data listener address: {e}")))?
+            .map_err(|e| sock_err("listener address", e))?
             .port();
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| sock_err("listener", e))?;
+        let mut listener = Some(mio::net::TcpListener::from_std(listener));
+        let loops = cfg.server_threads.max(1);
+        let mut polls = Vec::with_capacity(loops);
+        let mut wakers = Vec::with_capacity(loops);
+        for _ in 0..loops {
+            let poll = Poll::new().map_err(|e| sock_err("epoll", e))?;
+            wakers.push(Arc::new(
+                Waker::new(poll.registry(), WAKER).map_err(|e| sock_err("waker", e))?,
+            ));
+            polls.push(poll);
+        }
+        if let Some(l) = listener.as_mut() {
+            polls[0]
+                .registry()
+                .register(l, LISTENER, Interest::READABLE)
+                .map_err(|e| sock_err("registering listener", e))?;
+        }
         let shared = Arc::new(Shared {
             regions,
+            admission: Admission::new(AdmissionLimits {
+                max_total: cfg.max_server_connections,
+                max_per_ip: cfg.max_server_connections_per_ip,
+            }),
             cfg,
             stop: AtomicBool::new(false),
-            conns: Mutex::new(HashMap::new()),
-            live: Mutex::new(0),
-            live_cv: Condvar::new(),
-            next_id: AtomicU64::new(0),
+            inboxes: (0..loops).map(|_| Mutex::new(Vec::new())).collect(),
+            wakers,
+            reclaimed: AtomicUsize::new(0),
         });
-        let l = listener
-            .try_clone()
-            .map_err(|e| Error::Socket(format!("tcp data listener: {e}")))?;
-        let s = shared.clone();
-        let acceptor = std::thread::Builder::new()
-            .name(format!("te-tcp-accept-{port}"))
-            .spawn(move || accept_loop(l, s))
-            .map_err(|e| Error::Socket(format!("spawning tcp acceptor: {e}")))?;
-        log::info!("tcp data server listening on port {port}");
-        Ok(DataServer {
+        let server = DataServer {
             port,
-            listener,
-            shared,
-            acceptor: Mutex::new(Some(acceptor)),
-        })
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::new()),
+        };
+        for (i, poll) in polls.into_iter().enumerate() {
+            let s = shared.clone();
+            let l = if i == 0 { listener.take() } else { None };
+            let h = std::thread::Builder::new()
+                .name(format!("te-tcp-serve-{i}"))
+                .spawn(move || EventLoop::new(i, poll, l, s).run())
+                .map_err(|e| sock_err("spawning event loop", e))?;
+            server.threads.lock().push(h);
+        }
+        log::info!("tcp data server listening on port {port} ({loops} event loops)");
+        Ok(server)
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Close the listener and every connection, then join all threads.
+    /// Connections currently served.
+    pub fn open_connections(&self) -> usize {
+        self.shared.admission.open()
+    }
+
+    /// Connections closed by the idle and stall sweeps so far.
+    pub fn reclaimed_connections(&self) -> usize {
+        self.shared.reclaimed.load(Ordering::Relaxed)
+    }
+
+    /// Close the listener and every connection, then join the loops.
     pub fn shutdown(&self) {
         if self.shared.stop.swap(true, Ordering::AcqRel) {
             return;
         }
-        // Wakes the blocked accept (Linux returns EINVAL); the poke below
-        // covers systems where it does not.
-        sock::shutdown_fd(self.listener.as_raw_fd());
-        let _ = TcpStream::connect_timeout(
-            &(std::net::Ipv4Addr::LOCALHOST, self.port).into(),
-            Duration::from_millis(100),
-        );
-        if let Some(h) = self.acceptor.lock().take() {
+        for w in &self.shared.wakers {
+            let _ = w.wake();
+        }
+        for h in self.threads.lock().drain(..) {
             let _ = h.join();
-        }
-        for (_, c) in self.shared.conns.lock().drain() {
-            sock::shutdown_fd(c.as_raw_fd());
-        }
-        let mut live = self.shared.live.lock();
-        while *live > 0 {
-            self.shared.live_cv.wait(&mut live);
         }
         log::info!("tcp data server on port {} stopped", self.port);
     }
@@ -114,195 +156,203 @@ impl Drop for DataServer {
     }
 }
 
-/// Counts a connection thread as live until dropped.
-struct LiveGuard(Arc<Shared>, u64);
+struct EventLoop {
+    index: usize,
+    poll: Poll,
+    listener: Option<mio::net::TcpListener>,
+    shared: Arc<Shared>,
+    conns: HashMap<usize, ServeConn>,
+    next_token: usize,
+    /// Connections whose drive ran out of budget with work left.
+    pending: Vec<usize>,
+    next_loop: usize,
+}
 
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.conns.lock().remove(&self.1);
-        let mut live = self.0.live.lock();
-        *live -= 1;
-        self.0.live_cv.notify_all();
+fn tune(s: &mio::net::TcpStream, buf: usize) {
+    let _ = s.set_nodelay(true);
+    if buf > 0 {
+        let v = buf.min(i32::MAX as usize) as libc::c_int;
+        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+            // SAFETY: passes a pointer to a live c_int of the stated size.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &v as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
     }
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let (stream, peer) = match listener.accept() {
-            Ok(x) => x,
-            Err(e) => {
-                if shared.stop.load(Ordering::Acquire) {
+impl EventLoop {
+    fn new(
+        index: usize,
+        poll: Poll,
+        listener: Option<mio::net::TcpListener>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        EventLoop {
+            index,
+            poll,
+            listener,
+            shared,
+            conns: HashMap::new(),
+            next_token: FIRST_CONN,
+            pending: Vec::new(),
+            next_loop: 0,
+        }
+    }
+
+    fn sweep_period(&self) -> Duration {
+        (self.shared.cfg.server_header_timeout / 5)
+            .clamp(Duration::from_millis(100), Duration::from_secs(1))
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut gate = AcceptGate::new("tcp data server");
+        let mut next_sweep = Instant::now() + self.sweep_period();
+        loop {
+            let now = Instant::now();
+            let mut wake_at = next_sweep;
+            if let Some(t) = gate.paused_until() {
+                wake_at = wake_at.min(t);
+            }
+            let timeout = if self.pending.is_empty() {
+                wake_at.saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!(
+                        "tcp data server: epoll failed: {e}; loop {} stops",
+                        self.index
+                    );
                     return;
                 }
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log::warn!("tcp data server: accept failed: {e}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                continue;
             }
+            if self.shared.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let mut accept = gate.paused_until().is_some_and(|t| Instant::now() >= t);
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.take_inbox(),
+                    LISTENER => accept = true,
+                    Token(t) => self.drive(t),
+                }
+            }
+            if accept {
+                self.accept(&mut gate);
+            }
+            for t in std::mem::take(&mut self.pending) {
+                self.drive(t);
+            }
+            if Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + self.sweep_period();
+            }
+        }
+    }
+
+    fn accept(&mut self, gate: &mut AcceptGate) {
+        let Some(listener) = self.listener.as_ref() else {
+            return;
         };
-        if shared.stop.load(Ordering::Acquire) {
+        let loops = self.shared.inboxes.len();
+        let mut mine = Vec::new();
+        accept_ready(listener, gate, &self.shared.admission, |s, peer, ticket| {
+            let target = self.next_loop % loops;
+            self.next_loop = self.next_loop.wrapping_add(1);
+            if target == self.index {
+                mine.push((s, peer, ticket));
+            } else {
+                self.shared.inboxes[target].lock().push((s, peer, ticket));
+                let _ = self.shared.wakers[target].wake();
+            }
+        });
+        for c in mine {
+            self.adopt(c);
+        }
+    }
+
+    fn take_inbox(&mut self) {
+        let incoming = std::mem::take(&mut *self.shared.inboxes[self.index].lock());
+        for c in incoming {
+            self.adopt(c);
+        }
+    }
+
+    fn adopt(&mut self, (mut stream, peer, ticket): Incoming) {
+        tune(&stream, self.shared.cfg.socket_buffer);
+        let token = self.next_token;
+        self.next_token += 1;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!("tcp data server: cannot watch connection from {peer}: {e}");
             return;
         }
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut live = shared.live.lock();
-            if *live >= shared.cfg.max_server_connections {
-                log::warn!(
-                    "tcp data server: refusing {peer}: {} connections already served",
-                    *live
-                );
-                continue;
+        self.conns
+            .insert(token, ServeConn::new(stream, peer, ticket));
+        // Bytes may have arrived before registration.
+        self.drive(token);
+    }
+
+    fn drive(&mut self, token: usize) {
+        let Some(c) = self.conns.get_mut(&token) else {
+            return;
+        };
+        match c.drive(&self.shared.regions) {
+            Drive::Blocked => {}
+            Drive::More => self.pending.push(token),
+            Drive::Close(why) => {
+                log::debug!("tcp data server: closing connection from {}: {why}", c.peer);
+                close(self.poll.registry(), &mut self.conns, token);
             }
-            let clone = match stream.try_clone() {
-                Ok(c) => c,
-                Err(e) => {
-                    log::warn!("tcp data server: cannot track connection from {peer}: {e}");
-                    continue;
-                }
+        }
+    }
+
+    /// Close connections silent for longer than their phase allows.
+    fn sweep(&mut self) {
+        let cfg = &self.shared.cfg;
+        let now = Instant::now();
+        let mut silent = Vec::new();
+        for (&t, c) in self.conns.iter_mut() {
+            let idle = now.saturating_duration_since(c.last_progress);
+            if idle >= BUFFER_KEEP {
+                c.release_buffer();
+            }
+            let (limit, what) = match c.phase() {
+                Phase::AwaitingHeader => (cfg.server_header_timeout, "no complete header"),
+                Phase::Busy => (cfg.status_timeout, "stalled mid-request"),
+                Phase::Idle => (cfg.server_idle, "idle"),
             };
-            *live += 1;
-            shared.conns.lock().insert(id, clone);
+            if idle >= limit {
+                silent.push((t, what, limit));
+            }
         }
-        let guard = LiveGuard(shared.clone(), id);
-        let s = shared.clone();
-        let spawned = std::thread::Builder::new()
-            .name("te-tcp-serve".into())
-            .spawn(move || {
-                let _guard = guard;
-                if let Err(e) = serve(&s, &stream) {
-                    log::debug!("tcp data server: connection from {peer} ended: {e}");
-                }
-            });
-        if let Err(e) = spawned {
-            // The closure (and its guard) was dropped, so the count is right.
-            log::warn!("tcp data server: cannot spawn a thread for {peer}: {e}");
-        }
-    }
-}
-
-/// Replies not yet sent: status frames and READ bodies, gathered so that a
-/// pipeline of small requests is answered with one `sendmsg`.
-struct Replies {
-    spans: Vec<IoSpan>,
-    bytes: usize,
-    /// A READ body is pending: its bytes are read from memory only when sent.
-    has_body: bool,
-}
-
-/// Send pending replies once they reach this size (bounds the delay for the
-/// first reply of a long pipeline).
-const FLUSH_BYTES: usize = 256 * 1024;
-/// ... or this many spans.
-const FLUSH_SPANS: usize = 128;
-/// WRITE bodies from this size on are received without the buffer.
-const BIG_WRITE: usize = 16 * 1024;
-
-impl Replies {
-    fn push(&mut self, span: IoSpan) {
-        if span.len > 0 {
-            self.bytes += span.len;
-            self.spans.push(span);
-        }
-    }
-
-    fn flush(&mut self, fd: i32) -> io::Result<()> {
-        if self.spans.is_empty() {
-            return Ok(());
-        }
-        // SAFETY: status spans point at the caller's live status frames; body
-        // spans lie inside registered regions (validated when queued), which
-        // the owner keeps alive while peers may transfer; send only reads.
-        let res = unsafe { sock::send_all(fd, &self.spans) };
-        self.spans.clear();
-        self.bytes = 0;
-        self.has_body = false;
-        res
-    }
-}
-
-/// One connection: header, validate, move the payload, repeat. Headers are
-/// read through a buffer; replies are flushed before waiting for input.
-fn serve(shared: &Shared, stream: &TcpStream) -> io::Result<()> {
-    sock::tune(stream, shared.cfg.status_timeout, shared.cfg.socket_buffer)?;
-    let fd = stream.as_raw_fd();
-    let ok = Status::Ok.encode();
-    let mut inb = InBuf::new(INBUF_CAP);
-    let mut out = Replies {
-        spans: Vec::with_capacity(FLUSH_SPANS + 2),
-        bytes: 0,
-        has_body: false,
-    };
-    let mut big_writes = false;
-    loop {
-        let Some(raw) = inb.take::<HEADER_LEN>() else {
-            // Never wait for the peer while it may be waiting for our answers.
-            out.flush(fd)?;
-            if inb.is_empty() && !sock::poll_readable(fd, shared.cfg.server_idle)? {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "idle connection closed",
+        for (t, what, limit) in silent {
+            if let Some(c) = self.conns.get(&t) {
+                RECLAIM_LOG.warn(format_args!(
+                    "tcp data server: closing connection from {}: {what} for {limit:?}",
+                    c.peer
                 ));
             }
-            if shared.stop.load(Ordering::Acquire) {
-                return Ok(());
-            }
-            // After a large WRITE, expect another: read just the header so its
-            // body goes straight to memory instead of through the buffer.
-            let max = if big_writes {
-                HEADER_LEN - inb.len()
-            } else {
-                INBUF_CAP
-            };
-            match inb.fill_max(fd, max) {
-                Ok(_) => continue,
-                // EOF between requests is the normal end of a session.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && inb.is_empty() => {
-                    return Ok(())
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let h = Header::decode(&raw);
-        let v2 = h.is_v2();
-        if !shared.regions.allows(h.addr, h.size) || h.size > isize::MAX as u64 {
-            log::warn!(
-                "tcp data server: rejecting {} of {} bytes at {:#x}: not inside one registered region",
-                if h.is_write() { "WRITE" } else { "READ" },
-                h.size,
-                h.addr
-            );
-            out.flush(fd)?;
-            if v2 {
-                let _ = sock::send_bytes(fd, &Status::AddrRejected.encode());
-            }
-            return Ok(());
+            self.shared.reclaimed.fetch_add(1, Ordering::Relaxed);
+            close(self.poll.registry(), &mut self.conns, t);
         }
-        let body = IoSpan {
-            ptr: h.addr as *mut u8,
-            len: h.size as usize,
-        };
-        let status = IoSpan {
-            ptr: ok.as_ptr() as *mut u8,
-            len: if v2 { ok.len() } else { 0 },
-        };
-        big_writes = h.is_write() && body.len >= BIG_WRITE;
-        if h.is_write() {
-            // Earlier READs must send the bytes as they were before this WRITE.
-            if out.has_body {
-                out.flush(fd)?;
-            }
-            // SAFETY: the range lies inside a region the owner registered and
-            // promised to keep alive while peers may transfer into it.
-            unsafe { inb.read_into(fd, body)? };
-            out.push(status);
-        } else {
-            out.push(status);
-            out.push(body);
-            out.has_body = true;
-        }
-        if out.bytes >= FLUSH_BYTES || out.spans.len() >= FLUSH_SPANS {
-            out.flush(fd)?;
-        }
+    }
+}
+
+fn close(registry: &Registry, conns: &mut HashMap<usize, ServeConn>, token: usize) {
+    if let Some(mut c) = conns.remove(&token) {
+        let _ = registry.deregister(&mut c.stream);
     }
 }

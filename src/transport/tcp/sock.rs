@@ -21,12 +21,32 @@ fn last_err() -> io::Error {
     io::Error::last_os_error()
 }
 
-/// A timed-out blocking socket call shows up as EAGAIN.
-fn map_timeout(e: io::Error) -> io::Error {
-    if e.kind() == io::ErrorKind::WouldBlock {
-        io::Error::new(io::ErrorKind::TimedOut, "socket timeout")
-    } else {
-        e
+/// The socket timeouts `tune` sets are this fraction of the I/O timeout; a
+/// call fails only after this many consecutive ticks without a byte moving.
+/// The kernel re-arms `SO_RCVTIMEO` per call (and a `MSG_WAITALL` receive
+/// that got some bytes returns only at the end of its tick), so counting
+/// quiet ticks bounds "no progress for the timeout" by 1 + 1/STALL_TICKS of
+/// it, where one socket timeout per call allowed up to twice.
+pub const STALL_TICKS: u32 = 10;
+
+/// Handle a failed call: `Ok(())` to retry (EINTR, or a quiet tick while
+/// fewer than `STALL_TICKS` passed in a row), else the error to return.
+fn retry_or_fail(e: io::Error, quiet: &mut u32) -> io::Result<()> {
+    match e.kind() {
+        io::ErrorKind::Interrupted => Ok(()),
+        // A timed-out blocking socket call shows up as EAGAIN.
+        io::ErrorKind::WouldBlock => {
+            *quiet += 1;
+            if *quiet >= STALL_TICKS {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "socket timeout: no progress within the I/O timeout",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(e),
     }
 }
 
@@ -65,6 +85,7 @@ fn to_iovecs(spans: &[IoSpan]) -> Vec<libc::iovec> {
 /// of the call.
 pub unsafe fn send_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
     let mut spans: Vec<IoSpan> = spans.iter().copied().filter(|s| s.len > 0).collect();
+    let mut quiet = 0;
     while !spans.is_empty() {
         let mut iov = to_iovecs(&spans);
         // SAFETY: msghdr is plain data; zeroed is a valid empty message.
@@ -74,12 +95,10 @@ pub unsafe fn send_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
         // SAFETY: the iovecs point at memory the caller vouched for.
         let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
         if n < 0 {
-            let e = last_err();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(map_timeout(e));
+            retry_or_fail(last_err(), &mut quiet)?;
+            continue;
         }
+        quiet = 0;
         advance(&mut spans, n as usize);
     }
     Ok(())
@@ -93,6 +112,7 @@ pub unsafe fn send_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
 /// of the call.
 pub unsafe fn recv_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
     let mut spans: Vec<IoSpan> = spans.iter().copied().filter(|s| s.len > 0).collect();
+    let mut quiet = 0;
     while !spans.is_empty() {
         let n = if spans.len() == 1 {
             // SAFETY: the span is writable memory per the caller.
@@ -114,11 +134,8 @@ pub unsafe fn recv_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
             unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_WAITALL) }
         };
         if n < 0 {
-            let e = last_err();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(map_timeout(e));
+            retry_or_fail(last_err(), &mut quiet)?;
+            continue;
         }
         if n == 0 {
             return Err(io::Error::new(
@@ -126,6 +143,7 @@ pub unsafe fn recv_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
                 "peer closed the connection",
             ));
         }
+        quiet = 0;
         advance(&mut spans, n as usize);
     }
     Ok(())
@@ -138,6 +156,7 @@ pub unsafe fn recv_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
 /// of the call.
 pub unsafe fn recv_some(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
     let mut iov = to_iovecs(spans);
+    let mut quiet = 0;
     loop {
         // SAFETY: msghdr is plain data; zeroed is a valid empty message.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -146,11 +165,8 @@ pub unsafe fn recv_some(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
         // SAFETY: the iovecs point at memory the caller vouched for.
         let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
         if n < 0 {
-            let e = last_err();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(map_timeout(e));
+            retry_or_fail(last_err(), &mut quiet)?;
+            continue;
         }
         if n == 0 {
             return Err(io::Error::new(
@@ -221,10 +237,13 @@ pub fn shutdown_fd(fd: RawFd) {
 }
 
 /// NODELAY, read/write timeouts and optional buffer sizes for a data socket.
+/// A blocking call through this module fails once `io_timeout` passes with
+/// no byte moving (checked every `io_timeout / STALL_TICKS`).
 pub fn tune(s: &TcpStream, io_timeout: Duration, buf: usize) -> io::Result<()> {
     s.set_nodelay(true)?;
-    s.set_read_timeout(Some(io_timeout))?;
-    s.set_write_timeout(Some(io_timeout))?;
+    let tick = (io_timeout / STALL_TICKS).max(Duration::from_millis(1));
+    s.set_read_timeout(Some(tick))?;
+    s.set_write_timeout(Some(tick))?;
     if buf > 0 {
         let v = buf.min(i32::MAX as usize) as libc::c_int;
         for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
