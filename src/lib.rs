@@ -7,7 +7,6 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ffi;
-pub mod log_limit;
 pub mod logging;
 pub mod metadata;
 pub mod metrics;

@@ -53,6 +53,19 @@ impl RateLimited {
     }
 }
 
+/// `log::warn!` at most once a second from this call site, with a count of
+/// the lines held back (for warnings that may fire per slice or per peer).
+#[macro_export]
+macro_rules! warn_limited {
+    ($($arg:tt)*) => {{
+        static LIMIT: $crate::serving::ratelog::RateLimited = $crate::serving::ratelog::RateLimited::new(
+            module_path!(),
+            std::time::Duration::from_secs(1),
+        );
+        LIMIT.warn(format_args!($($arg)*));
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
