@@ -79,7 +79,8 @@ pub trait Device: Send + Sync {
     fn name(&self) -> &str;
     fn gid(&self) -> [u8; 16];
     fn lid(&self) -> u16;
-    fn register(&self, addr: u64, len: u64) -> Result<Box<dyn MemoryRegion>>;
+    /// Register `[addr, addr+len)`; `remote`: peers may read and write it.
+    fn register(&self, addr: u64, len: u64, remote: bool) -> Result<Box<dyn MemoryRegion>>;
     fn create_qp(&self, max_wr: u32) -> Result<Box<dyn QueuePair>>;
     /// Append up to `max` completions to `out`; returns how many.
     fn poll(&self, out: &mut Vec<Completion>, max: usize) -> usize;

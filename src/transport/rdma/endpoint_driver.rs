@@ -417,9 +417,7 @@ impl Endpoint {
 
     /// Claim the endpoint's one liveness probe; false while one runs.
     pub fn begin_probe(&self) -> bool {
-        !self
-            .probing
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        !self.probing.swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
     pub fn end_probe(&self) {

@@ -55,7 +55,10 @@ fn apply(sh: &Shared, cw: &ContextWorkers, ev: DeviceEvent) {
                 .find(|(_, ep)| ep.qp_nums().contains(&qpn))
                 .map(|(p, ep)| (p.clone(), ep.clone()));
             if let Some((path, ep)) = hit {
-                log::warn!("RDMA {}: QP {qpn} fatal, endpoint to {path} retired", ctx.name);
+                log::warn!(
+                    "RDMA {}: QP {qpn} fatal, endpoint to {path} retired",
+                    ctx.name
+                );
                 ep.retire("QP fatal");
                 ctx.forget_endpoint(&path, &ep);
             }

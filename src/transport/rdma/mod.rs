@@ -11,6 +11,7 @@ pub mod context;
 pub mod endpoint;
 pub mod endpoint_driver;
 pub mod events;
+pub mod limits;
 pub mod liveness;
 pub mod memory;
 pub mod provider;
@@ -57,7 +58,11 @@ pub fn discover_devices() -> Vec<String> {
 pub struct RdmaConfig {
     pub num_qp_per_ep: usize,
     pub max_wr: u32,
+    pub max_sge: u32,
+    pub max_inline: u32,
     pub max_cqe: usize,
+    /// `MC_MAX_MR_SIZE`: larger registrations are split (upstream #2644).
+    pub max_mr_size: u64,
     pub workers_per_ctx: usize,
     /// `MC_MAX_EP_PER_CTX`: endpoints per context before idle ones are evicted.
     pub max_ep_per_ctx: usize,
@@ -65,6 +70,8 @@ pub struct RdmaConfig {
     pub slice: SliceParams,
     pub rail_pause: Duration,
     pub slice_timeout: Option<Duration>,
+    /// `MC_TE_RS_FLUSH_GRACE_MS`: how long a timed-out WR's flush may take.
+    pub flush_grace: Duration,
     pub policy: SelectionPolicy,
     pub handshake: HandshakeMode,
     /// Re-handshake pacing per peer NIC path (beyond upstream, issue #3299).
@@ -76,7 +83,10 @@ impl RdmaConfig {
         RdmaConfig {
             num_qp_per_ep: env_u64("MC_NUM_QP_PER_EP", 2, 1, 255) as usize,
             max_wr: env_u64("MC_MAX_WR", 256, 1, 65535) as u32,
+            max_sge: env_u64("MC_MAX_SGE", 4, 1, 65535) as u32,
+            max_inline: env_u64("MC_MAX_INLINE", 64, 0, 65535) as u32,
             max_cqe: env_u64("MC_MAX_CQE_PER_CTX", 4096, 1, 65535) as usize,
+            max_mr_size: env_u64("MC_MAX_MR_SIZE", 1 << 40, 1, u64::MAX >> 1),
             workers_per_ctx: env_u64("MC_WORKERS_PER_CTX", 2, 1, 8) as usize,
             max_ep_per_ctx: env_u64("MC_MAX_EP_PER_CTX", 65536, 1, 65536) as usize,
             retry_cnt: env_u64("MC_RETRY_CNT", 9, 1, 127) as u32,
@@ -86,6 +96,12 @@ impl RdmaConfig {
                 s if s > 0 => Some(Duration::from_secs(s as u64)),
                 _ => None,
             },
+            flush_grace: Duration::from_millis(env_u64(
+                "MC_TE_RS_FLUSH_GRACE_MS",
+                10_000,
+                1,
+                3_600_000,
+            )),
             policy: SelectionPolicy::from_env(),
             backoff: backoff_from_env(),
             handshake: HandshakeMode {
@@ -463,7 +479,7 @@ pub struct RdmaTransport {
 
 impl RdmaTransport {
     pub fn install(ctx: TransportContext, matrix: PriorityMatrix) -> Result<Arc<RdmaTransport>> {
-        let cfg = RdmaConfig::from_env();
+        let mut cfg = RdmaConfig::from_env();
         let mut names = hca_list(&matrix);
         if names.is_empty() {
             names = discover_devices();
@@ -472,7 +488,7 @@ impl RdmaTransport {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let dev = match provider::open(n, cfg.max_cqe) {
+                let dev = match provider::open(n, &mut cfg) {
                     Ok(d) => Some(d),
                     Err(e) => {
                         log::warn!(
@@ -537,9 +553,10 @@ impl RdmaTransport {
                 })?);
             }
             let (w, c) = (Arc::downgrade(&shared), cw.clone());
-            threads.push(spawn(format!("te-rdma-event-{}", cw.ctx.name), move || {
-                events::run_events(w, c)
-            })?);
+            threads.push(spawn(
+                format!("te-rdma-event-{}", cw.ctx.name),
+                move || events::run_events(w, c),
+            )?);
         }
         log::info!(
             "RDMA transport up on {:?} ({} QPs/endpoint, {} workers/context)",
@@ -573,47 +590,18 @@ impl Transport for RdmaTransport {
 
     fn register_memory(&self, buf: &LocalBuffer) -> Result<()> {
         let sh = &self.shared;
-        let mut lkeys = Vec::with_capacity(sh.contexts.len());
-        let mut rkeys = Vec::with_capacity(sh.contexts.len());
-        let mut done: Vec<&Arc<RdmaContext>> = Vec::new();
-        for c in &sh.contexts {
-            let Some(dev) = &c.device else {
-                lkeys.push(0);
-                rkeys.push(0);
-                continue;
-            };
-            match dev.register(buf.addr, buf.length) {
-                Ok(mr) => {
-                    lkeys.push(mr.lkey());
-                    rkeys.push(mr.rkey());
-                    c.mrs.lock().insert(buf.addr, mr);
-                    done.push(c);
-                }
-                Err(e) => {
-                    for d in done {
-                        d.mrs.lock().remove(&buf.addr);
-                    }
-                    return Err(Error::Memory(format!(
-                        "registering {:#x}+{} on {}: {e}",
-                        buf.addr, buf.length, c.name
-                    )));
-                }
-            }
+        let regions = memory::register(&sh.contexts, buf, sh.cfg.max_mr_size)?;
+        let mut mem = sh.memory.write();
+        for r in regions {
+            mem.insert(r);
         }
-        sh.memory.write().insert(Region {
-            buf: buf.clone(),
-            lkeys,
-            rkeys,
-        });
         Ok(())
     }
 
     fn unregister_memory(&self, addr: u64) -> Result<()> {
         let sh = &self.shared;
-        sh.memory.write().remove(addr);
-        for c in &sh.contexts {
-            c.mrs.lock().remove(&addr);
-        }
+        let gone = sh.memory.write().remove_registration(addr);
+        memory::release(&sh.contexts, &gone);
         Ok(())
     }
 
@@ -640,7 +628,7 @@ impl Transport for RdmaTransport {
         let mem = sh.memory.read();
         desc.buffers = buffers
             .iter()
-            .filter_map(|b| mem.get(b.addr).map(Region::describe))
+            .flat_map(|b| mem.chunks_of(b.addr).map(Region::describe))
             .collect();
     }
 
@@ -893,6 +881,7 @@ impl Transport for RdmaTransport {
                 sh.fail_slice(f.slice);
             }
             sh.retire_context_endpoints(&cw.ctx, "transport shutdown");
+            cw.unflushed.lock().clear();
             cw.ctx.mrs.lock().clear();
         }
         sh.memory.write().clear();

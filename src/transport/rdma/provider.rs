@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{env_i64, env_u64};
+use crate::config::env_i64;
 use crate::engine::task::Opcode;
 use crate::error::{Error, Result};
 
@@ -43,31 +43,65 @@ pub fn discover() -> Vec<String> {
     }
 }
 
-/// Open `name` with a PD and one CQ of `cq_depth` entries.
-pub fn open(name: &str, cq_depth: usize) -> Result<Arc<dyn Device>> {
+/// Open `name` with a PD and one CQ, clamping `cfg` to the device's limits
+/// first (`limits.rs`; each lowered value is logged).
+pub fn open(name: &str, cfg: &mut super::RdmaConfig) -> Result<Arc<dyn Device>> {
     let provider = verbs::provider();
     let ctx = provider.open(name, &verbs::OpenOptions::from_env())?;
+    super::limits::clamp_and_log(cfg, name, &ctx.limits());
     let pd = ctx.alloc_pd()?;
-    let cq = ctx.create_cq(cq_depth)?;
+    let cq = ctx.create_cq(cfg.max_cqe)?;
     let port = ctx.port_info().clone();
-    let mtu_cap = env_u64("MC_MTU", 4096, 256, 4096) as u32;
+    let mut caps = verbs::QpCaps {
+        max_send_wr: cfg.max_wr,
+        max_recv_wr: cfg.max_wr,
+        max_send_sge: cfg.max_sge,
+        max_recv_sge: cfg.max_sge,
+        max_inline_data: cfg.max_inline,
+    };
+    caps.max_inline_data = probe_inline(name, &pd, &cq, caps);
     Ok(Arc::new(VerbsDevice {
         name: name.to_string(),
         ctx,
         pd,
         cq,
-        path_mtu: port.active_mtu.min(mtu_cap),
+        path_mtu: port.active_mtu.min(super::limits::mtu_setting()),
         port,
         down: AtomicBool::new(false),
-        caps: verbs::QpCaps {
-            max_send_sge: env_u64("MC_MAX_SGE", 4, 1, 65535) as u32,
-            max_recv_sge: env_u64("MC_MAX_SGE", 4, 1, 65535) as u32,
-            max_inline_data: env_u64("MC_MAX_INLINE", 64, 0, 65535) as u32,
-            ..Default::default()
-        },
+        caps,
         traffic_class: env_i64("MC_IB_TC", 0, 0, 255) as u8,
         sl: env_i64("MC_IB_SL", 0, 0, 15) as u8,
     }))
+}
+
+/// The largest inline size (≤ `caps.max_inline_data`) the device accepts
+/// at QP creation, found with one probe QP: ibv_query_device does not
+/// report it, and a refused value would fail every endpoint.
+fn probe_inline(
+    name: &str,
+    pd: &Arc<dyn verbs::Pd>,
+    cq: &Arc<dyn verbs::Cq>,
+    caps: verbs::QpCaps,
+) -> u32 {
+    let first = match pd.create_qp(cq, &caps) {
+        Ok(_) => return caps.max_inline_data,
+        Err(e) => e,
+    };
+    for v in super::limits::inline_fallbacks(caps.max_inline_data) {
+        let c = verbs::QpCaps {
+            max_inline_data: v,
+            ..caps
+        };
+        if pd.create_qp(cq, &c).is_ok() {
+            log::warn!(
+                "RDMA device {name}: MC_MAX_INLINE={} lowered to {v} (the device refuses more: {first})",
+                caps.max_inline_data
+            );
+            return v;
+        }
+    }
+    // Not an inline problem: endpoint creation reports the real error.
+    caps.max_inline_data
 }
 
 struct VerbsDevice {
@@ -164,6 +198,20 @@ impl QueuePair for VerbsQp {
     }
 }
 
+/// Upstream's rights: LOCAL_WRITE, plus REMOTE_WRITE | REMOTE_READ only for
+/// a remote-accessible buffer, plus relaxed ordering (an optional bit that
+/// libibverbs drops where unsupported) unless `MC_IB_PCI_RELAXED_ORDERING=0`.
+fn access(remote: bool) -> verbs::Access {
+    let mut a = verbs::Access::LOCAL_WRITE;
+    if remote {
+        a = a | verbs::Access::REMOTE_WRITE | verbs::Access::REMOTE_READ;
+    }
+    if super::limits::relaxed_ordering() {
+        a = a | verbs::Access::RELAXED_ORDERING;
+    }
+    a
+}
+
 fn classify(s: WcStatus) -> CompletionStatus {
     match s {
         WcStatus::Success => CompletionStatus::Success,
@@ -186,13 +234,13 @@ impl Device for VerbsDevice {
         self.port.lid
     }
 
-    fn register(&self, addr: u64, len: u64) -> Result<Box<dyn MemoryRegion>> {
+    fn register(&self, addr: u64, len: u64, remote: bool) -> Result<Box<dyn MemoryRegion>> {
         let len = usize::try_from(len)
             .map_err(|_| Error::InvalidArgument(format!("region length {len} too large")))?;
         // SAFETY: the engine's registration contract: the caller keeps
         // `[addr, addr+len)` allocated until it unregisters the region, and
         // unregistering drops this MR (context.mrs) before returning.
-        let mr = unsafe { self.pd.reg_mr(addr, len, verbs::Access::ALL)? };
+        let mr = unsafe { self.pd.reg_mr(addr, len, access(remote))? };
         Ok(Box::new(VerbsMr(mr)))
     }
 
@@ -271,9 +319,9 @@ impl Device for VerbsDevice {
                 AsyncEventKind::DeviceFatal | AsyncEventKind::CqErr | AsyncEventKind::WqFatal => {
                     Some(DeviceEvent::Fatal)
                 }
-                AsyncEventKind::QpFatal | AsyncEventKind::QpReqErr | AsyncEventKind::QpAccessErr => {
-                    ev.qp_num.map(DeviceEvent::QpFatal)
-                }
+                AsyncEventKind::QpFatal
+                | AsyncEventKind::QpReqErr
+                | AsyncEventKind::QpAccessErr => ev.qp_num.map(DeviceEvent::QpFatal),
                 _ => None,
             };
             match mapped {

@@ -44,6 +44,10 @@ pub struct Inflight {
     pub ep: Arc<Endpoint>,
     pub qp: usize,
     pub posted_at: Instant,
+    /// Past `MC_SLICE_TIMEOUT`: its QP was moved to ERR, and the slice ends
+    /// when this WR's (flush) completion arrives, never before (the NIC may
+    /// still be moving its bytes).
+    pub timed_out: Option<Instant>,
 }
 
 /// Queues of one posting thread: peer NIC path → slices.
@@ -155,6 +159,9 @@ pub struct ContextWorkers {
     /// Re-handshake pacing per peer NIC path (outlives one-shot endpoints).
     backoff: Mutex<HashMap<String, HandshakeBackoff>>,
     backoff_cfg: BackoffConfig,
+    /// Endpoints whose timed-out WRs never completed: their QPs are kept
+    /// (never destroyed under a WR that may still move bytes) until shutdown.
+    pub unflushed: Mutex<Vec<Arc<Endpoint>>>,
 }
 
 impl ContextWorkers {
@@ -171,6 +178,7 @@ impl ContextWorkers {
             stop: AtomicBool::new(false),
             backoff: Mutex::new(HashMap::new()),
             backoff_cfg: backoff,
+            unflushed: Mutex::new(Vec::new()),
         }
     }
 
@@ -468,6 +476,7 @@ fn post_slices(
                         ep: ep.clone(),
                         qp: i,
                         posted_at: now,
+                        timed_out: None,
                     },
                 );
             }
@@ -547,6 +556,18 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
     for (c, f) in bufs.done.drain(..) {
         f.ep.touch(now_ms);
         f.ep.completed(f.qp);
+        if f.timed_out.is_some() {
+            // The QP of a timed-out WR is in ERR: this is its flush (or a
+            // late success). Only now may the slice end.
+            sh.counters
+                .timeouts_completed
+                .fetch_add(1, Ordering::Relaxed);
+            match c.status {
+                CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
+                _ => sh.fail_slice(f.slice),
+            }
+            continue;
+        }
         match c.status {
             CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
             CompletionStatus::Flushed => {
@@ -577,29 +598,60 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
     true
 }
 
-/// `MC_SLICE_TIMEOUT`: fail slices whose WR never completed.
+/// `MC_SLICE_TIMEOUT`: a WR with no completion in time has its endpoint
+/// retired (QPs to ERR, so the NIC flushes it) but stays in the in-flight
+/// table: its slice fails when the flush arrives (`poll_once`), so no buffer
+/// is reported free while the NIC may still move its bytes, and the QP lives
+/// as long as the entry holds its endpoint. A completion that never comes
+/// (dead device) ends the slice after `flush_grace`; the QP is then kept
+/// until shutdown.
 fn sweep_timeouts(sh: &Shared, cw: &ContextWorkers) {
     let Some(limit) = sh.cfg.slice_timeout else {
         return;
     };
-    let lost: Vec<Inflight> = {
+    let grace = sh.cfg.flush_grace;
+    let now = Instant::now();
+    let mut retire: Vec<Arc<Endpoint>> = Vec::new();
+    let unflushed: Vec<Inflight> = {
         let mut infl = cw.inflight.lock();
-        let ids: Vec<u64> = infl
-            .iter()
-            .filter(|(_, f)| f.posted_at.elapsed() > limit)
-            .map(|(id, _)| *id)
-            .collect();
-        ids.into_iter().filter_map(|id| infl.remove(&id)).collect()
+        let mut gone = Vec::new();
+        for (id, f) in infl.iter_mut() {
+            match f.timed_out {
+                None if now.duration_since(f.posted_at) > limit => {
+                    f.timed_out = Some(now);
+                    sh.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    crate::warn_limited!(
+                        "slice to {}: no completion within {limit:?}; QP to ERR, waiting for its flush",
+                        f.slice.peer_path
+                    );
+                    if !retire.iter().any(|e| Arc::ptr_eq(e, &f.ep)) {
+                        retire.push(f.ep.clone());
+                    }
+                }
+                Some(t) if now.duration_since(t) > grace => gone.push(*id),
+                _ => {}
+            }
+        }
+        gone.into_iter().filter_map(|id| infl.remove(&id)).collect()
     };
-    for f in lost {
-        crate::warn_limited!(
-            "slice to {} lost: no completion within {limit:?}",
+    for ep in retire {
+        ep.retire("slice timeout");
+        cw.ctx.forget_endpoint(&ep.peer_path, &ep);
+    }
+    for f in unflushed {
+        log::error!(
+            "slice to {}: QP in ERR but no flush completion within {grace:?}; slice failed, QP kept until shutdown",
             f.slice.peer_path
         );
-        f.ep.completed(f.qp);
+        sh.counters
+            .timeouts_unflushed
+            .fetch_add(1, Ordering::Relaxed);
         cw.ctx.stats.finished(f.slice.length, false);
-        f.ep.retire("slice timeout");
-        cw.ctx.forget_endpoint(&f.slice.peer_path, &f.ep);
+        let mut keep = cw.unflushed.lock();
+        if !keep.iter().any(|e| Arc::ptr_eq(e, &f.ep)) {
+            keep.push(f.ep.clone());
+        }
+        drop(keep);
         sh.fail_slice(f.slice);
     }
 }

@@ -41,6 +41,11 @@ pub trait Context: Send + Sync {
     fn device_name(&self) -> &str;
     /// Port number, GID (index), LID, active MTU, as selected at open time.
     fn port_info(&self) -> &PortInfo;
+    /// The device's limits (`ibv_query_device`); providers without any
+    /// report none.
+    fn limits(&self) -> DeviceLimits {
+        DeviceLimits::default()
+    }
     /// Query the port again (state, MTU, LID may change; GID is re-read at
     /// the selected index).
     fn query_port(&self) -> Result<PortInfo>;

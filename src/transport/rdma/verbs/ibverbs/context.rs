@@ -43,6 +43,32 @@ impl Drop for ContextHandle {
 pub(super) struct IbvContext {
     pub handle: Arc<ContextHandle>,
     port: PortInfo,
+    limits: DeviceLimits,
+}
+
+/// `ibv_query_device`: the limits the transport clamps its settings to.
+fn query_limits(ctx: NonNull<ffi::ibv_context>, name: &str) -> Result<DeviceLimits> {
+    // SAFETY: ibv_device_attr is a plain C struct; all-zero is valid.
+    let mut attr: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: `ctx` is an open context and `attr` a valid out-parameter.
+    let rc = unsafe { ffi::ibv_query_device(ctx.as_ptr(), &mut attr) };
+    if rc != 0 {
+        let errno = if rc > 0 { rc } else { last_errno() };
+        return Err(verb_error("ibv_query_device", "open", errno, name));
+    }
+    let positive = |v: libc::c_int| if v > 0 { v as u32 } else { u32::MAX };
+    Ok(DeviceLimits {
+        max_qp: positive(attr.max_qp),
+        max_qp_wr: positive(attr.max_qp_wr),
+        max_sge: positive(attr.max_sge),
+        max_cq: positive(attr.max_cq),
+        max_cqe: positive(attr.max_cqe),
+        max_mr_size: if attr.max_mr_size > 0 {
+            attr.max_mr_size
+        } else {
+            u64::MAX
+        },
+    })
 }
 
 fn query_port_attr(
@@ -90,6 +116,7 @@ impl IbvContext {
                 log::warn!("{name}: cannot make the async event fd non-blocking");
             }
         }
+        let limits = query_limits(ctx, name)?;
         let attr = query_port_attr(ctx, name, opts.port)?;
         let link_layer_ib = attr.link_layer == 1;
         let table = read_gid_table(
@@ -142,6 +169,7 @@ impl IbvContext {
         Ok(IbvContext {
             handle: Arc::new(handle),
             port,
+            limits,
         })
     }
 }
@@ -172,6 +200,10 @@ impl Context for IbvContext {
 
     fn port_info(&self) -> &PortInfo {
         &self.port
+    }
+
+    fn limits(&self) -> DeviceLimits {
+        self.limits
     }
 
     fn query_port(&self) -> Result<PortInfo> {
