@@ -113,6 +113,13 @@ fn parse_mtu(v: Option<&str>) -> u32 {
     }
 }
 
+/// `MC_AUTO_GID_MAX_RETRIES` (upstream: 0..=16, default 2): RTR retries
+/// with a re-probed GID when the automatic selection is in use.
+pub fn auto_gid_retries() -> u32 {
+    static N: OnceLock<u32> = OnceLock::new();
+    *N.get_or_init(|| crate::config::env_i64("MC_AUTO_GID_MAX_RETRIES", 2, 0, 16) as u32)
+}
+
 /// `MC_IB_PCI_RELAXED_ORDERING`: 0 off, 1 or 2 (default) request relaxed
 /// ordering on every MR (dropped by libibverbs where unsupported).
 pub fn relaxed_ordering() -> bool {

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
+
 use crate::config::env_i64;
 use crate::engine::task::Opcode;
 use crate::error::{Error, Result};
@@ -52,6 +54,7 @@ pub fn open(name: &str, cfg: &mut super::RdmaConfig) -> Result<Arc<dyn Device>> 
     let pd = ctx.alloc_pd()?;
     let cq = ctx.create_cq(cfg.max_cqe)?;
     let port = ctx.port_info().clone();
+    let gid = Arc::new(RwLock::new((port.gid, port.gid_index)));
     let mut caps = verbs::QpCaps {
         max_send_wr: cfg.max_wr,
         max_recv_wr: cfg.max_wr,
@@ -67,6 +70,7 @@ pub fn open(name: &str, cfg: &mut super::RdmaConfig) -> Result<Arc<dyn Device>> 
         cq,
         path_mtu: port.active_mtu.min(super::limits::mtu_setting()),
         port,
+        gid,
         down: AtomicBool::new(false),
         caps,
         traffic_class: env_i64("MC_IB_TC", 0, 0, 255) as u8,
@@ -110,6 +114,8 @@ struct VerbsDevice {
     pd: Arc<dyn verbs::Pd>,
     cq: Arc<dyn verbs::Cq>,
     port: verbs::PortInfo,
+    /// Selected (GID, index); re-read on `GID_CHANGE`.
+    gid: Arc<RwLock<(verbs::Gid, u8)>>,
     path_mtu: u32,
     down: AtomicBool,
     caps: verbs::QpCaps,
@@ -130,8 +136,11 @@ impl MemoryRegion for VerbsMr {
 
 struct VerbsQp {
     qp: Arc<dyn verbs::Qp>,
+    ctx: Arc<dyn verbs::Context>,
+    device: String,
     port: u8,
-    gid_index: u8,
+    /// The device's current selection (read at each connect).
+    gid: Arc<RwLock<(verbs::Gid, u8)>>,
     path_mtu: u32,
     traffic_class: u8,
     sl: u8,
@@ -150,17 +159,41 @@ impl QueuePair for VerbsQp {
             port: self.port,
             ..Default::default()
         })?;
-        self.qp.modify_to_rtr(&verbs::RtrAttrs {
-            dest_qp_num: peer_qpn,
-            dgid: peer_gid,
-            dlid: peer_lid,
-            path_mtu: self.path_mtu,
-            sgid_index: self.gid_index,
-            port: self.port,
-            traffic_class: self.traffic_class,
-            sl: self.sl,
-            ..Default::default()
-        })?;
+        let rtr = |sgid_index: u8| {
+            self.qp.modify_to_rtr(&verbs::RtrAttrs {
+                dest_qp_num: peer_qpn,
+                dgid: peer_gid,
+                dlid: peer_lid,
+                path_mtu: self.path_mtu,
+                sgid_index,
+                port: self.port,
+                traffic_class: self.traffic_class,
+                sl: self.sl,
+                ..Default::default()
+            })
+        };
+        let mut tried = self.gid.read().1;
+        let mut result = rtr(tried);
+        // The GID table may have changed under us (an address removed and
+        // re-added moves its GID): re-probe and retry, as upstream's
+        // MC_AUTO_GID_MAX_RETRIES.
+        for attempt in 1..=super::limits::auto_gid_retries() {
+            let Err(e) = &result else { break };
+            if !refresh_gid(&*self.ctx, &self.gid, &self.device) {
+                break;
+            }
+            let now = self.gid.read().1;
+            if now == tried {
+                break;
+            }
+            log::warn!(
+                "RDMA device {}: RTR with GID[{tried}] failed ({e}); retrying with GID[{now}] (attempt {attempt})",
+                self.device
+            );
+            tried = now;
+            result = rtr(now);
+        }
+        result?;
         self.qp.modify_to_rts(&verbs::RtsAttrs::default())
     }
 
@@ -198,6 +231,31 @@ impl QueuePair for VerbsQp {
     }
 }
 
+/// Re-select the GID of `ctx` into `cur`; true if it changed.
+fn refresh_gid(ctx: &dyn verbs::Context, cur: &RwLock<(verbs::Gid, u8)>, name: &str) -> bool {
+    match ctx.reselect_gid() {
+        Ok(now) => {
+            let mut cur = cur.write();
+            if *cur == now {
+                return false;
+            }
+            log::warn!(
+                "RDMA device {name}: GID[{}] {} replaces GID[{}] {}",
+                now.1,
+                verbs::gid_to_string(&now.0),
+                cur.1,
+                verbs::gid_to_string(&cur.0)
+            );
+            *cur = now;
+            true
+        }
+        Err(e) => {
+            log::warn!("RDMA device {name}: GIDs not re-read: {e}");
+            false
+        }
+    }
+}
+
 /// Upstream's rights: LOCAL_WRITE, plus REMOTE_WRITE | REMOTE_READ only for
 /// a remote-accessible buffer, plus relaxed ordering (an optional bit that
 /// libibverbs drops where unsupported) unless `MC_IB_PCI_RELAXED_ORDERING=0`.
@@ -227,7 +285,11 @@ impl Device for VerbsDevice {
     }
 
     fn gid(&self) -> [u8; 16] {
-        self.port.gid
+        self.gid.read().0
+    }
+
+    fn refresh_gid(&self) -> bool {
+        refresh_gid(&*self.ctx, &self.gid, &self.name)
     }
 
     fn lid(&self) -> u16 {
@@ -253,8 +315,10 @@ impl Device for VerbsDevice {
         let qp = self.pd.create_qp(&self.cq, &caps)?;
         Ok(Box::new(VerbsQp {
             qp,
+            ctx: self.ctx.clone(),
+            device: self.name.clone(),
             port: self.port.port,
-            gid_index: self.port.gid_index,
+            gid: self.gid.clone(),
             path_mtu: self.path_mtu,
             traffic_class: self.traffic_class,
             sl: self.sl,

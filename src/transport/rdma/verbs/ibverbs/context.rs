@@ -44,6 +44,8 @@ pub(super) struct IbvContext {
     pub handle: Arc<ContextHandle>,
     port: PortInfo,
     limits: DeviceLimits,
+    /// `MC_GID_INDEX` (None: automatic ranking), for `reselect_gid`.
+    gid_choice: Option<u8>,
 }
 
 /// `ibv_query_device`: the limits the transport clamps its settings to.
@@ -118,37 +120,7 @@ impl IbvContext {
         }
         let limits = query_limits(ctx, name)?;
         let attr = query_port_attr(ctx, name, opts.port)?;
-        let link_layer_ib = attr.link_layer == 1;
-        let table = read_gid_table(
-            ctx.as_ptr(),
-            name,
-            opts.port,
-            attr.gid_tbl_len.max(0) as usize,
-            link_layer_ib,
-        );
-        let gid_index = match opts.gid_index {
-            Some(i) => i,
-            None => select_gid(&table).ok_or_else(|| {
-                verb_error(
-                    "ibv_query_gid",
-                    "open",
-                    libc::ENODEV,
-                    &format!("{name} port {} has no usable GID", opts.port),
-                )
-            })?,
-        };
-        let gid = table
-            .iter()
-            .find(|c| c.index == gid_index)
-            .map(|c| c.gid)
-            .ok_or_else(|| {
-                verb_error(
-                    "ibv_query_gid",
-                    "open",
-                    libc::EINVAL,
-                    &format!("{name} port {} GID index {gid_index} is empty", opts.port),
-                )
-            })?;
+        let (gid, gid_index) = pick_gid(ctx, name, opts.port, &attr, opts.gid_index)?;
         handle.gid = gid;
         let port = PortInfo {
             port: opts.port,
@@ -170,8 +142,51 @@ impl IbvContext {
             handle: Arc::new(handle),
             port,
             limits,
+            gid_choice: opts.gid_index,
         })
     }
+}
+
+/// The GID of `port` to use: `choice` (`MC_GID_INDEX`) or the automatic
+/// ranking of the current table.
+fn pick_gid(
+    ctx: NonNull<ffi::ibv_context>,
+    name: &str,
+    port: u8,
+    attr: &ffi::ibv_port_attr,
+    choice: Option<u8>,
+) -> Result<(Gid, u8)> {
+    let table = read_gid_table(
+        ctx.as_ptr(),
+        name,
+        port,
+        attr.gid_tbl_len.max(0) as usize,
+        attr.link_layer == 1,
+    );
+    let gid_index = match choice {
+        Some(i) => i,
+        None => select_gid(&table).ok_or_else(|| {
+            verb_error(
+                "ibv_query_gid",
+                "open",
+                libc::ENODEV,
+                &format!("{name} port {port} has no usable GID"),
+            )
+        })?,
+    };
+    let gid = table
+        .iter()
+        .find(|c| c.index == gid_index)
+        .map(|c| c.gid)
+        .ok_or_else(|| {
+            verb_error(
+                "ibv_query_gid",
+                "open",
+                libc::EINVAL,
+                &format!("{name} port {port} GID index {gid_index} is empty"),
+            )
+        })?;
+    Ok((gid, gid_index))
 }
 
 fn event_kind(t: ffi::ibv_event_type) -> AsyncEventKind {
@@ -204,6 +219,17 @@ impl Context for IbvContext {
 
     fn limits(&self) -> DeviceLimits {
         self.limits
+    }
+
+    fn reselect_gid(&self) -> Result<(Gid, u8)> {
+        let attr = query_port_attr(self.handle.ctx, &self.handle.name, self.port.port)?;
+        pick_gid(
+            self.handle.ctx,
+            &self.handle.name,
+            self.port.port,
+            &attr,
+            self.gid_choice,
+        )
     }
 
     fn query_port(&self) -> Result<PortInfo> {
