@@ -113,6 +113,49 @@ fn parse_mtu(v: Option<&str>) -> u32 {
     }
 }
 
+/// `MC_PKEY_INDEX` (0): the P_Key index QPs are moved to INIT with.
+pub fn pkey_index() -> u16 {
+    crate::config::env_i64("MC_PKEY_INDEX", 0, 0, 65535) as u16
+}
+
+/// The server name in our NIC paths and descriptor: `MC_RDMA_BIND_ADDRESS`
+/// with the port of `local` (dual-NIC hosts: RDMA on one address, RPC on
+/// another, as upstream), else `local`.
+pub fn rdma_server_name(local: &str) -> String {
+    match crate::config::env_str("MC_RDMA_BIND_ADDRESS").map(|v| v.trim().to_string()) {
+        Some(bind) if !bind.is_empty() => bind_name(&bind, local),
+        _ => local.to_string(),
+    }
+}
+
+fn bind_name(bind: &str, local: &str) -> String {
+    match local.rsplit_once(':') {
+        Some((_, port)) if port.parse::<u16>().is_ok() => format!("{bind}:{port}"),
+        _ => bind.to_string(),
+    }
+}
+
+/// Upstream RDMA settings te-rs does not implement: each one that is set
+/// is logged once per process (`one_cq` is `MC_NUM_CQ_PER_CTX` = 1).
+pub fn warn_unsupported() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if crate::config::env_i64("MC_NUM_CQ_PER_CTX", 1, 1, 256) != 1 {
+            log::warn!("MC_NUM_CQ_PER_CTX is not supported: te-rs polls one CQ per context");
+        }
+        for name in [
+            "MC_NUM_COMP_CHANNELS_PER_CTX",
+            "MC_ENABLE_PARALLEL_REG_MR",
+            "MC_MLX5_QP_UDP_SPORTS",
+            "MC_EFA_NIC_SELECTION",
+        ] {
+            if crate::config::env_is_set(name) {
+                log::warn!("{name} is set but not supported by te-rs; ignored");
+            }
+        }
+    });
+}
+
 /// `MC_AUTO_GID_MAX_RETRIES` (upstream: 0..=16, default 2): RTR retries
 /// with a re-probed GID when the automatic selection is in use.
 pub fn auto_gid_retries() -> u32 {
@@ -205,6 +248,12 @@ mod tests {
         assert_eq!(parse_mtu(Some("1500")), 4096);
         assert_eq!(parse_mtu(Some("9000")), 4096);
         assert_eq!(parse_mtu(Some("junk")), 4096);
+    }
+
+    #[test]
+    fn bind_address_keeps_the_rpc_port() {
+        assert_eq!(bind_name("10.0.0.7", "192.168.1.2:15001"), "10.0.0.7:15001");
+        assert_eq!(bind_name("10.0.0.7", "node-a"), "10.0.0.7");
     }
 
     #[test]

@@ -185,7 +185,10 @@ pub struct Shared {
 
 impl Shared {
     fn nic_path(&self, device: &str) -> String {
-        name::nic_path(&self.tctx.local_server_name, device)
+        name::nic_path(
+            &limits::rdma_server_name(&self.tctx.local_server_name),
+            device,
+        )
     }
 
     /// The endpoint of `ctx` towards `peer`, created if absent.
@@ -480,6 +483,7 @@ pub struct RdmaTransport {
 impl RdmaTransport {
     pub fn install(ctx: TransportContext, matrix: PriorityMatrix) -> Result<Arc<RdmaTransport>> {
         let mut cfg = RdmaConfig::from_env();
+        limits::warn_unsupported();
         let mut names = hca_list(&matrix);
         if names.is_empty() {
             names = discover_devices();
@@ -608,6 +612,10 @@ impl Transport for RdmaTransport {
     fn describe(&self, desc: &mut SegmentDesc, buffers: &[LocalBuffer]) {
         let sh = &self.shared;
         desc.protocol = "rdma".into();
+        let rdma_name = limits::rdma_server_name(&sh.tctx.local_server_name);
+        if rdma_name != sh.tctx.local_server_name {
+            desc.rdma_server_name = Some(rdma_name);
+        }
         desc.tcp_data_port = 0;
         desc.tcp_proto_version = 1;
         desc.devices = Some(

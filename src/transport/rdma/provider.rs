@@ -75,6 +75,7 @@ pub fn open(name: &str, cfg: &mut super::RdmaConfig) -> Result<Arc<dyn Device>> 
         caps,
         traffic_class: env_i64("MC_IB_TC", 0, 0, 255) as u8,
         sl: env_i64("MC_IB_SL", 0, 0, 15) as u8,
+        pkey_index: super::limits::pkey_index(),
     }))
 }
 
@@ -121,6 +122,7 @@ struct VerbsDevice {
     caps: verbs::QpCaps,
     traffic_class: u8,
     sl: u8,
+    pkey_index: u16,
 }
 
 struct VerbsMr(Box<dyn verbs::Mr>);
@@ -144,6 +146,7 @@ struct VerbsQp {
     path_mtu: u32,
     traffic_class: u8,
     sl: u8,
+    pkey_index: u16,
 }
 
 impl QueuePair for VerbsQp {
@@ -157,6 +160,7 @@ impl QueuePair for VerbsQp {
         }
         self.qp.modify_to_init(&verbs::InitAttrs {
             port: self.port,
+            pkey_index: self.pkey_index,
             ..Default::default()
         })?;
         let rtr = |sgid_index: u8| {
@@ -322,6 +326,7 @@ impl Device for VerbsDevice {
             path_mtu: self.path_mtu,
             traffic_class: self.traffic_class,
             sl: self.sl,
+            pkey_index: self.pkey_index,
         }))
     }
 
@@ -386,6 +391,7 @@ impl Device for VerbsDevice {
                 AsyncEventKind::QpFatal
                 | AsyncEventKind::QpReqErr
                 | AsyncEventKind::QpAccessErr => ev.qp_num.map(DeviceEvent::QpFatal),
+                AsyncEventKind::GidChange => Some(DeviceEvent::GidChange),
                 _ => None,
             };
             match mapped {
