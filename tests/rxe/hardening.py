@@ -105,7 +105,12 @@ def gid_changed(res, logdir):
         finally:
             ini.kill()
             tgt.kill()
-        return "new initiator after the GID change: 1 MiB written+read, verified"
+        text = log_text(tgt)
+        if "replaces GID" not in text:
+            raise PeerError("target never re-read its GID (%s)" % tgt.log_path)
+        how = ("RTR retried with a re-probed GID" if "retrying with GID" in text
+               else "GID re-read on GID_CHANGE")
+        return "new initiator after the GID change (%s): 1 MiB written+read, verified" % how
     res.run("[gid] address removed and re-added: new connections work", run)
 
 

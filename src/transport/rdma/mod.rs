@@ -19,6 +19,7 @@ pub mod rail;
 pub mod selection;
 pub mod slicing;
 pub mod stats;
+pub mod timeouts;
 pub mod verbs;
 pub mod worker;
 
