@@ -23,9 +23,10 @@ def _write_read_verified(ini, tgt, size, seed):
     ini.must(op="check", addr=back, len=size, seed=seed)
 
 
-# rxe: max_cqe 32767, max_sge 32, inline at most 512 bytes.
+# rxe: max_cqe 32767, max_sge 32, inline at most 512 bytes. MC_MAX_WR at its
+# largest value must connect whether or not the device lowers it.
 LIMIT_ENV = {"MC_MAX_CQE_PER_CTX": "65535", "MC_MAX_SGE": "64", "MC_MAX_INLINE": "4096",
-             "MC_MAX_MR_SIZE": "1000000"}
+             "MC_MAX_MR_SIZE": "1000000", "MC_MAX_WR": "65535"}
 LIMIT_LINES = ["MC_MAX_CQE_PER_CTX=65535 lowered to 32767", "MC_MAX_SGE=64 lowered to 32",
                "MC_MAX_INLINE=4096 lowered to", "splitting registration"]
 
@@ -45,7 +46,9 @@ def limits_clamped(res, logdir):
             if missing:
                 raise PeerError("%s log lacks %r (%s)" % (peer.role, missing, peer.log_path))
         m = re.search(r"MC_MAX_INLINE=4096 lowered to (\d+)", log_text(ini))
-        return "4 MiB in 1 MB MRs written+read, verified; inline lowered to %s" % m.group(1)
+        w = re.search(r"MC_MAX_WR=65535 lowered to (\d+)", log_text(ini))
+        return ("4 MiB in 1 MB MRs written+read, verified; inline lowered to %s, MC_MAX_WR %s"
+                % (m.group(1), w.group(1) if w else "65535 kept"))
     res.run("[limits] CQE/SGE/inline above rxe's: clamped, logged, transfers", run)
 
 

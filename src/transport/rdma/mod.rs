@@ -126,6 +126,7 @@ impl RdmaConfig {
                     0,
                     600_000,
                 )),
+                empty_gid: env_flag("MC_TE_RS_TEST_EMPTY_GID"),
             },
         }
     }
@@ -217,6 +218,10 @@ impl Shared {
             generation,
             self.cfg.handshake,
         )?);
+        let (meta, path) = (self.tctx.metadata.clone(), peer.to_string());
+        ep.set_peer_gid_lookup(Box::new(move || {
+            endpoint_driver::peer_gid_from_descriptor(&meta, &path)
+        }));
         eps.insert(peer.to_string(), ep.clone());
         Ok(ep)
     }
