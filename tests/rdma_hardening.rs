@@ -1,7 +1,8 @@
 //! RDMA hardening on the soft fabric (issue 10): registrations split at
 //! `max_mr_size` with every byte reachable by a peer, a slice timeout that
 //! waits for its WR's flush before ending the slice, and a QP fatal event
-//! that retires one endpoint only.
+//! that retires one endpoint only, and a buffer registered not remote-accessible
+//! that local work uses but no peer can reach.
 
 mod rdma_support;
 
@@ -241,4 +242,59 @@ fn qp_fatal_retires_that_endpoint_only() {
     a.shutdown();
     b.shutdown();
     c.shutdown();
+}
+
+#[test]
+fn local_only_buffer_serves_local_work_but_no_peer() {
+    env();
+    let a = rdma_engine(&["ack0"]);
+    let b = rdma_engine(&["ack1"]);
+    let len = 256 << 10;
+    let local_only = Buf::new(len, 0);
+    let shared = Buf(pattern(21, len));
+    let private = Buf::new(len, 9);
+    // Registered not remote-accessible: LOCAL_WRITE only, no rkey published.
+    a.register_local_memory(local_only.addr(), len as u64, "cpu:0", false)
+        .expect("register local-only");
+    register(&b, &shared);
+    b.register_local_memory(private.addr(), len as u64, "cpu:0", false)
+        .expect("register private");
+    let seg = open(&a, &b);
+    // READ into the local-only buffer: the NIC writes it locally.
+    let st = run_batch(
+        &a,
+        &[req(
+            Opcode::Read,
+            local_only.addr(),
+            seg,
+            shared.addr(),
+            len as u64,
+        )],
+        T,
+    );
+    assert_eq!(st[0].status, TaskStatus::Completed);
+    assert!(local_only.0 == shared.0);
+    // A peer cannot touch b's private buffer.
+    let st = run_batch(
+        &a,
+        &[req(
+            Opcode::Write,
+            local_only.addr(),
+            seg,
+            private.addr(),
+            len as u64,
+        )],
+        T,
+    );
+    assert_eq!(st[0].status, TaskStatus::Failed);
+    assert!(private.0.iter().all(|&x| x == 9), "private bytes changed");
+    let d = a.metadata().segment_desc(seg).expect("peer desc");
+    let entry = d
+        .buffers
+        .iter()
+        .find(|x| x.addr == private.addr())
+        .expect("entry");
+    assert_eq!(entry.rkey, Some(vec![]));
+    a.shutdown();
+    b.shutdown();
 }
