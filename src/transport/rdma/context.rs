@@ -55,6 +55,8 @@ pub enum DeviceEvent {
     PortUp,
     Fatal,
     QpFatal(u32),
+    /// The port's GID table changed (an address went or came).
+    GidChange,
 }
 
 /// A registered memory region; dropping it deregisters.
@@ -78,8 +80,12 @@ pub trait QueuePair: Send + Sync {
 pub trait Device: Send + Sync {
     fn name(&self) -> &str;
     fn gid(&self) -> [u8; 16];
+    /// Read the GID table again and select as at open; true if the GID or
+    /// its index changed (new endpoints then use it).
+    fn refresh_gid(&self) -> bool;
     fn lid(&self) -> u16;
-    fn register(&self, addr: u64, len: u64) -> Result<Box<dyn MemoryRegion>>;
+    /// Register `[addr, addr+len)`; `remote`: peers may read and write it.
+    fn register(&self, addr: u64, len: u64, remote: bool) -> Result<Box<dyn MemoryRegion>>;
     fn create_qp(&self, max_wr: u32) -> Result<Box<dyn QueuePair>>;
     /// Append up to `max` completions to `out`; returns how many.
     fn poll(&self, out: &mut Vec<Completion>, max: usize) -> usize;

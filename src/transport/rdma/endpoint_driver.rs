@@ -38,6 +38,22 @@ pub struct HandshakeMode {
     /// Test hook: the active side sleeps before moving its QPs to RTR, which
     /// opens the window the ready ACK closes (`MC_TE_RS_TEST_RTR_DELAY_MS`).
     pub rtr_delay: Duration,
+    /// Test hook: send an empty `local_gid`, as some peers do; the other
+    /// side takes it from our segment descriptor (`MC_TE_RS_TEST_EMPTY_GID`).
+    pub empty_gid: bool,
+}
+
+/// Finds a peer's GID in its segment descriptor (for an empty `local_gid`).
+pub type PeerGidLookup = Box<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// The GID of NIC path `peer_path`'s device in its segment descriptor
+/// (fetched if not cached), as upstream does for an empty `local_gid`.
+pub fn peer_gid_from_descriptor(meta: &Metadata, peer_path: &str) -> Option<String> {
+    let (server, device) = name::split_nic_path(peer_path)?;
+    let id = meta.open_segment(server).ok()?;
+    let desc = meta.segment_desc(id)?;
+    let dev = desc.devices.as_ref()?.iter().find(|d| d.name == device)?;
+    Some(dev.gid.clone()).filter(|g| !g.is_empty())
 }
 
 /// The passive handler's verdict.
@@ -78,6 +94,7 @@ pub struct Endpoint {
     last_progress_ms: std::sync::atomic::AtomicU64,
     /// A liveness probe of the peer is running.
     probing: std::sync::atomic::AtomicBool,
+    peer_gid_lookup: std::sync::OnceLock<PeerGidLookup>,
 }
 
 fn create_qps(dev: &dyn Device, n: usize, max_wr: u32) -> Result<Vec<Box<dyn QueuePair>>> {
@@ -116,7 +133,13 @@ impl Endpoint {
             handshake_running: std::sync::atomic::AtomicBool::new(false),
             last_progress_ms: std::sync::atomic::AtomicU64::new(0),
             probing: std::sync::atomic::AtomicBool::new(false),
+            peer_gid_lookup: std::sync::OnceLock::new(),
         })
+    }
+
+    /// How to find the peer's GID when its handshake carries none.
+    pub fn set_peer_gid_lookup(&self, f: PeerGidLookup) {
+        let _ = self.peer_gid_lookup.set(f);
     }
 
     pub fn state(&self) -> EndpointState {
@@ -154,6 +177,9 @@ impl Endpoint {
     fn outgoing(&self, mut d: HandShakeDesc) -> HandShakeDesc {
         if self.mode.legacy {
             d.ready_ack = None;
+        }
+        if self.mode.empty_gid {
+            d.local_gid.clear();
         }
         d
     }
@@ -206,8 +232,17 @@ impl Endpoint {
 
     /// QP i → peer QP i, RESET→INIT→RTR→RTS.
     fn configure(&self, peer: &PeerQps) -> Result<()> {
-        let gid = parse_gid(&peer.gid)
-            .ok_or_else(|| Error::RejectHandshake(format!("Invalid peer GID: {}", peer.gid)))?;
+        // An empty GID: the peer's segment descriptor has it (upstream).
+        let text = match peer.gid.as_str() {
+            "" => self
+                .peer_gid_lookup
+                .get()
+                .and_then(|f| f())
+                .unwrap_or_default(),
+            g => g.to_string(),
+        };
+        let gid = parse_gid(&text)
+            .ok_or_else(|| Error::RejectHandshake(format!("Invalid peer GID: {text:?}")))?;
         let qps = self.qps.read();
         if qps.len() != peer.qpns.len() {
             return Err(Error::RejectHandshake(format!(
@@ -355,6 +390,9 @@ impl Endpoint {
         }
         if p.retry_fresh {
             return PassiveOutcome::RetryFresh;
+        }
+        if let (Some(r), true) = (p.reply.as_mut(), self.mode.empty_gid) {
+            r.local_gid.clear();
         }
         PassiveOutcome::Reply(p.reply.unwrap_or_else(|| {
             HandShakeDesc::rejected(format!(

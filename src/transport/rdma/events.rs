@@ -3,7 +3,9 @@
 //! port error → the context stops taking slices and its endpoints retire
 //! (QPs to ERR, every WR flushes, slices move or fail); port active → the
 //! context takes slices again, no restart; device fatal → down for good;
-//! QP fatal → that one endpoint retires.
+//! QP fatal → that one endpoint retires; GID change → the GID table is read
+//! again (and selected as at open); if the selection changed, the context's
+//! endpoints retire and new ones advertise and use the new GID.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -42,7 +44,22 @@ fn apply(sh: &Shared, cw: &ContextWorkers, ev: DeviceEvent) {
             ctx.deactivate("port error");
             sh.retire_context_endpoints(ctx, "port error");
         }
-        DeviceEvent::PortUp => ctx.reactivate("port active"),
+        DeviceEvent::PortUp => {
+            // An address may have come back with the link.
+            if let Some(dev) = &ctx.device {
+                if dev.refresh_gid() {
+                    sh.retire_context_endpoints(ctx, "GID changed");
+                }
+            }
+            ctx.reactivate("port active")
+        }
+        DeviceEvent::GidChange => {
+            if let Some(dev) = &ctx.device {
+                if dev.refresh_gid() {
+                    sh.retire_context_endpoints(ctx, "GID changed");
+                }
+            }
+        }
         DeviceEvent::Fatal => {
             ctx.set_fatal("device fatal");
             sh.retire_context_endpoints(ctx, "device fatal");

@@ -11,6 +11,7 @@ pub mod context;
 pub mod endpoint;
 pub mod endpoint_driver;
 pub mod events;
+pub mod limits;
 pub mod liveness;
 pub mod memory;
 pub mod passive_cap;
@@ -19,6 +20,7 @@ pub mod rail;
 pub mod selection;
 pub mod slicing;
 pub mod stats;
+pub mod timeouts;
 pub mod verbs;
 pub mod worker;
 
@@ -58,7 +60,11 @@ pub fn discover_devices() -> Vec<String> {
 pub struct RdmaConfig {
     pub num_qp_per_ep: usize,
     pub max_wr: u32,
+    pub max_sge: u32,
+    pub max_inline: u32,
     pub max_cqe: usize,
+    /// `MC_MAX_MR_SIZE`: larger registrations are split (upstream #2644).
+    pub max_mr_size: u64,
     pub workers_per_ctx: usize,
     /// `MC_MAX_EP_PER_CTX`: endpoints per context before idle ones are evicted.
     pub max_ep_per_ctx: usize,
@@ -66,6 +72,8 @@ pub struct RdmaConfig {
     pub slice: SliceParams,
     pub rail_pause: Duration,
     pub slice_timeout: Option<Duration>,
+    /// `MC_TE_RS_FLUSH_GRACE_MS`: how long a timed-out WR's flush may take.
+    pub flush_grace: Duration,
     pub policy: SelectionPolicy,
     pub handshake: HandshakeMode,
     /// Re-handshake pacing per peer NIC path (beyond upstream, issue #3299).
@@ -77,7 +85,10 @@ impl RdmaConfig {
         RdmaConfig {
             num_qp_per_ep: env_u64("MC_NUM_QP_PER_EP", 2, 1, 255) as usize,
             max_wr: env_u64("MC_MAX_WR", 256, 1, 65535) as u32,
+            max_sge: env_u64("MC_MAX_SGE", 4, 1, 65535) as u32,
+            max_inline: env_u64("MC_MAX_INLINE", 64, 0, 65535) as u32,
             max_cqe: env_u64("MC_MAX_CQE_PER_CTX", 4096, 1, 65535) as usize,
+            max_mr_size: env_u64("MC_MAX_MR_SIZE", 1 << 40, 1, u64::MAX >> 1),
             workers_per_ctx: env_u64("MC_WORKERS_PER_CTX", 2, 1, 8) as usize,
             max_ep_per_ctx: env_u64("MC_MAX_EP_PER_CTX", 65536, 1, 65536) as usize,
             retry_cnt: env_u64("MC_RETRY_CNT", 9, 1, 127) as u32,
@@ -87,6 +98,12 @@ impl RdmaConfig {
                 s if s > 0 => Some(Duration::from_secs(s as u64)),
                 _ => None,
             },
+            flush_grace: Duration::from_millis(env_u64(
+                "MC_TE_RS_FLUSH_GRACE_MS",
+                10_000,
+                1,
+                3_600_000,
+            )),
             policy: SelectionPolicy::from_env(),
             backoff: backoff_from_env(),
             handshake: HandshakeMode {
@@ -110,6 +127,7 @@ impl RdmaConfig {
                     0,
                     600_000,
                 )),
+                empty_gid: env_flag("MC_TE_RS_TEST_EMPTY_GID"),
             },
         }
     }
@@ -170,7 +188,10 @@ pub struct Shared {
 
 impl Shared {
     fn nic_path(&self, device: &str) -> String {
-        name::nic_path(&self.tctx.local_server_name, device)
+        name::nic_path(
+            &limits::rdma_server_name(&self.tctx.local_server_name),
+            device,
+        )
     }
 
     /// The endpoint of `ctx` towards `peer`, created if absent.
@@ -198,6 +219,10 @@ impl Shared {
             generation,
             self.cfg.handshake,
         )?);
+        let (meta, path) = (self.tctx.metadata.clone(), peer.to_string());
+        ep.set_peer_gid_lookup(Box::new(move || {
+            endpoint_driver::peer_gid_from_descriptor(&meta, &path)
+        }));
         eps.insert(peer.to_string(), ep.clone());
         Ok(ep)
     }
@@ -464,7 +489,8 @@ pub struct RdmaTransport {
 
 impl RdmaTransport {
     pub fn install(ctx: TransportContext, matrix: PriorityMatrix) -> Result<Arc<RdmaTransport>> {
-        let cfg = RdmaConfig::from_env();
+        let mut cfg = RdmaConfig::from_env();
+        limits::warn_unsupported();
         let mut names = hca_list(&matrix);
         if names.is_empty() {
             names = discover_devices();
@@ -473,7 +499,7 @@ impl RdmaTransport {
             .iter()
             .enumerate()
             .map(|(i, n)| {
-                let dev = match provider::open(n, cfg.max_cqe) {
+                let dev = match provider::open(n, &mut cfg) {
                     Ok(d) => Some(d),
                     Err(e) => {
                         log::warn!(
@@ -575,59 +601,28 @@ impl Transport for RdmaTransport {
 
     fn register_memory(&self, buf: &LocalBuffer) -> Result<()> {
         let sh = &self.shared;
-        let mut lkeys = Vec::with_capacity(sh.contexts.len());
-        let mut rkeys = Vec::with_capacity(sh.contexts.len());
-        let mut done: Vec<&Arc<RdmaContext>> = Vec::new();
-        for c in &sh.contexts {
-            let Some(dev) = &c.device else {
-                lkeys.push(0);
-                rkeys.push(0);
-                continue;
-            };
-            match dev.register(buf.addr, buf.length) {
-                Ok(mr) => {
-                    log::trace!(
-                        "registerMemoryRegion: addr={:#x}, length={}, context={}",
-                        buf.addr,
-                        buf.length,
-                        c.name
-                    );
-                    lkeys.push(mr.lkey());
-                    rkeys.push(mr.rkey());
-                    c.mrs.lock().insert(buf.addr, mr);
-                    done.push(c);
-                }
-                Err(e) => {
-                    for d in done {
-                        d.mrs.lock().remove(&buf.addr);
-                    }
-                    return Err(Error::Memory(format!(
-                        "registering {:#x}+{} on {}: {e}",
-                        buf.addr, buf.length, c.name
-                    )));
-                }
-            }
+        let regions = memory::register(&sh.contexts, buf, sh.cfg.max_mr_size)?;
+        let mut mem = sh.memory.write();
+        for r in regions {
+            mem.insert(r);
         }
-        sh.memory.write().insert(Region {
-            buf: buf.clone(),
-            lkeys,
-            rkeys,
-        });
         Ok(())
     }
 
     fn unregister_memory(&self, addr: u64) -> Result<()> {
         let sh = &self.shared;
-        sh.memory.write().remove(addr);
-        for c in &sh.contexts {
-            c.mrs.lock().remove(&addr);
-        }
+        let gone = sh.memory.write().remove_registration(addr);
+        memory::release(&sh.contexts, &gone);
         Ok(())
     }
 
     fn describe(&self, desc: &mut SegmentDesc, buffers: &[LocalBuffer]) {
         let sh = &self.shared;
         desc.protocol = "rdma".into();
+        let rdma_name = limits::rdma_server_name(&sh.tctx.local_server_name);
+        if rdma_name != sh.tctx.local_server_name {
+            desc.rdma_server_name = Some(rdma_name);
+        }
         desc.tcp_data_port = 0;
         desc.tcp_proto_version = 1;
         desc.devices = Some(
@@ -648,7 +643,7 @@ impl Transport for RdmaTransport {
         let mem = sh.memory.read();
         desc.buffers = buffers
             .iter()
-            .filter_map(|b| mem.get(b.addr).map(Region::describe))
+            .flat_map(|b| mem.chunks_of(b.addr).map(Region::describe))
             .collect();
     }
 
@@ -905,6 +900,7 @@ impl Transport for RdmaTransport {
                 sh.fail_slice(f.slice);
             }
             sh.retire_context_endpoints(&cw.ctx, "transport shutdown");
+            cw.unflushed.lock().clear();
             cw.ctx.mrs.lock().clear();
         }
         sh.memory.write().clear();

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
+
 use crate::config::{env_i64, env_u64};
 use crate::engine::task::Opcode;
 use crate::error::{Error, Result};
@@ -43,32 +45,69 @@ pub fn discover() -> Vec<String> {
     }
 }
 
-/// Open `name` with a PD and one CQ of `cq_depth` entries.
-pub fn open(name: &str, cq_depth: usize) -> Result<Arc<dyn Device>> {
+/// Open `name` with a PD and one CQ, clamping `cfg` to the device's limits
+/// first (`limits.rs`; each lowered value is logged).
+pub fn open(name: &str, cfg: &mut super::RdmaConfig) -> Result<Arc<dyn Device>> {
     let provider = verbs::provider();
     let ctx = provider.open(name, &verbs::OpenOptions::from_env())?;
+    super::limits::clamp_and_log(cfg, name, &ctx.limits());
     let pd = ctx.alloc_pd()?;
-    let cq = ctx.create_cq(cq_depth)?;
+    let cq = ctx.create_cq(cfg.max_cqe)?;
     let port = ctx.port_info().clone();
-    let mtu_cap = env_u64("MC_MTU", 4096, 256, 4096) as u32;
+    let gid = Arc::new(RwLock::new((port.gid, port.gid_index)));
+    let mut caps = verbs::QpCaps {
+        max_send_wr: cfg.max_wr,
+        max_recv_wr: cfg.max_wr,
+        max_send_sge: cfg.max_sge,
+        max_recv_sge: cfg.max_sge,
+        max_inline_data: cfg.max_inline,
+    };
+    caps.max_inline_data = probe_inline(name, &pd, &cq, caps);
     Ok(Arc::new(VerbsDevice {
         name: name.to_string(),
         ctx,
         pd,
         cq,
-        path_mtu: port.active_mtu.min(mtu_cap),
+        path_mtu: port.active_mtu.min(super::limits::mtu_setting()),
         port,
+        gid,
         down: AtomicBool::new(false),
-        caps: verbs::QpCaps {
-            max_send_sge: env_u64("MC_MAX_SGE", 4, 1, 65535) as u32,
-            max_recv_sge: env_u64("MC_MAX_SGE", 4, 1, 65535) as u32,
-            max_inline_data: env_u64("MC_MAX_INLINE", 64, 0, 65535) as u32,
-            ..Default::default()
-        },
+        caps,
         traffic_class: env_i64("MC_IB_TC", 0, 0, 255) as u8,
         sl: env_i64("MC_IB_SL", 0, 0, 15) as u8,
+        pkey_index: super::limits::pkey_index(),
         rts: rts_from_env(),
     }))
+}
+
+/// The largest inline size (≤ `caps.max_inline_data`) the device accepts
+/// at QP creation, found with one probe QP: ibv_query_device does not
+/// report it, and a refused value would fail every endpoint.
+fn probe_inline(
+    name: &str,
+    pd: &Arc<dyn verbs::Pd>,
+    cq: &Arc<dyn verbs::Cq>,
+    caps: verbs::QpCaps,
+) -> u32 {
+    let first = match pd.create_qp(cq, &caps) {
+        Ok(_) => return caps.max_inline_data,
+        Err(e) => e,
+    };
+    for v in super::limits::inline_fallbacks(caps.max_inline_data) {
+        let c = verbs::QpCaps {
+            max_inline_data: v,
+            ..caps
+        };
+        if pd.create_qp(cq, &c).is_ok() {
+            log::warn!(
+                "RDMA device {name}: MC_MAX_INLINE={} lowered to {v} (the device refuses more: {first})",
+                caps.max_inline_data
+            );
+            return v;
+        }
+    }
+    // Not an inline problem: endpoint creation reports the real error.
+    caps.max_inline_data
 }
 
 /// Mooncake's RTS attributes (timeout 14 ≈ 67 ms local ACK timeout,
@@ -89,12 +128,15 @@ struct VerbsDevice {
     pd: Arc<dyn verbs::Pd>,
     cq: Arc<dyn verbs::Cq>,
     port: verbs::PortInfo,
+    /// Selected (GID, index); re-read on `GID_CHANGE`.
+    gid: Arc<RwLock<(verbs::Gid, u8)>>,
     path_mtu: u32,
     down: AtomicBool,
     caps: verbs::QpCaps,
     traffic_class: u8,
     sl: u8,
     rts: verbs::RtsAttrs,
+    pkey_index: u16,
 }
 
 struct VerbsMr(Box<dyn verbs::Mr>);
@@ -110,12 +152,16 @@ impl MemoryRegion for VerbsMr {
 
 struct VerbsQp {
     qp: Arc<dyn verbs::Qp>,
+    ctx: Arc<dyn verbs::Context>,
+    device: String,
     port: u8,
-    gid_index: u8,
+    /// The device's current selection (read at each connect).
+    gid: Arc<RwLock<(verbs::Gid, u8)>>,
     path_mtu: u32,
     traffic_class: u8,
     sl: u8,
     rts: verbs::RtsAttrs,
+    pkey_index: u16,
 }
 
 impl QueuePair for VerbsQp {
@@ -129,19 +175,44 @@ impl QueuePair for VerbsQp {
         }
         self.qp.modify_to_init(&verbs::InitAttrs {
             port: self.port,
+            pkey_index: self.pkey_index,
             ..Default::default()
         })?;
-        self.qp.modify_to_rtr(&verbs::RtrAttrs {
-            dest_qp_num: peer_qpn,
-            dgid: peer_gid,
-            dlid: peer_lid,
-            path_mtu: self.path_mtu,
-            sgid_index: self.gid_index,
-            port: self.port,
-            traffic_class: self.traffic_class,
-            sl: self.sl,
-            ..Default::default()
-        })?;
+        let rtr = |sgid_index: u8| {
+            self.qp.modify_to_rtr(&verbs::RtrAttrs {
+                dest_qp_num: peer_qpn,
+                dgid: peer_gid,
+                dlid: peer_lid,
+                path_mtu: self.path_mtu,
+                sgid_index,
+                port: self.port,
+                traffic_class: self.traffic_class,
+                sl: self.sl,
+                ..Default::default()
+            })
+        };
+        let mut tried = self.gid.read().1;
+        let mut result = rtr(tried);
+        // The GID table may have changed under us (an address removed and
+        // re-added moves its GID): re-probe and retry, as upstream's
+        // MC_AUTO_GID_MAX_RETRIES.
+        for attempt in 1..=super::limits::auto_gid_retries() {
+            let Err(e) = &result else { break };
+            if !refresh_gid(&*self.ctx, &self.gid, &self.device) {
+                break;
+            }
+            let now = self.gid.read().1;
+            if now == tried {
+                break;
+            }
+            log::warn!(
+                "RDMA device {}: RTR with GID[{tried}] failed ({e}); retrying with GID[{now}] (attempt {attempt})",
+                self.device
+            );
+            tried = now;
+            result = rtr(now);
+        }
+        result?;
         self.qp.modify_to_rts(&self.rts)
     }
 
@@ -179,6 +250,45 @@ impl QueuePair for VerbsQp {
     }
 }
 
+/// Re-select the GID of `ctx` into `cur`; true if it changed.
+fn refresh_gid(ctx: &dyn verbs::Context, cur: &RwLock<(verbs::Gid, u8)>, name: &str) -> bool {
+    match ctx.reselect_gid() {
+        Ok(now) => {
+            let mut cur = cur.write();
+            if *cur == now {
+                return false;
+            }
+            log::warn!(
+                "RDMA device {name}: GID[{}] {} replaces GID[{}] {}",
+                now.1,
+                verbs::gid_to_string(&now.0),
+                cur.1,
+                verbs::gid_to_string(&cur.0)
+            );
+            *cur = now;
+            true
+        }
+        Err(e) => {
+            log::warn!("RDMA device {name}: GIDs not re-read: {e}");
+            false
+        }
+    }
+}
+
+/// Upstream's rights: LOCAL_WRITE, plus REMOTE_WRITE | REMOTE_READ only for
+/// a remote-accessible buffer, plus relaxed ordering (an optional bit that
+/// libibverbs drops where unsupported) unless `MC_IB_PCI_RELAXED_ORDERING=0`.
+fn access(remote: bool) -> verbs::Access {
+    let mut a = verbs::Access::LOCAL_WRITE;
+    if remote {
+        a = a | verbs::Access::REMOTE_WRITE | verbs::Access::REMOTE_READ;
+    }
+    if super::limits::relaxed_ordering() {
+        a = a | verbs::Access::RELAXED_ORDERING;
+    }
+    a
+}
+
 fn classify(s: WcStatus) -> CompletionStatus {
     match s {
         WcStatus::Success => CompletionStatus::Success,
@@ -194,20 +304,24 @@ impl Device for VerbsDevice {
     }
 
     fn gid(&self) -> [u8; 16] {
-        self.port.gid
+        self.gid.read().0
+    }
+
+    fn refresh_gid(&self) -> bool {
+        refresh_gid(&*self.ctx, &self.gid, &self.name)
     }
 
     fn lid(&self) -> u16 {
         self.port.lid
     }
 
-    fn register(&self, addr: u64, len: u64) -> Result<Box<dyn MemoryRegion>> {
+    fn register(&self, addr: u64, len: u64, remote: bool) -> Result<Box<dyn MemoryRegion>> {
         let len = usize::try_from(len)
             .map_err(|_| Error::InvalidArgument(format!("region length {len} too large")))?;
         // SAFETY: the engine's registration contract: the caller keeps
         // `[addr, addr+len)` allocated until it unregisters the region, and
         // unregistering drops this MR (context.mrs) before returning.
-        let mr = unsafe { self.pd.reg_mr(addr, len, verbs::Access::ALL)? };
+        let mr = unsafe { self.pd.reg_mr(addr, len, access(remote))? };
         Ok(Box::new(VerbsMr(mr)))
     }
 
@@ -220,12 +334,15 @@ impl Device for VerbsDevice {
         let qp = self.pd.create_qp(&self.cq, &caps)?;
         Ok(Box::new(VerbsQp {
             qp,
+            ctx: self.ctx.clone(),
+            device: self.name.clone(),
             port: self.port.port,
-            gid_index: self.port.gid_index,
+            gid: self.gid.clone(),
             path_mtu: self.path_mtu,
             traffic_class: self.traffic_class,
             sl: self.sl,
             rts: self.rts.clone(),
+            pkey_index: self.pkey_index,
         }))
     }
 
@@ -292,6 +409,7 @@ impl Device for VerbsDevice {
                 AsyncEventKind::QpFatal
                 | AsyncEventKind::QpReqErr
                 | AsyncEventKind::QpAccessErr => ev.qp_num.map(DeviceEvent::QpFatal),
+                AsyncEventKind::GidChange => Some(DeviceEvent::GidChange),
                 _ => None,
             };
             match mapped {

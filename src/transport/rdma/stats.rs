@@ -127,6 +127,14 @@ pub struct Counters {
     pub evictions: AtomicU64,
     /// Stalled endpoints whose peer a probe found gone.
     pub peers_gone: AtomicU64,
+    /// WRs past `MC_SLICE_TIMEOUT` whose QP was moved to ERR.
+    pub timeouts: AtomicU64,
+    /// Of those, WRs whose flush (or late) completion came back, ending
+    /// their slice only then.
+    pub timeouts_completed: AtomicU64,
+    /// Of those, WRs whose completion never came within the flush grace:
+    /// slice ended, QP kept alive until shutdown.
+    pub timeouts_unflushed: AtomicU64,
 }
 
 impl Counters {
@@ -142,6 +150,9 @@ impl Counters {
             "handshake_attempts": g(&self.handshake_attempts),
             "handshakes_capped": g(&self.handshakes_capped),
             "peers_gone": g(&self.peers_gone),
+            "timeouts": g(&self.timeouts),
+            "timeouts_completed": g(&self.timeouts_completed),
+            "timeouts_unflushed": g(&self.timeouts_unflushed),
         })
     }
 }

@@ -44,6 +44,10 @@ pub struct Inflight {
     pub ep: Arc<Endpoint>,
     pub qp: usize,
     pub posted_at: Instant,
+    /// Past `MC_SLICE_TIMEOUT`: its QP was moved to ERR, and the slice ends
+    /// when this WR's (flush) completion arrives, never before (the NIC may
+    /// still be moving its bytes).
+    pub timed_out: Option<Instant>,
 }
 
 /// Queues of one posting thread: peer NIC path → slices.
@@ -155,6 +159,9 @@ pub struct ContextWorkers {
     /// Re-handshake pacing per peer NIC path (outlives one-shot endpoints).
     backoff: Mutex<HashMap<String, HandshakeBackoff>>,
     backoff_cfg: BackoffConfig,
+    /// Endpoints whose timed-out WRs never completed: their QPs are kept
+    /// (never destroyed under a WR that may still move bytes) until shutdown.
+    pub unflushed: Mutex<Vec<Arc<Endpoint>>>,
 }
 
 impl ContextWorkers {
@@ -171,6 +178,7 @@ impl ContextWorkers {
             stop: AtomicBool::new(false),
             backoff: Mutex::new(HashMap::new()),
             backoff_cfg: backoff,
+            unflushed: Mutex::new(Vec::new()),
         }
     }
 
@@ -243,7 +251,7 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
         if also_poll {
             progressed |= poll_once(&sh, &cw, &mut bufs);
             if last_sweep.elapsed() >= Duration::from_millis(100) {
-                sweep_timeouts(&sh, &cw);
+                super::timeouts::sweep(&sh, &cw);
                 watch_stalled(&sh, &cw);
                 last_sweep = Instant::now();
             }
@@ -285,7 +293,7 @@ pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
         let Some(sh) = shared.upgrade() else { return };
         let progressed = poll_once(&sh, &cw, &mut bufs);
         if last_sweep.elapsed() >= Duration::from_millis(100) {
-            sweep_timeouts(&sh, &cw);
+            super::timeouts::sweep(&sh, &cw);
             watch_stalled(&sh, &cw);
             last_sweep = Instant::now();
         }
@@ -468,6 +476,7 @@ fn post_slices(
                         ep: ep.clone(),
                         qp: i,
                         posted_at: now,
+                        timed_out: None,
                     },
                 );
             }
@@ -547,6 +556,18 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
     for (c, f) in bufs.done.drain(..) {
         f.ep.touch(now_ms);
         f.ep.completed(f.qp);
+        if f.timed_out.is_some() {
+            // The QP of a timed-out WR is in ERR: this is its flush (or a
+            // late success). Only now may the slice end.
+            sh.counters
+                .timeouts_completed
+                .fetch_add(1, Ordering::Relaxed);
+            match c.status {
+                CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
+                _ => sh.fail_slice(f.slice),
+            }
+            continue;
+        }
         match c.status {
             CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
             CompletionStatus::Flushed => {
@@ -576,33 +597,6 @@ fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
         }
     }
     true
-}
-
-/// `MC_SLICE_TIMEOUT`: fail slices whose WR never completed.
-fn sweep_timeouts(sh: &Shared, cw: &ContextWorkers) {
-    let Some(limit) = sh.cfg.slice_timeout else {
-        return;
-    };
-    let lost: Vec<Inflight> = {
-        let mut infl = cw.inflight.lock();
-        let ids: Vec<u64> = infl
-            .iter()
-            .filter(|(_, f)| f.posted_at.elapsed() > limit)
-            .map(|(id, _)| *id)
-            .collect();
-        ids.into_iter().filter_map(|id| infl.remove(&id)).collect()
-    };
-    for f in lost {
-        crate::warn_limited!(
-            "slice to {} lost: no completion within {limit:?}",
-            f.slice.peer_path
-        );
-        f.ep.completed(f.qp);
-        cw.ctx.stats.finished(f.slice.length, false);
-        f.ep.retire("slice timeout");
-        cw.ctx.forget_endpoint(&f.slice.peer_path, &f.ep);
-        sh.fail_slice(f.slice);
-    }
 }
 
 /// Probe the peer of every endpoint whose WRs made no progress for

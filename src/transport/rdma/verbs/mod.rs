@@ -41,6 +41,18 @@ pub trait Context: Send + Sync {
     fn device_name(&self) -> &str;
     /// Port number, GID (index), LID, active MTU, as selected at open time.
     fn port_info(&self) -> &PortInfo;
+    /// The device's limits (`ibv_query_device`); providers without any
+    /// report none.
+    fn limits(&self) -> DeviceLimits {
+        DeviceLimits::default()
+    }
+    /// Read the GID table again (after `GID_CHANGE`) and pick as at open
+    /// time (`MC_GID_INDEX` or the automatic ranking): `(gid, index)`.
+    /// Providers whose GIDs never change return the selected one.
+    fn reselect_gid(&self) -> Result<(Gid, u8)> {
+        let p = self.port_info();
+        Ok((p.gid, p.gid_index))
+    }
     /// Query the port again (state, MTU, LID may change; GID is re-read at
     /// the selected index).
     fn query_port(&self) -> Result<PortInfo>;

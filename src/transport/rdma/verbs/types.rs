@@ -87,6 +87,31 @@ pub struct PortInfo {
     pub active_mtu: u32,
 }
 
+/// What `ibv_query_device` says the device supports (the values the
+/// transport clamps its settings to). `Default` is "no limit known".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLimits {
+    pub max_qp: u32,
+    pub max_qp_wr: u32,
+    pub max_sge: u32,
+    pub max_cq: u32,
+    pub max_cqe: u32,
+    pub max_mr_size: u64,
+}
+
+impl Default for DeviceLimits {
+    fn default() -> Self {
+        DeviceLimits {
+            max_qp: u32::MAX,
+            max_qp_wr: u32::MAX,
+            max_sge: u32::MAX,
+            max_cq: u32::MAX,
+            max_cqe: u32::MAX,
+            max_mr_size: u64::MAX,
+        }
+    }
+}
+
 /// Memory-region access rights (IBV_ACCESS_* bit values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Access(pub u32);
@@ -96,8 +121,12 @@ impl Access {
     pub const REMOTE_WRITE: Access = Access(2);
     pub const REMOTE_READ: Access = Access(4);
     pub const REMOTE_ATOMIC: Access = Access(8);
-    /// What Mooncake registers buffers and QPs with.
-    pub const ALL: Access = Access(1 | 2 | 4 | 8);
+    /// `IBV_ACCESS_RELAXED_ORDERING`: an optional bit, dropped by
+    /// libibverbs where the device does not support it.
+    pub const RELAXED_ORDERING: Access = Access(1 << 20);
+    /// What Mooncake registers remote-accessible buffers and QPs with
+    /// (never REMOTE_ATOMIC: providers without atomics reject it).
+    pub const ALL: Access = Access(1 | 2 | 4);
 
     pub fn contains(self, other: Access) -> bool {
         self.0 & other.0 == other.0

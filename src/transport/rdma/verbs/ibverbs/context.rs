@@ -58,6 +58,34 @@ impl Drop for ContextHandle {
 pub(super) struct IbvContext {
     pub handle: Arc<ContextHandle>,
     port: PortInfo,
+    limits: DeviceLimits,
+    /// `MC_GID_INDEX` (None: automatic ranking), for `reselect_gid`.
+    gid_choice: Option<u8>,
+}
+
+/// `ibv_query_device`: the limits the transport clamps its settings to.
+fn query_limits(ctx: NonNull<ffi::ibv_context>, name: &str) -> Result<DeviceLimits> {
+    // SAFETY: ibv_device_attr is a plain C struct; all-zero is valid.
+    let mut attr: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: `ctx` is an open context and `attr` a valid out-parameter.
+    let rc = unsafe { ffi::ibv_query_device(ctx.as_ptr(), &mut attr) };
+    if rc != 0 {
+        let errno = if rc > 0 { rc } else { last_errno() };
+        return Err(verb_error("ibv_query_device", "open", errno, name));
+    }
+    let positive = |v: libc::c_int| if v > 0 { v as u32 } else { u32::MAX };
+    Ok(DeviceLimits {
+        max_qp: positive(attr.max_qp),
+        max_qp_wr: positive(attr.max_qp_wr),
+        max_sge: positive(attr.max_sge),
+        max_cq: positive(attr.max_cq),
+        max_cqe: positive(attr.max_cqe),
+        max_mr_size: if attr.max_mr_size > 0 {
+            attr.max_mr_size
+        } else {
+            u64::MAX
+        },
+    })
 }
 
 fn query_port_attr(
@@ -106,38 +134,9 @@ impl IbvContext {
                 log::warn!("{name}: cannot make the async event fd non-blocking");
             }
         }
+        let limits = query_limits(ctx, name)?;
         let attr = query_port_attr(ctx, name, opts.port)?;
-        let link_layer_ib = attr.link_layer == 1;
-        let table = read_gid_table(
-            ctx.as_ptr(),
-            name,
-            opts.port,
-            attr.gid_tbl_len.max(0) as usize,
-            link_layer_ib,
-        );
-        let gid_index = match opts.gid_index {
-            Some(i) => i,
-            None => select_gid(&table).ok_or_else(|| {
-                verb_error(
-                    "ibv_query_gid",
-                    "open",
-                    libc::ENODEV,
-                    &format!("{name} port {} has no usable GID", opts.port),
-                )
-            })?,
-        };
-        let gid = table
-            .iter()
-            .find(|c| c.index == gid_index)
-            .map(|c| c.gid)
-            .ok_or_else(|| {
-                verb_error(
-                    "ibv_query_gid",
-                    "open",
-                    libc::EINVAL,
-                    &format!("{name} port {} GID index {gid_index} is empty", opts.port),
-                )
-            })?;
+        let (gid, gid_index) = pick_gid(ctx, name, opts.port, &attr, opts.gid_index)?;
         handle.gid = gid;
         let port = PortInfo {
             port: opts.port,
@@ -158,8 +157,52 @@ impl IbvContext {
         Ok(IbvContext {
             handle: Arc::new(handle),
             port,
+            limits,
+            gid_choice: opts.gid_index,
         })
     }
+}
+
+/// The GID of `port` to use: `choice` (`MC_GID_INDEX`) or the automatic
+/// ranking of the current table.
+fn pick_gid(
+    ctx: NonNull<ffi::ibv_context>,
+    name: &str,
+    port: u8,
+    attr: &ffi::ibv_port_attr,
+    choice: Option<u8>,
+) -> Result<(Gid, u8)> {
+    let table = read_gid_table(
+        ctx.as_ptr(),
+        name,
+        port,
+        attr.gid_tbl_len.max(0) as usize,
+        attr.link_layer == 1,
+    );
+    let gid_index = match choice {
+        Some(i) => i,
+        None => select_gid(&table).ok_or_else(|| {
+            verb_error(
+                "ibv_query_gid",
+                "open",
+                libc::ENODEV,
+                &format!("{name} port {port} has no usable GID"),
+            )
+        })?,
+    };
+    let gid = table
+        .iter()
+        .find(|c| c.index == gid_index)
+        .map(|c| c.gid)
+        .ok_or_else(|| {
+            verb_error(
+                "ibv_query_gid",
+                "open",
+                libc::EINVAL,
+                &format!("{name} port {port} GID index {gid_index} is empty"),
+            )
+        })?;
+    Ok((gid, gid_index))
 }
 
 fn event_kind(t: ffi::ibv_event_type) -> AsyncEventKind {
@@ -188,6 +231,21 @@ impl Context for IbvContext {
 
     fn port_info(&self) -> &PortInfo {
         &self.port
+    }
+
+    fn limits(&self) -> DeviceLimits {
+        self.limits
+    }
+
+    fn reselect_gid(&self) -> Result<(Gid, u8)> {
+        let attr = query_port_attr(self.handle.ctx, &self.handle.name, self.port.port)?;
+        pick_gid(
+            self.handle.ctx,
+            &self.handle.name,
+            self.port.port,
+            &attr,
+            self.gid_choice,
+        )
     }
 
     fn query_port(&self) -> Result<PortInfo> {

@@ -36,13 +36,15 @@ impl IbvMr {
         access: Access,
     ) -> Result<IbvMr> {
         // SAFETY: the PD is live; the caller guarantees the range (the NIC
-        // pins it).
+        // pins it). `ibv_reg_mr_iova2` (iova = addr, as ibv_reg_mr) drops
+        // optional bits such as RELAXED_ORDERING where the kernel lacks them.
         let raw = unsafe {
-            ffi::ibv_reg_mr(
+            ffi::ibv_reg_mr_iova2(
                 pd.pd.as_ptr(),
                 addr as usize as *mut libc::c_void,
                 len,
-                access.0 as libc::c_int,
+                addr,
+                access.0 as libc::c_uint,
             )
         };
         let mr = NonNull::new(raw).ok_or_else(|| {

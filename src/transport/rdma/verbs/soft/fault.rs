@@ -159,3 +159,23 @@ pub(crate) fn take_drop(dev_faults: &mut FaultSet) -> bool {
     }
     false
 }
+
+/// A `QP_FATAL` on QP `qpn`, as a NIC raises it: the QP goes to ERR (its
+/// queued WRs flush) and its device's contexts get the event.
+pub fn qp_fatal(qpn: u32) -> Result<()> {
+    let fabric = fabric();
+    let qp = fabric
+        .qps
+        .lock()
+        .get(&qpn)
+        .and_then(std::sync::Weak::upgrade)
+        .ok_or_else(|| Error::InvalidArgument(format!("no soft QP {qpn}")))?;
+    qp.core.lock().state = QpState::Err;
+    fabric.schedule(qp.clone());
+    qp.device.raise(AsyncEvent {
+        kind: AsyncEventKind::QpFatal,
+        port: 0,
+        qp_num: Some(qpn),
+    });
+    Ok(())
+}
