@@ -46,15 +46,22 @@ fn device_down_mid_transfer_completes_on_the_other() {
     fault::port_down("dn1", false).unwrap();
     let st = wait_batch(&a, batch, reqs.len(), Duration::from_secs(30));
     a.free_batch_id(batch).unwrap();
-    fault::port_up("dn1").unwrap();
+    let l = links(&a);
+    assert_eq!(l["devices"][1]["active"], false, "dn1 is inactive: {l}");
     assert!(
         st.iter().all(|s| s.status == TaskStatus::Completed),
         "{:?}",
         st.iter().map(|s| s.status).collect::<Vec<_>>()
     );
     assert!(dst.0 == src.0, "every byte landed");
-    let l = links(&a);
-    assert_eq!(l["devices"][1]["active"], false, "dn1 is inactive: {l}");
+    // Port active again: the same engine takes dn1 back (events.rs).
+    fault::port_up("dn1").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || links(&a)["devices"][1]["active"]
+            == true),
+        "dn1 active again: {}",
+        links(&a)
+    );
     a.shutdown();
     b.shutdown();
 }
