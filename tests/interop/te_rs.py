@@ -202,20 +202,7 @@ class Engine:
         Submits one batch, polls every task to a terminal state, frees it.
         Returns the list of (status, transferred_bytes)."""
         n = len(reqs)
-        bid = self.lib.allocateBatchID(self.h, n)
-        if bid == INVALID_BATCH:
-            raise TeRsError("allocateBatchID returned INVALID_BATCH")
-        arr = (TransferRequest * n)()
-        for i, (op, src, sid, dst, ln) in enumerate(reqs):
-            arr[i] = TransferRequest(op, src, sid, dst, ln)
-        if notify is None:
-            rc = self.lib.submitTransfer(self.h, bid, arr, n)
-        else:
-            nm = NotifyMsg(notify[0].encode(), notify[1].encode())
-            rc = self.lib.submitTransferWithNotify(self.h, bid, arr, n, nm)
-        if rc != 0:
-            self.lib.freeBatchID(self.h, bid)
-            raise TeRsError("submitTransfer rc=%d" % rc)
+        bid = self.submit(reqs, notify)
         out = [None] * n
         st = TransferStatus()
         deadline = time.monotonic() + timeout
