@@ -331,6 +331,45 @@ def link_flap(res, logdir):
     res.run("[fault] netdev down under load, then up: bounded, and used again", run)
 
 
+def port_down_at_start(res, logdir):
+    """Both engines start while their ports are down (veth1 down: the pair
+    has no carrier); once the link is up they transfer, without restart."""
+    def run():
+        subprocess.run(["ip", "link", "set", NETDEV[1], "down"], check=True)
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any("ACTIVE" in s for s in port_states()):
+                time.sleep(0.1)
+            tgt = Peer("te-rs", "target", logdir, "downstart", **side(0))
+            ini = Peer("te-rs", "initiator", logdir, "downstart", **side(1))
+        finally:
+            subprocess.run(["ip", "link", "set", NETDEV[1], "up"], check=True)
+            subprocess.run(["rxe-routes"], check=True)
+        try:
+            tb = tgt.must(op="alloc", size=MiB)["addr"]
+            src = ini.must(op="alloc", size=MiB)["addr"]
+            ini.must(op="fill", addr=src, len=MiB, seed=31)
+            t0 = time.monotonic()
+            last = None
+            while time.monotonic() - t0 < LINK_DOWN_BOUND_S:
+                last = ini.call(60.0, op="xfer", dir="write", segment=tgt.name,
+                                reqs=[[src, tb, MiB]])
+                if last.get("ok"):
+                    break
+                time.sleep(0.5)
+            if not last or not last.get("ok"):
+                raise PeerError("no transfer %.0fs after the link came up: %s"
+                                % (LINK_DOWN_BOUND_S, last))
+            tgt.must(op="check", addr=tb, len=MiB, seed=31)
+            if "port not active" not in log_text(ini):
+                raise PeerError("the initiator did not start with its port down")
+            return "first transfer %.1fs after link up" % (time.monotonic() - t0)
+        finally:
+            ini.kill()
+            tgt.kill()
+    res.run("[fault] ports down at engine start: used once they come up", run)
+
+
 CHECKS = {
     "data": lambda res, d: data_pairs(res, d, [("te-rs", "te-rs", 0, 0), ("te-rs", "te-rs", 1, 0)]),
     "bench": bench_two_processes,
@@ -340,6 +379,7 @@ CHECKS = {
     "gate": ready_ack_gate,
     "kill": peer_killed,
     "flap": link_flap,
+    "downstart": port_down_at_start,
 }
 
 

@@ -93,6 +93,8 @@ pub trait Device: Send + Sync {
     fn wait_completions(&self, timeout: Duration);
     /// The CQ failed: the device cannot be used (a plain flag, cheap).
     fn is_down(&self) -> bool;
+    /// The port was ACTIVE when the device was opened.
+    fn port_active(&self) -> bool;
     /// Block up to `timeout` for async events and append them to `out`
     /// (the context's event thread only).
     fn wait_events(&self, timeout: Duration, out: &mut Vec<DeviceEvent>);
@@ -122,7 +124,12 @@ pub struct RdmaContext {
 
 impl RdmaContext {
     pub fn new(index: usize, name: String, device: Option<Arc<dyn Device>>) -> RdmaContext {
-        let active = device.is_some();
+        // A port that is down at start takes no slices until its
+        // PORT_ACTIVE event (events.rs) brings the context up.
+        let active = device.as_ref().is_some_and(|d| d.port_active());
+        if device.is_some() && !active {
+            log::warn!("RDMA device {name}: port not active; it is used once it comes up");
+        }
         RdmaContext {
             index,
             name,

@@ -376,6 +376,10 @@ impl Device for VerbsDevice {
         self.down.load(Ordering::Acquire)
     }
 
+    fn port_active(&self) -> bool {
+        self.port.active
+    }
+
     fn wait_events(&self, timeout: Duration, out: &mut Vec<DeviceEvent>) {
         match self.ctx.async_fd() {
             Some(fd) => {
