@@ -19,7 +19,7 @@ use Support::*;
 
 /// Name, support, and for the variables te-rs does not read, why.
 pub const UPSTREAM: &[(&str, Support, &str)] = &[
-    ("MC_AUTO_GID_MAX_RETRIES", NotApplicable, "RDMA auto-GID retry loop not implemented; set MC_GID_INDEX"),
+    ("MC_AUTO_GID_MAX_RETRIES", Honoured, ""),
     ("MC_CONN_PAUSE_TTL_MS", Differently, "failed handshakes back off per MC_TE_RS_HANDSHAKE_BACKOFF_MS / _BACKOFF_MAX_MS instead"),
     ("MC_CUSTOM_TOPO_JSON", Honoured, ""),
     ("MC_CXL_DEV_PATH", NotApplicable, "no CXL transport"),
@@ -48,7 +48,7 @@ pub const UPSTREAM: &[(&str, Support, &str)] = &[
     ("MC_HANDSHAKE_PORT", Honoured, ""),
     ("MC_HIP_NUM_EVENTS", NotApplicable, "no HIP (AMD GPU) transport"),
     ("MC_HIP_NUM_STREAMS", NotApplicable, "no HIP (AMD GPU) transport"),
-    ("MC_IB_PCI_RELAXED_ORDERING", NotApplicable, "memory regions are registered without relaxed ordering"),
+    ("MC_IB_PCI_RELAXED_ORDERING", Honoured, ""),
     ("MC_IB_PORT", Honoured, ""),
     ("MC_IB_SL", Honoured, ""),
     ("MC_IB_TC", Honoured, ""),
@@ -66,7 +66,7 @@ pub const UPSTREAM: &[(&str, Support, &str)] = &[
     ("MC_MAX_CQE_PER_CTX", Honoured, ""),
     ("MC_MAX_EP_PER_CTX", Honoured, ""),
     ("MC_MAX_INLINE", Honoured, ""),
-    ("MC_MAX_MR_SIZE", NotApplicable, "a buffer is registered as one memory region"),
+    ("MC_MAX_MR_SIZE", Honoured, ""),
     ("MC_MAX_PRC_PORT", Honoured, ""),
     ("MC_MAX_RPC_PORT", Honoured, ""),
     ("MC_MAX_SGE", Honoured, ""),
@@ -86,8 +86,8 @@ pub const UPSTREAM: &[(&str, Support, &str)] = &[
     ("MC_NUM_CQ_PER_CTX", Differently, "one CQ per device context, polled by MC_WORKERS_PER_CTX workers"),
     ("MC_NUM_QP_PER_EP", Honoured, ""),
     ("MC_PATH_ROUNDROBIN", Honoured, ""),
-    ("MC_PKEY_INDEX", NotApplicable, "P_Key index 0 is used"),
-    ("MC_RDMA_BIND_ADDRESS", NotApplicable, "RDMA paths use the local server name's address"),
+    ("MC_PKEY_INDEX", Honoured, ""),
+    ("MC_RDMA_BIND_ADDRESS", Honoured, ""),
     ("MC_RDMA_RAIL_PAUSE_SECONDS", Honoured, ""),
     ("MC_REDIS_DB_INDEX", Honoured, ""),
     ("MC_REDIS_PASSWORD", Honoured, ""),

@@ -135,27 +135,6 @@ fn bind_name(bind: &str, local: &str) -> String {
     }
 }
 
-/// Upstream RDMA settings te-rs does not implement: each one that is set
-/// is logged once per process (`one_cq` is `MC_NUM_CQ_PER_CTX` = 1).
-pub fn warn_unsupported() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if crate::config::env_i64("MC_NUM_CQ_PER_CTX", 1, 1, 256) != 1 {
-            log::warn!("MC_NUM_CQ_PER_CTX is not supported: te-rs polls one CQ per context");
-        }
-        for name in [
-            "MC_NUM_COMP_CHANNELS_PER_CTX",
-            "MC_ENABLE_PARALLEL_REG_MR",
-            "MC_MLX5_QP_UDP_SPORTS",
-            "MC_EFA_NIC_SELECTION",
-        ] {
-            if crate::config::env_is_set(name) {
-                log::warn!("{name} is set but not supported by te-rs; ignored");
-            }
-        }
-    });
-}
-
 /// `MC_AUTO_GID_MAX_RETRIES` (upstream: 0..=16, default 2): RTR retries
 /// with a re-probed GID when the automatic selection is in use.
 pub fn auto_gid_retries() -> u32 {

@@ -490,7 +490,6 @@ pub struct RdmaTransport {
 impl RdmaTransport {
     pub fn install(ctx: TransportContext, matrix: PriorityMatrix) -> Result<Arc<RdmaTransport>> {
         let mut cfg = RdmaConfig::from_env();
-        limits::warn_unsupported();
         let mut names = hca_list(&matrix);
         if names.is_empty() {
             names = discover_devices();
