@@ -31,6 +31,10 @@ trap 'kill $md_pid 2>/dev/null || true; scripts/services.sh stop >/dev/null 2>&1
 export TE_TEST_METADATA_URLS="http://127.0.0.1:$md_port/metadata;etcd://$TE_TEST_ETCD;$TE_TEST_ETCD;$TE_TEST_REDIS"
 cargo test --all-targets -- --test-threads="${TE_TEST_THREADS:-2}"
 
+echo "== 1,000 initiator engines against one target (threads < 64, RSS < 500 MB) =="
+cargo build --release --example many_peers --quiet
+MC_LOG_LEVEL=ERROR target/release/examples/many_peers 1000 4
+
 echo "== ctest: the C ABI from C/C++, dlopen, find_package, pkg-config =="
 scripts/ctest.sh
 
