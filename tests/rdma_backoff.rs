@@ -21,21 +21,18 @@ fn unreachable_peer_gets_bounded_handshakes_healthy_peer_completes() {
     // The cap is what this test is about: do not let the gone-peer fast
     // path (tests/rdma_peer_gone.rs) fail the slices before it bites.
     std::env::set_var("MC_TE_RS_RDMA_DEAD_HOLD_MS", "0");
-    let a = rdma_engine(&["soft0"]);
-    let dead = rdma_engine(&["bad0"]);
-    let good = rdma_engine(&["good0"]);
     let len = 1usize << 20;
-    let src = Buf(pattern(31, len));
-    let dead_dst = Buf::new(len, 0);
-    let good_dst = Buf::new(len, 0);
-    register(&a, &src);
-    register(&dead, &dead_dst);
-    register(&good, &good_dst);
-    let sd = open(&a, &dead);
-    let sg = open(&a, &good);
-    // The peer goes away after we cached its descriptor: every handshake
-    // RPC to it fails.
-    dead.shutdown();
+    // The dead peer went away after we cached its descriptor: every
+    // handshake RPC to it fails.
+    let DeadAndGood {
+        a,
+        good,
+        src,
+        dead_dst,
+        good_dst,
+        sd,
+        sg,
+    } = DeadAndGood::new(31, len);
 
     let rounds = 6u64;
     let chunk = len as u64 / rounds;

@@ -17,19 +17,18 @@ fn gone_peer_fails_at_once_despite_long_backoff() {
     // path each of the 9 retries would wait >= 5 s of backoff.
     std::env::set_var("MC_TE_RS_HANDSHAKE_BACKOFF_MS", "5000");
     std::env::set_var("MC_TE_RS_RDMA_DEAD_HOLD_MS", "60000");
-    let a = rdma_engine(&["soft0"]);
-    let dead = rdma_engine(&["bad0"]);
-    let good = rdma_engine(&["good0"]);
     let len = 1usize << 20;
-    let src = Buf(pattern(41, len));
-    let dead_dst = Buf::new(len, 0);
-    let good_dst = Buf::new(len, 0);
-    register(&a, &src);
-    register(&dead, &dead_dst);
-    register(&good, &good_dst);
-    let sd = open(&a, &dead);
-    let sg = open(&a, &good);
-    dead.shutdown();
+    // The dead peer went away after we cached its descriptor: every
+    // handshake RPC to it fails.
+    let DeadAndGood {
+        a,
+        good,
+        src,
+        dead_dst,
+        good_dst,
+        sd,
+        sg,
+    } = DeadAndGood::new(41, len);
 
     let t0 = Instant::now();
     for round in 0..4u64 {

@@ -138,3 +138,41 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// An initiator `a` with segments of two peers: `dead` (shut down after its
+/// descriptor was cached, so every handshake to it fails) and `good`.
+pub struct DeadAndGood {
+    pub a: Arc<TransferEngine>,
+    pub good: Arc<TransferEngine>,
+    pub src: Buf,
+    pub dead_dst: Buf,
+    pub good_dst: Buf,
+    pub sd: SegmentId,
+    pub sg: SegmentId,
+}
+
+impl DeadAndGood {
+    pub fn new(seed: u8, len: usize) -> DeadAndGood {
+        let a = rdma_engine(&["soft0"]);
+        let dead = rdma_engine(&["bad0"]);
+        let good = rdma_engine(&["good0"]);
+        let src = Buf(pattern(seed, len));
+        let dead_dst = Buf::new(len, 0);
+        let good_dst = Buf::new(len, 0);
+        register(&a, &src);
+        register(&dead, &dead_dst);
+        register(&good, &good_dst);
+        let sd = open(&a, &dead);
+        let sg = open(&a, &good);
+        dead.shutdown();
+        DeadAndGood {
+            a,
+            good,
+            src,
+            dead_dst,
+            good_dst,
+            sd,
+            sg,
+        }
+    }
+}

@@ -279,6 +279,29 @@ def port_states():
     return out
 
 
+def link_up():
+    """veth1 up again, with the routes its down took away."""
+    subprocess.run(["ip", "link", "set", NETDEV[1], "up"], check=True)
+    subprocess.run(["rxe-routes"], check=True)
+
+
+def write_until_ok(ini, tgt, src, tb, seed, what):
+    """Retry one verified 1 MiB WRITE for up to LINK_DOWN_BOUND_S (the engines
+    may need a moment to see a port come back); returns the seconds taken."""
+    ini.must(op="fill", addr=src, len=MiB, seed=seed)
+    t0 = time.monotonic()
+    last = None
+    while time.monotonic() - t0 < LINK_DOWN_BOUND_S:
+        last = ini.call(60.0, op="xfer", dir="write", segment=tgt.name, reqs=[[src, tb, MiB]])
+        if last.get("ok"):
+            break
+        time.sleep(0.5)
+    if not last or not last.get("ok"):
+        raise PeerError("no transfer %.0fs after %s: %s" % (LINK_DOWN_BOUND_S, what, last))
+    tgt.must(op="check", addr=tb, len=MiB, seed=seed)
+    return time.monotonic() - t0
+
+
 def link_flap(res, logdir):
     """veth1 set down under load (both rxe ports go down: the pair loses
     carrier), then up: every task ends in bounded time, and the same two
@@ -299,30 +322,16 @@ def link_flap(res, logdir):
             t_down = time.monotonic()
             _, fin = wait_terminal(ini, batches * per_batch, LINK_DOWN_BOUND_S, "link down")
             took_down = time.monotonic() - t_down
-            subprocess.run(["ip", "link", "set", NETDEV[1], "up"], check=True)
-            subprocess.run(["rxe-routes"], check=True)
+            link_up()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not all("ACTIVE" in s for s in port_states()):
                 time.sleep(0.2)
             if not all("ACTIVE" in s for s in port_states()):
                 raise PeerError("ports not ACTIVE again: %s" % port_states())
-            t_up = time.monotonic()
-            # The same engines move verified bytes again (bounded wait for the
-            # engines to see the port come back).
-            ini.must(op="fill", addr=src, len=MiB, seed=21)
-            last = None
-            while time.monotonic() - t_up < LINK_DOWN_BOUND_S:
-                last = ini.call(60.0, op="xfer", dir="write", segment=tgt.name,
-                                reqs=[[src, tb, MiB]])
-                if last.get("ok"):
-                    break
-                time.sleep(0.5)
-            if not last or not last.get("ok"):
-                raise PeerError("no transfer %.0fs after the link came back: %s"
-                                % (LINK_DOWN_BOUND_S, last))
-            tgt.must(op="check", addr=tb, len=MiB, seed=21)
+            # The same engines move verified bytes again.
+            again = write_until_ok(ini, tgt, src, tb, 21, "the link came back")
             return ("%d tasks ended %.1fs after link down (%s); transfers again %.1fs after "
-                    "ACTIVE" % (batches * per_batch, took_down, fin, time.monotonic() - t_up))
+                    "ACTIVE" % (batches * per_batch, took_down, fin, again))
         finally:
             subprocess.run(["ip", "link", "set", NETDEV[1], "up"])
             subprocess.run(["rxe-routes"])
@@ -343,27 +352,14 @@ def port_down_at_start(res, logdir):
             tgt = Peer("te-rs", "target", logdir, "downstart", **side(0))
             ini = Peer("te-rs", "initiator", logdir, "downstart", **side(1))
         finally:
-            subprocess.run(["ip", "link", "set", NETDEV[1], "up"], check=True)
-            subprocess.run(["rxe-routes"], check=True)
+            link_up()
         try:
             tb = tgt.must(op="alloc", size=MiB)["addr"]
             src = ini.must(op="alloc", size=MiB)["addr"]
-            ini.must(op="fill", addr=src, len=MiB, seed=31)
-            t0 = time.monotonic()
-            last = None
-            while time.monotonic() - t0 < LINK_DOWN_BOUND_S:
-                last = ini.call(60.0, op="xfer", dir="write", segment=tgt.name,
-                                reqs=[[src, tb, MiB]])
-                if last.get("ok"):
-                    break
-                time.sleep(0.5)
-            if not last or not last.get("ok"):
-                raise PeerError("no transfer %.0fs after the link came up: %s"
-                                % (LINK_DOWN_BOUND_S, last))
-            tgt.must(op="check", addr=tb, len=MiB, seed=31)
+            took = write_until_ok(ini, tgt, src, tb, 31, "the link came up")
             if "port not active" not in log_text(ini):
                 raise PeerError("the initiator did not start with its port down")
-            return "first transfer %.1fs after link up" % (time.monotonic() - t0)
+            return "first transfer %.1fs after link up" % took
         finally:
             ini.kill()
             tgt.kill()
