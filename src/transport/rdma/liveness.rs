@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,9 @@ pub fn probe(meta: &Metadata, server: &str, timeout: Duration) -> Probe {
 /// Peers found gone recently, by server (segment) name.
 pub struct PeerLiveness {
     dead: Mutex<HashMap<String, Instant>>,
+    /// Entries in `dead`: the posting path reads only this while no peer
+    /// is gone (no lock per peer queue).
+    marked: AtomicUsize,
     /// No progress this long with WRs in flight: probe the peer.
     pub probe_after: Duration,
     /// A gone peer's slices fail at once for this long; then a handshake is
@@ -67,6 +71,7 @@ impl PeerLiveness {
     pub fn new(probe_after: Duration, hold: Duration, connect_timeout: Duration) -> Self {
         PeerLiveness {
             dead: Mutex::new(HashMap::new()),
+            marked: AtomicUsize::new(0),
             probe_after,
             hold,
             connect_timeout,
@@ -86,27 +91,38 @@ impl PeerLiveness {
 
     /// `server` was found gone less than `hold` ago.
     pub fn is_dead(&self, server: &str, now: Instant) -> bool {
+        if self.marked.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         let mut d = self.dead.lock();
-        match d.get(server) {
+        let r = match d.get(server) {
             Some(t) if now.saturating_duration_since(*t) < self.hold => true,
             Some(_) => {
                 d.remove(server);
                 false
             }
             None => false,
-        }
+        };
+        self.marked.store(d.len(), Ordering::Release);
+        r
     }
 
     /// Remember `server` as gone; logs once per finding.
     pub fn mark_dead(&self, server: &str, why: &str, now: Instant) {
-        if self.dead.lock().insert(server.to_string(), now).is_none() {
+        let mut d = self.dead.lock();
+        let new = d.insert(server.to_string(), now).is_none();
+        self.marked.store(d.len(), Ordering::Release);
+        drop(d);
+        if new {
             log::warn!("RDMA peer {server} is gone ({why}): its slices fail at once");
         }
     }
 
     /// A handshake with `server` succeeded.
     pub fn mark_alive(&self, server: &str) {
-        self.dead.lock().remove(server);
+        let mut d = self.dead.lock();
+        d.remove(server);
+        self.marked.store(d.len(), Ordering::Release);
     }
 }
 
