@@ -216,7 +216,16 @@ def bench_two_processes(res, logdir):
                 tgt.kill()
                 tgt.wait()
                 tlog.close()
-        res.run("[te-bench] %s --check, target rxe0, initiator rxe1" % op, run)
+        def run_twice(run=run):
+            # KNOWN BUG (stop 16, not fixed): on a fresh endpoint rxe sometimes
+            # flushes every WR of this READ run ("failed after 9 attempts
+            # (flushed)", no error completion, about 1 run in 4). One retry
+            # keeps CI meaningful; a first failure is reported in the detail.
+            try:
+                return run()
+            except PeerError as first:
+                return "RETRIED after: %s | %s" % (str(first)[-120:], run())
+        res.run("[te-bench] %s --check, target rxe0, initiator rxe1" % op, run_twice)
 
 
 # --- faults -----------------------------------------------------------------
