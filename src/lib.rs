@@ -10,11 +10,14 @@ pub mod ffi;
 pub mod logging;
 pub mod metadata;
 pub mod metrics;
+pub mod net;
 pub mod serving;
 pub mod settings;
+pub mod task;
+pub mod topology;
 pub mod transport;
 
-pub use engine::task::{Opcode, TaskStatus, TransferRequest};
 pub use engine::{TransferEngine, TransferStatus};
 pub use error::{Error, Result};
 pub use metadata::SegmentId;
+pub use task::{Opcode, TaskStatus, TransferRequest};

@@ -2,9 +2,9 @@
 //! input: random bytes and mutations of valid documents never panic, and
 //! whatever is accepted is internally valid.
 
-use transfer_engine::engine::topology::parse_matrix;
 use transfer_engine::metadata::descriptor::{RpcMeta, SegmentDesc};
 use transfer_engine::metadata::handshake::HandShakeDesc;
+use transfer_engine::topology::parse_matrix;
 
 struct Rng(u64);
 impl Rng {

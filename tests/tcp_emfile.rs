@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use limits_support::*;
 use tcp_support::*;
-use transfer_engine::engine::task::TaskStatus;
+use transfer_engine::task::TaskStatus;
 use transfer_engine::transport::tcp::config::TcpConfig;
 use transfer_engine::transport::Transport;
 

@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use tcp_support::*;
-use transfer_engine::engine::task::TaskStatus;
+use transfer_engine::task::TaskStatus;
 use transfer_engine::transport::tcp::config::TcpConfig;
 use transfer_engine::transport::tcp::wire::{Header, Status, HEADER_LEN};
 use transfer_engine::transport::Transport;

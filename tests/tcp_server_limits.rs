@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use limits_support::*;
 use tcp_support::*;
-use transfer_engine::engine::task::TaskStatus;
+use transfer_engine::task::TaskStatus;
 use transfer_engine::transport::tcp::config::TcpConfig;
 use transfer_engine::transport::tcp::wire::{Header, Status, HEADER_LEN};
 use transfer_engine::transport::tcp::TcpTransport;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tcp_support::*;
-use transfer_engine::engine::task::TaskStatus;
+use transfer_engine::task::TaskStatus;
 use transfer_engine::transport::tcp::config::TcpConfig;
 use transfer_engine::transport::Transport;
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tcp_support::*;
-use transfer_engine::engine::task::TaskStatus;
+use transfer_engine::task::TaskStatus;
 use transfer_engine::transport::tcp::config::TcpConfig;
 use transfer_engine::transport::tcp::wire::{Header, Status, HEADER_LEN, STATUS_LEN};
 use transfer_engine::transport::Transport;

@@ -2,7 +2,7 @@
 //! Python module parses them, and the transport choice at `initialize`.
 
 use transfer_engine::config::{env_is_set, env_str};
-use transfer_engine::engine::topology;
+use transfer_engine::topology;
 use transfer_engine::metadata::descriptor::PriorityMatrix;
 use transfer_engine::{Result, TransferEngine};
 

@@ -11,7 +11,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyString};
-use transfer_engine::engine::task::Opcode;
+use transfer_engine::task::Opcode;
 
 use crate::conn;
 use crate::ratelog::log_error;

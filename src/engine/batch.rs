@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::task::Task;
 use crate::error::{Error, Result};
 use crate::metadata::SegmentId;
+use crate::task::Task;
 
 /// A `submitTransferWithNotify` message waiting for its batch to complete.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl Batch {
         self.tasks
             .read()
             .iter()
-            .all(|t| t.status() == super::task::TaskStatus::Completed)
+            .all(|t| t.status() == crate::task::TaskStatus::Completed)
     }
 
     pub fn all_observed_terminal(&self) -> bool {

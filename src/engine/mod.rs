@@ -4,9 +4,6 @@
 pub mod batch;
 pub mod graceful;
 pub mod memory;
-pub mod net;
-pub mod task;
-pub mod topology;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,10 +15,12 @@ use crate::config::{env_i64, env_is_set, env_str};
 use crate::error::{Error, Result};
 use crate::metadata::descriptor::{timestamp_now, PriorityMatrix, RpcMeta, SegmentDesc};
 use crate::metadata::{name, Metadata, SegmentId};
+use crate::net;
+use crate::task::{Task, TaskStatus, TransferRequest};
+use crate::topology;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 use batch::{BatchTable, PendingNotify};
 use memory::MemoryRegistry;
-use task::{Task, TaskStatus, TransferRequest};
 
 pub use batch::Batch;
 

@@ -6,8 +6,8 @@ use std::ffi::c_int;
 use super::INVALID_BATCH;
 use super::{batch_id_t, notify_msg_t, transfer_engine_t, transfer_request, transfer_status};
 use super::{engine_of, ffi_fn, ptr_addr, status_code, str_arg};
-use crate::engine::task::{Opcode, TransferRequest};
 use crate::error::status::{INVALID_ARGUMENT, OK};
+use crate::task::{Opcode, TransferRequest};
 
 #[no_mangle]
 pub extern "C" fn allocateBatchID(engine: transfer_engine_t, batch_size: usize) -> batch_id_t {

@@ -10,11 +10,11 @@ pub mod tcp;
 
 use std::sync::Arc;
 
-use crate::engine::task::{Task, TransferRequest};
 use crate::error::Result;
 use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::handshake::HandShakeDesc;
 use crate::metadata::Metadata;
+use crate::task::{Task, TransferRequest};
 
 /// A region the owner registered, as the engine records it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use transfer_engine::engine::task::{Opcode, Task, TaskStatus, TransferRequest};
 use transfer_engine::metadata::descriptor::SegmentDesc;
 use transfer_engine::metadata::Metadata;
+use transfer_engine::task::{Opcode, Task, TaskStatus, TransferRequest};
 use transfer_engine::transport::tcp::config::TcpConfig;
 use transfer_engine::transport::tcp::TcpTransport;
 use transfer_engine::transport::{LocalBuffer, Submission, Transport, TransportContext};

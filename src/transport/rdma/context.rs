@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::engine::task::Opcode;
 use crate::error::Result;
+use crate::task::Opcode;
 
 use super::endpoint_driver::Endpoint;
 use super::stats::DeviceStats;

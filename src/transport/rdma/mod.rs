@@ -33,11 +33,11 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::{env_flag, env_i64, env_u64};
-use crate::engine::topology::hca_list;
 use crate::error::{Error, Result};
 use crate::metadata::descriptor::{DeviceDesc, PriorityMatrix, SegmentDesc};
 use crate::metadata::handshake::HandShakeDesc;
 use crate::metadata::name;
+use crate::topology::hca_list;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 
 use context::RdmaContext;
@@ -517,7 +517,7 @@ impl RdmaTransport {
             )));
         }
         let matrix = if matrix.is_empty() {
-            crate::engine::topology::matrix_for(&names)
+            crate::topology::matrix_for(&names)
         } else {
             matrix
         };

@@ -9,8 +9,8 @@ use std::time::Duration;
 use parking_lot::RwLock;
 
 use crate::config::{env_i64, env_u64};
-use crate::engine::task::Opcode;
 use crate::error::{Error, Result};
+use crate::task::Opcode;
 
 use super::context::{
     Completion, CompletionStatus, Device, DeviceEvent, MemoryRegion, QueuePair, WorkRequest,

@@ -136,7 +136,7 @@ mod tests {
     use crate::metadata::descriptor::{BufferDesc, DeviceDesc};
 
     fn matrix(json: &str) -> PriorityMatrix {
-        crate::engine::topology::parse_matrix(json).unwrap()
+        crate::topology::parse_matrix(json).unwrap()
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::engine::task::{Opcode, Task};
 use crate::metadata::SegmentId;
+use crate::task::{Opcode, Task};
 
 use super::context::{Completion, CompletionStatus, RdmaContext, WorkRequest};
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};

@@ -10,9 +10,9 @@ use parking_lot::Mutex;
 use super::config::TcpConfig;
 use super::peer::{Peer, PeerKey};
 use super::queue::Job;
-use crate::engine::task::Opcode;
 use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::Metadata;
+use crate::task::Opcode;
 use crate::transport::Submission;
 
 /// Jobs bound for one segment, with its peer (`None`: no lanes, so they fail).

@@ -48,7 +48,7 @@ impl TcpTransport {
 
     /// `install` with explicit settings (tests, embedding).
     pub fn install_with_config(ctx: TransportContext, cfg: TcpConfig) -> Result<Arc<TcpTransport>> {
-        let listener = crate::engine::net::bind_in_rpc_range()?;
+        let listener = crate::net::bind_in_rpc_range()?;
         let regions = Arc::new(Regions::default());
         let server = DataServer::start(listener, regions.clone(), cfg.clone())?;
         let client = TcpClient::new(cfg, ctx.metadata.clone());

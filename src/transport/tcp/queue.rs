@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::engine::task::Task;
+use crate::task::Task;
 
 /// One request = one slice of its task.
 pub struct Job {
@@ -162,7 +162,7 @@ impl JobQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::task::{Opcode, TaskStatus, TransferRequest};
+    use crate::task::{Opcode, TaskStatus, TransferRequest};
 
     fn job(len: u64) -> (Job, Arc<Task>) {
         let task = Arc::new(Task::new(TransferRequest {
