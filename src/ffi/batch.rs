@@ -3,48 +3,39 @@
 
 use std::ffi::c_int;
 
-use super::INVALID_BATCH;
 use super::{batch_id_t, notify_msg_t, transfer_engine_t, transfer_request, transfer_status};
-use super::{engine_of, ffi_fn, ptr_addr, status_code, str_arg};
-use crate::error::status::{INVALID_ARGUMENT, OK};
+use super::{engine_of, ensure, ffi_fn, ptr_addr, slice_arg, str_arg};
+use super::{BatchHandle, Refusal, StatusCode};
+use crate::error::status::OK;
 use crate::task::{Opcode, TransferRequest};
 
 #[no_mangle]
 pub extern "C" fn allocateBatchID(engine: transfer_engine_t, batch_size: usize) -> batch_id_t {
-    const F: &str = "allocateBatchID";
-    ffi_fn!("allocateBatchID", INVALID_BATCH, {
-        let Some(e) = engine_of(engine, F) else {
-            return INVALID_BATCH;
-        };
-        e.allocate_batch_id(batch_size)
+    ffi_fn!(f = "allocateBatchID", BatchHandle, {
+        Ok(engine_of(engine, f)?.allocate_batch_id(batch_size))
     })
 }
 
-/// Decode the C request array; on bad input log and return the status code.
+/// Decode the C request array, refusing negative target ids.
 ///
 /// # Safety
 /// `entries` is NULL or points to `count` requests.
 unsafe fn decode_requests(
     entries: *const transfer_request,
     count: usize,
-    func: &str,
-) -> Result<Vec<TransferRequest>, c_int> {
-    if count == 0 {
-        return Ok(Vec::new());
-    }
-    if entries.is_null() {
-        log::error!("{func}: NULL entries with count {count}");
-        return Err(INVALID_ARGUMENT);
-    }
-    // SAFETY: non-NULL and the caller says it holds `count` requests.
-    let raw = unsafe { std::slice::from_raw_parts(entries, count) };
+    f: &str,
+) -> Result<Vec<TransferRequest>, Refusal> {
+    // SAFETY: forwarded caller contract.
+    let raw = unsafe { slice_arg(entries, count, f, "entries") }?;
     raw.iter()
         .enumerate()
         .map(|(i, r)| {
-            if r.target_id < 0 {
-                log::error!("{func}: entry {i}: negative target_id {}", r.target_id);
-                return Err(INVALID_ARGUMENT);
-            }
+            ensure!(
+                f,
+                r.target_id >= 0,
+                "entry {i}: negative target_id {}",
+                r.target_id
+            );
             Ok(TransferRequest {
                 opcode: Opcode::from_raw(r.opcode),
                 source: ptr_addr(r.source),
@@ -65,20 +56,12 @@ pub unsafe extern "C" fn submitTransfer(
     entries: *mut transfer_request,
     count: usize,
 ) -> c_int {
-    const F: &str = "submitTransfer";
-    ffi_fn!("submitTransfer", INVALID_ARGUMENT, {
-        let Some(e) = engine_of(engine, F) else {
-            return INVALID_ARGUMENT;
-        };
+    ffi_fn!(f = "submitTransfer", StatusCode, {
+        let e = engine_of(engine, f)?;
         // SAFETY: forwarded caller contract.
-        let requests = match unsafe { decode_requests(entries, count, F) } {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
-        match e.submit_transfer(batch_id, &requests, None) {
-            Ok(()) => OK,
-            Err(err) => status_code(F, &err),
-        }
+        let requests = unsafe { decode_requests(entries, count, f) }?;
+        e.submit_transfer(batch_id, &requests, None)?;
+        Ok(OK)
     })
 }
 
@@ -93,32 +76,21 @@ pub unsafe extern "C" fn submitTransferWithNotify(
     count: usize,
     notify_msg: notify_msg_t,
 ) -> c_int {
-    const F: &str = "submitTransferWithNotify";
-    ffi_fn!("submitTransferWithNotify", INVALID_ARGUMENT, {
-        let Some(e) = engine_of(engine, F) else {
-            return INVALID_ARGUMENT;
-        };
-        if count == 0 {
-            log::error!("{F}: count is 0 (the notify goes to entries[0].target_id)");
-            return INVALID_ARGUMENT;
-        }
+    ffi_fn!(f = "submitTransferWithNotify", StatusCode, {
+        let e = engine_of(engine, f)?;
+        ensure!(
+            f,
+            count > 0,
+            "count is 0 (the notify goes to entries[0].target_id)"
+        );
         // SAFETY: NULL or NUL-terminated per the header contract.
-        let Some(name) = (unsafe { str_arg(notify_msg.name, F, "notify_msg.name") }) else {
-            return INVALID_ARGUMENT;
-        };
+        let name = unsafe { str_arg(notify_msg.name, f, "notify_msg.name") }?;
         // SAFETY: as above.
-        let Some(msg) = (unsafe { str_arg(notify_msg.msg, F, "notify_msg.msg") }) else {
-            return INVALID_ARGUMENT;
-        };
+        let msg = unsafe { str_arg(notify_msg.msg, f, "notify_msg.msg") }?;
         // SAFETY: forwarded caller contract.
-        let requests = match unsafe { decode_requests(entries, count, F) } {
-            Ok(r) => r,
-            Err(code) => return code,
-        };
-        match e.submit_transfer(batch_id, &requests, Some((name, msg))) {
-            Ok(()) => OK,
-            Err(err) => status_code(F, &err),
-        }
+        let requests = unsafe { decode_requests(entries, count, f) }?;
+        e.submit_transfer(batch_id, &requests, Some((name, msg)))?;
+        Ok(OK)
     })
 }
 
@@ -131,41 +103,25 @@ pub unsafe extern "C" fn getTransferStatus(
     task_id: usize,
     status: *mut transfer_status,
 ) -> c_int {
-    const F: &str = "getTransferStatus";
-    ffi_fn!("getTransferStatus", INVALID_ARGUMENT, {
-        let Some(e) = engine_of(engine, F) else {
-            return INVALID_ARGUMENT;
+    ffi_fn!(f = "getTransferStatus", StatusCode, {
+        let e = engine_of(engine, f)?;
+        ensure!(f, !status.is_null(), "NULL status pointer");
+        let s = e.transfer_status(batch_id, task_id)?;
+        let out = transfer_status {
+            // TaskStatus is repr(i32) with values 0..6 only.
+            status: s.status as c_int,
+            transferred_bytes: s.transferred_bytes,
         };
-        if status.is_null() {
-            log::error!("{F}: NULL status pointer");
-            return INVALID_ARGUMENT;
-        }
-        match e.transfer_status(batch_id, task_id) {
-            Ok(s) => {
-                let out = transfer_status {
-                    // TaskStatus is repr(i32) with values 0..6 only.
-                    status: s.status as c_int,
-                    transferred_bytes: s.transferred_bytes,
-                };
-                // SAFETY: non-NULL and writable per the caller contract.
-                unsafe { status.write(out) };
-                OK
-            }
-            Err(err) => status_code(F, &err),
-        }
+        // SAFETY: non-NULL and writable per the caller contract.
+        unsafe { status.write(out) };
+        Ok(OK)
     })
 }
 
 #[no_mangle]
 pub extern "C" fn freeBatchID(engine: transfer_engine_t, batch_id: batch_id_t) -> c_int {
-    const F: &str = "freeBatchID";
-    ffi_fn!("freeBatchID", INVALID_ARGUMENT, {
-        let Some(e) = engine_of(engine, F) else {
-            return INVALID_ARGUMENT;
-        };
-        match e.free_batch_id(batch_id) {
-            Ok(()) => OK,
-            Err(err) => status_code(F, &err),
-        }
+    ffi_fn!(f = "freeBatchID", StatusCode, {
+        engine_of(engine, f)?.free_batch_id(batch_id)?;
+        Ok(OK)
     })
 }

@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, c_int};
 
-use super::{engine_of, ffi_fn, write_c_str};
+use super::{engine_of, ensure, ffi_fn, write_c_str, ErrCode};
 use super::{nic_load_stat_t, transfer_engine_t};
 
 /// # Safety
@@ -14,16 +14,10 @@ pub unsafe extern "C" fn getNicLoadStats(
     stats: *mut nic_load_stat_t,
     count: *mut usize,
 ) -> c_int {
-    const F: &str = "getNicLoadStats";
-    ffi_fn!("getNicLoadStats", -1, {
-        if stats.is_null() || count.is_null() {
-            log::error!("{F}: NULL stats or count (there is no size query)");
-            return -1;
-        }
-        let Some(e) = engine_of(engine, F) else {
-            return -1;
-        };
-        let loads = e.nic_load_stats();
+    ffi_fn!(f = "getNicLoadStats", ErrCode, {
+        let no_null = !stats.is_null() && !count.is_null();
+        ensure!(f, no_null, "NULL stats or count (there is no size query)");
+        let loads = engine_of(engine, f)?.nic_load_stats();
         // SAFETY: count is non-NULL and readable.
         let room = unsafe { count.read() };
         for (i, l) in loads.iter().take(room).enumerate() {
@@ -39,7 +33,7 @@ pub unsafe extern "C" fn getNicLoadStats(
         }
         // SAFETY: count is non-NULL and writable.
         unsafe { count.write(loads.len()) };
-        0
+        Ok(0)
     })
 }
 
@@ -52,17 +46,15 @@ pub unsafe extern "C" fn showLinks(
     buf_len: usize,
     json: c_int,
 ) -> c_int {
-    const F: &str = "showLinks";
-    ffi_fn!("showLinks", -1, {
-        if buf_out.is_null() || buf_len == 0 {
-            log::error!("{F}: NULL buffer or zero length");
-            return -1;
-        }
-        let Some(e) = engine_of(engine, F) else {
-            return -1;
-        };
+    ffi_fn!(f = "showLinks", ErrCode, {
+        ensure!(
+            f,
+            !buf_out.is_null() && buf_len > 0,
+            "NULL buffer or zero length"
+        );
+        let links = engine_of(engine, f)?.show_links(json != 0);
         // SAFETY: non-NULL, caller guarantees buf_len writable bytes.
-        unsafe { write_c_str(buf_out, buf_len, &e.show_links(json != 0)) };
-        0
+        unsafe { write_c_str(buf_out, buf_len, &links) };
+        Ok(0)
     })
 }

@@ -1,9 +1,10 @@
 //! The C ABI of `include/transfer_engine_c.h`.
 //!
 //! Every exported function is a few lines: check the arguments, call one
-//! `TransferEngine` method, map the result to Mooncake's return family
-//! (spec §1.3). [`ffi_fn!`] wraps each body in `catch_unwind`, so a panic
-//! becomes the function's error value and never unwinds into C.
+//! `TransferEngine` method, return its value. [`ffi_fn!`] wraps each body in
+//! `catch_unwind` and names the function's return family (`family.rs`),
+//! which alone turns a refused argument, an engine error or a caught panic
+//! into Mooncake's value for it (spec §1.3); nothing unwinds into C.
 //!
 //! Engine handles are opaque tokens looked up in a process-wide registry:
 //! a NULL, destroyed or foreign handle is refused, never dereferenced.
@@ -16,11 +17,11 @@ use std::sync::{Arc, LazyLock};
 use parking_lot::RwLock;
 
 use crate::engine::TransferEngine;
-use crate::error::Error;
 
 pub mod batch;
 pub mod diagnostics;
 pub mod engine;
+mod family;
 pub mod memory;
 pub mod notify;
 pub mod segment;
@@ -28,21 +29,45 @@ pub mod types;
 
 pub use types::*;
 
-/// Run `$body` (a block evaluating to the return value) under
-/// `catch_unwind`; on panic log it and return `$on_panic`.
+pub(crate) use family::{
+    refuse, refused, About, BatchHandle, ErrCode, Handle, NoValue, Refusal, ReturnFamily,
+    SegmentHandle, StatusCode,
+};
+
+/// Run `$body` under `catch_unwind` as the C function `$name`, bound to
+/// `$f` for log lines. The body returns `Result<Ret, Refusal>`; the
+/// function's [`ReturnFamily`] turns a refusal or a caught panic into the
+/// value C sees, so nothing unwinds into C and no body states its own error
+/// value.
 macro_rules! ffi_fn {
-    ($func:literal, $on_panic:expr, $body:block) => {{
+    ($f:ident = $name:literal, $family:ty, $body:block) => {{
         $crate::logging::init();
-        match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| $body)) {
-            Ok(v) => v,
+        let $f: &'static str = $name;
+        let run = || -> ::std::result::Result<
+                    <$family as $crate::ffi::ReturnFamily>::Ret,
+                    $crate::ffi::Refusal,
+                > { $body };
+        match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(run)) {
+            Ok(Ok(v)) => v,
+            Ok(Err(refusal)) => $crate::ffi::refused::<$family>($f, refusal),
             Err(payload) => {
-                $crate::ffi::log_panic($func, payload.as_ref());
-                $on_panic
+                $crate::ffi::log_panic($f, payload.as_ref());
+                <$family as $crate::ffi::ReturnFamily>::invalid()
             }
         }
     }};
 }
 pub(crate) use ffi_fn;
+
+/// Refuse the call (logged as `$f: ...`) unless `$cond` holds.
+macro_rules! ensure {
+    ($f:expr, $cond:expr, $($why:tt)+) => {
+        if !$cond {
+            return Err($crate::ffi::refuse($f, format_args!($($why)+)));
+        }
+    };
+}
+pub(crate) use ensure;
 
 pub(crate) fn log_panic(func: &str, payload: &(dyn std::any::Any + Send)) {
     let what = payload
@@ -52,7 +77,6 @@ pub(crate) fn log_panic(func: &str, payload: &(dyn std::any::Any + Send)) {
         .unwrap_or_else(|| "non-string panic payload".to_string());
     log::error!("{func}: internal panic caught at the C boundary: {what}");
 }
-
 /// Live engines by token. The token is what C sees as `transfer_engine_t`.
 static ENGINES: LazyLock<RwLock<HashMap<usize, Arc<TransferEngine>>>> =
     LazyLock::new(|| RwLock::new(HashMap::new()));
@@ -68,49 +92,62 @@ pub(crate) fn insert_engine(engine: Arc<TransferEngine>) -> transfer_engine_t {
 }
 
 /// Remove a handle from the registry (destroyTransferEngine).
-pub(crate) fn remove_engine(handle: transfer_engine_t, func: &str) -> Option<Arc<TransferEngine>> {
-    if handle.is_null() {
-        log::error!("{func}: NULL engine handle");
-        return None;
-    }
+pub(crate) fn remove_engine(
+    handle: transfer_engine_t,
+    func: &str,
+) -> Result<Arc<TransferEngine>, Refusal> {
+    ensure!(func, !handle.is_null(), "NULL engine handle");
     let e = ENGINES.write().remove(&(handle as usize));
-    if e.is_none() {
-        log::error!("{func}: {handle:p} is not a live engine handle (destroyed or foreign)");
-    }
-    e
+    e.ok_or_else(|| not_live(handle, func))
 }
 
-/// Resolve a handle to its engine, or log why not.
-pub(crate) fn engine_of(handle: transfer_engine_t, func: &str) -> Option<Arc<TransferEngine>> {
-    if handle.is_null() {
-        log::error!("{func}: NULL engine handle");
-        return None;
-    }
+/// Resolve a handle to its engine, or refuse it.
+pub(crate) fn engine_of(
+    handle: transfer_engine_t,
+    func: &str,
+) -> Result<Arc<TransferEngine>, Refusal> {
+    ensure!(func, !handle.is_null(), "NULL engine handle");
     let e = ENGINES.read().get(&(handle as usize)).cloned();
-    if e.is_none() {
-        log::error!("{func}: {handle:p} is not a live engine handle (destroyed or foreign)");
-    }
-    e
+    e.ok_or_else(|| not_live(handle, func))
 }
 
-/// Copy a C string argument. NULL or non-UTF-8 is refused with a log line.
+fn not_live(handle: transfer_engine_t, func: &str) -> Refusal {
+    refuse(
+        func,
+        format_args!("{handle:p} is not a live engine handle (destroyed or foreign)"),
+    )
+}
+
+/// Copy a C string argument. NULL or non-UTF-8 is refused.
 ///
 /// # Safety
 /// `p` is NULL or points to a NUL-terminated string valid for this call.
-pub(crate) unsafe fn str_arg(p: *const c_char, func: &str, what: &str) -> Option<String> {
-    if p.is_null() {
-        log::error!("{func}: {what} is NULL");
-        return None;
-    }
+pub(crate) unsafe fn str_arg(p: *const c_char, func: &str, what: &str) -> Result<String, Refusal> {
+    ensure!(func, !p.is_null(), "{what} is NULL");
     // SAFETY: non-NULL and NUL-terminated per the header contract.
     let s = unsafe { CStr::from_ptr(p) };
-    match s.to_str() {
-        Ok(s) => Some(s.to_owned()),
-        Err(e) => {
-            log::error!("{func}: {what} is not valid UTF-8: {e}");
-            None
-        }
+    s.to_str()
+        .map(str::to_owned)
+        .map_err(|e| refuse(func, format_args!("{what} is not valid UTF-8: {e}")))
+}
+
+/// Borrow a C array argument: empty when `len` is 0 (whatever `p` is),
+/// refused when NULL with a length.
+///
+/// # Safety
+/// `p` is NULL or points to `len` initialised values that outlive the call.
+pub(crate) unsafe fn slice_arg<'a, T>(
+    p: *const T,
+    len: usize,
+    func: &str,
+    what: &str,
+) -> Result<&'a [T], Refusal> {
+    if len == 0 {
+        return Ok(&[]);
     }
+    ensure!(func, !p.is_null(), "NULL {what} with {len} entries");
+    // SAFETY: non-NULL and the caller says it holds `len` values.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
 /// Write `s` NUL-terminated into `buf[..len]`, truncating silently.
@@ -125,18 +162,6 @@ pub(crate) unsafe fn write_c_str(buf: *mut c_char, len: usize, s: &str) {
         std::ptr::copy_nonoverlapping(s.as_ptr(), buf as *mut u8, n);
         *buf.add(n) = 0;
     }
-}
-
-/// Log an engine error and return its negative `ERR_*` code.
-pub(crate) fn err_code(func: &str, e: &Error) -> i32 {
-    log::error!("{func}: {e}");
-    e.err_code()
-}
-
-/// Log an engine error and return its positive status code.
-pub(crate) fn status_code(func: &str, e: &Error) -> i32 {
-    log::error!("{func}: {e}");
-    e.status_code()
 }
 
 /// Address of a C pointer as the engine's `u64`.

@@ -4,9 +4,9 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
 
-use super::{engine_of, err_code, ffi_fn, str_arg};
+use super::{engine_of, ensure, ffi_fn, refuse, str_arg, ErrCode, Handle};
 use super::{notify_msg, notify_msg_t, transfer_engine_t};
-use crate::error::err::{INVALID_ARGUMENT, METADATA};
+use crate::error::Error;
 
 /// A malloc'd NUL-terminated copy of `s`, or NULL if malloc fails.
 fn malloc_c_string(s: &str) -> *mut c_char {
@@ -52,35 +52,29 @@ pub unsafe extern "C" fn getNotifsFromEngine(
     engine: transfer_engine_t,
     size: *mut c_int,
 ) -> *mut notify_msg_t {
-    const F: &str = "getNotifsFromEngine";
-    ffi_fn!("getNotifsFromEngine", ptr::null_mut(), {
-        if size.is_null() {
-            log::error!("{F}: NULL size pointer");
-            return ptr::null_mut();
-        }
+    ffi_fn!(f = "getNotifsFromEngine", Handle<notify_msg_t>, {
+        ensure!(f, !size.is_null(), "NULL size pointer");
         // SAFETY: non-NULL and writable per the caller contract.
         unsafe { size.write(0) };
-        let Some(e) = engine_of(engine, F) else {
-            return ptr::null_mut();
-        };
-        let notes = e.take_notifies();
+        let notes = engine_of(engine, f)?.take_notifies();
         if notes.is_empty() {
-            return ptr::null_mut();
+            return Ok(ptr::null_mut());
         }
-        let Ok(n) = c_int::try_from(notes.len()) else {
-            log::error!(
-                "{F}: {} notifications do not fit an int; dropped",
-                notes.len()
-            );
-            return ptr::null_mut();
-        };
+        let n = c_int::try_from(notes.len()).map_err(|_| {
+            let many = notes.len();
+            refuse(
+                f,
+                format_args!("{many} notifications do not fit an int; dropped"),
+            )
+        })?;
         // SAFETY: zeroed allocation, so every entry starts as {NULL, NULL}.
         let arr = unsafe { libc::calloc(notes.len(), std::mem::size_of::<notify_msg_t>()) }
             as *mut notify_msg_t;
-        if arr.is_null() {
-            log::error!("{F}: out of memory for {n} notifications; dropped");
-            return ptr::null_mut();
-        }
+        ensure!(
+            f,
+            !arr.is_null(),
+            "out of memory for {n} notifications; dropped"
+        );
         for (i, (name, msg)) in notes.iter().enumerate() {
             let entry = notify_msg {
                 name: malloc_c_string(name),
@@ -89,15 +83,17 @@ pub unsafe extern "C" fn getNotifsFromEngine(
             // SAFETY: i < len entries allocated above.
             unsafe { arr.add(i).write(entry) };
             if entry.name.is_null() || entry.msg.is_null() {
-                log::error!("{F}: out of memory copying notification {i}; all dropped");
                 // SAFETY: entries 0..=i hold NULL or malloc'd strings.
                 unsafe { free_notify_array(arr, i + 1) };
-                return ptr::null_mut();
+                return Err(refuse(
+                    f,
+                    format_args!("out of memory copying notification {i}; all dropped"),
+                ));
             }
         }
         // SAFETY: non-NULL and writable (checked above).
         unsafe { size.write(n) };
-        arr
+        Ok(arr)
     })
 }
 
@@ -106,11 +102,12 @@ pub unsafe extern "C" fn getNotifsFromEngine(
 /// `size`, not yet freed.
 #[no_mangle]
 pub unsafe extern "C" fn freeNotifsMsgBuf(msg: *mut notify_msg_t, size: c_int) -> c_int {
-    ffi_fn!("freeNotifsMsgBuf", 0, {
+    ffi_fn!(f = "freeNotifsMsgBuf", ErrCode, {
+        let _ = f;
         let n = usize::try_from(size).unwrap_or(0);
         // SAFETY: forwarded caller contract.
         unsafe { free_notify_array(msg, n) };
-        0
+        Ok(0)
     })
 }
 
@@ -122,28 +119,17 @@ pub unsafe extern "C" fn genNotifyInEngine(
     target_id: u64,
     notify_msg: notify_msg_t,
 ) -> c_int {
-    const F: &str = "genNotifyInEngine";
-    ffi_fn!("genNotifyInEngine", INVALID_ARGUMENT, {
-        let Some(e) = engine_of(engine, F) else {
-            return INVALID_ARGUMENT;
-        };
+    ffi_fn!(f = "genNotifyInEngine", ErrCode, {
+        let e = engine_of(engine, f)?;
         // SAFETY: NULL or NUL-terminated per the header contract.
-        let Some(name) = (unsafe { str_arg(notify_msg.name, F, "notify_msg.name") }) else {
-            return INVALID_ARGUMENT;
-        };
+        let name = unsafe { str_arg(notify_msg.name, f, "notify_msg.name") }?;
         // SAFETY: as above.
-        let Some(msg) = (unsafe { str_arg(notify_msg.msg, F, "notify_msg.msg") }) else {
-            return INVALID_ARGUMENT;
-        };
+        let msg = unsafe { str_arg(notify_msg.msg, f, "notify_msg.msg") }?;
         // Segment ids are int32; anything wider names no segment (ERR_METADATA,
         // as Mooncake reports for an unknown segment).
-        let Ok(target) = i32::try_from(target_id) else {
-            log::error!("{F}: target_id {target_id} is not a segment id");
-            return METADATA;
-        };
-        match e.send_notify(target, &name, &msg) {
-            Ok(()) => 0,
-            Err(err) => err_code(F, &err),
-        }
+        let target = i32::try_from(target_id)
+            .map_err(|_| Error::Metadata(format!("target_id {target_id} is not a segment id")))?;
+        e.send_notify(target, &name, &msg)?;
+        Ok(0)
     })
 }

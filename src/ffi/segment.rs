@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, c_int};
 
-use super::{engine_of, err_code, ffi_fn, str_arg};
+use super::{engine_of, ffi_fn, str_arg, About, ErrCode, SegmentHandle};
 use super::{segment_id_t, transfer_engine_t};
 
 /// # Safety
@@ -12,22 +12,11 @@ pub unsafe extern "C" fn openSegment(
     engine: transfer_engine_t,
     segment_name: *const c_char,
 ) -> segment_id_t {
-    const F: &str = "openSegment";
-    ffi_fn!("openSegment", -1, {
-        let Some(e) = engine_of(engine, F) else {
-            return -1;
-        };
+    ffi_fn!(f = "openSegment", SegmentHandle, {
+        let e = engine_of(engine, f)?;
         // SAFETY: NULL or NUL-terminated per the header contract.
-        let Some(name) = (unsafe { str_arg(segment_name, F, "segment_name") }) else {
-            return -1;
-        };
-        match e.open_segment(&name) {
-            Ok(id) => id,
-            Err(err) => {
-                log::error!("{F}: '{name}': {err}");
-                -1
-            }
-        }
+        let name = unsafe { str_arg(segment_name, f, "segment_name") }?;
+        e.open_segment(&name).about(&name)
     })
 }
 
@@ -38,36 +27,19 @@ pub unsafe extern "C" fn openSegmentNoCache(
     engine: transfer_engine_t,
     segment_name: *const c_char,
 ) -> segment_id_t {
-    const F: &str = "openSegmentNoCache";
-    ffi_fn!("openSegmentNoCache", -1, {
-        let Some(e) = engine_of(engine, F) else {
-            return -1;
-        };
+    ffi_fn!(f = "openSegmentNoCache", SegmentHandle, {
+        let e = engine_of(engine, f)?;
         // SAFETY: NULL or NUL-terminated per the header contract.
-        let Some(name) = (unsafe { str_arg(segment_name, F, "segment_name") }) else {
-            return -1;
-        };
-        match e.open_segment_no_cache(&name) {
-            Ok(id) => id,
-            Err(err) => {
-                log::error!("{F}: '{name}': {err}");
-                -1
-            }
-        }
+        let name = unsafe { str_arg(segment_name, f, "segment_name") }?;
+        e.open_segment_no_cache(&name).about(&name)
     })
 }
 
 #[no_mangle]
 pub extern "C" fn closeSegment(engine: transfer_engine_t, segment_id: segment_id_t) -> c_int {
-    const F: &str = "closeSegment";
-    ffi_fn!("closeSegment", -1, {
-        let Some(e) = engine_of(engine, F) else {
-            return -1;
-        };
-        match e.close_segment(segment_id) {
-            Ok(()) => 0,
-            Err(err) => err_code(F, &err),
-        }
+    ffi_fn!(f = "closeSegment", ErrCode, {
+        engine_of(engine, f)?.close_segment(segment_id)?;
+        Ok(0)
     })
 }
 
@@ -89,30 +61,19 @@ pub unsafe extern "C" fn removeLocalSegment(
     engine: transfer_engine_t,
     segment_name: *const c_char,
 ) -> c_int {
-    const F: &str = "removeLocalSegment";
-    ffi_fn!("removeLocalSegment", crate::error::err::INVALID_ARGUMENT, {
-        let Some(e) = engine_of(engine, F) else {
-            return crate::error::err::INVALID_ARGUMENT;
-        };
+    ffi_fn!(f = "removeLocalSegment", ErrCode, {
+        let e = engine_of(engine, f)?;
         // SAFETY: NULL or NUL-terminated per the header contract.
-        let Some(name) = (unsafe { str_arg(segment_name, F, "segment_name") }) else {
-            return crate::error::err::INVALID_ARGUMENT;
-        };
-        match e.remove_local_segment(&name) {
-            Ok(()) => 0,
-            Err(err) => err_code(F, &err),
-        }
+        let name = unsafe { str_arg(segment_name, f, "segment_name") }?;
+        e.remove_local_segment(&name)?;
+        Ok(0)
     })
 }
 
 #[no_mangle]
 pub extern "C" fn syncSegmentCache(engine: transfer_engine_t) -> c_int {
-    const F: &str = "syncSegmentCache";
-    ffi_fn!("syncSegmentCache", -1, {
-        let Some(e) = engine_of(engine, F) else {
-            return -1;
-        };
-        e.sync_segment_cache();
-        0
+    ffi_fn!(f = "syncSegmentCache", ErrCode, {
+        engine_of(engine, f)?.sync_segment_cache();
+        Ok(0)
     })
 }
