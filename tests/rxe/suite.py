@@ -181,10 +181,16 @@ def ready_ack_gate(res, logdir):
 # --- te-bench --check between two processes ----------------------------------
 
 def bench_two_processes(res, logdir):
+    attempt = [0]
     for op in ("write", "read"):
         def run(op=op):
-            tlog = open(os.path.join(logdir, "bench-%s.target.log" % op), "w")
-            env = dict(os.environ, MC_LOG_LEVEL="WARNING")
+            attempt[0] += 1
+            tag = "bench-%s-%d" % (op, attempt[0])
+            tlog = open(os.path.join(logdir, tag + ".target.log"), "w")
+            ilog_path = os.path.join(logdir, tag + ".initiator.log")
+            # DEBUG on both sides: a failure leaves the endpoints' story.
+            env = dict(os.environ, MC_LOG_LEVEL="DEBUG")
+            before = {d: counters(d) for d in ("rxe0", "rxe1")}
             tgt = subprocess.Popen([TE_BENCH, "--mode=target", "--protocol=rdma",
                                     "--device_name=rxe0", "--local_server_name=" + ADDR[0],
                                     "--buffer_size=%d" % (64 * MiB), "--duration=300",
@@ -201,16 +207,23 @@ def bench_two_processes(res, logdir):
                     seg = m.group(1) if m else None
                 if seg is None:
                     raise PeerError("te-bench target printed no segment name")
-                out = subprocess.run([TE_BENCH, "--mode=initiator", "--protocol=rdma",
-                                      "--device_name=rxe1", "--local_server_name=" + ADDR[1],
-                                      "--segment_id=" + seg, "--operation=" + op,
-                                      "--block_size=65536", "--batch_size=16", "--threads=2",
-                                      "--duration=3", "--buffer_size=%d" % (64 * MiB),
-                                      "--check", "--no_baseline"],
-                                     capture_output=True, text=True, timeout=120, env=env)
+                with open(ilog_path, "w") as ilog:
+                    out = subprocess.run([TE_BENCH, "--mode=initiator", "--protocol=rdma",
+                                          "--device_name=rxe1", "--local_server_name=" + ADDR[1],
+                                          "--segment_id=" + seg, "--operation=" + op,
+                                          "--block_size=65536", "--batch_size=16", "--threads=2",
+                                          "--duration=3", "--buffer_size=%d" % (64 * MiB),
+                                          "--check", "--no_baseline"],
+                                         stdout=subprocess.PIPE, stderr=ilog, text=True,
+                                         timeout=120, env=env)
                 if out.returncode != 0:
-                    raise PeerError("initiator rc=%d: %s" % (out.returncode,
-                                                            (out.stdout + out.stderr)[-400:]))
+                    moved = {d: {k: v - before[d].get(k, 0) for k, v in counters(d).items()
+                                 if v != before[d].get(k, 0)} for d in before}
+                    with open(ilog_path, errors="replace") as f:
+                        errs = [l for l in f if l[:1] in ("E", "W")]
+                    raise PeerError("initiator rc=%d (log %s; counters moved %s): %s | %s" % (
+                        out.returncode, ilog_path, moved, "".join(errs[:3])[-300:],
+                        out.stdout[-200:]))
                 return out.stdout.strip().splitlines()[-1][:70]
             finally:
                 tgt.kill()
@@ -224,6 +237,7 @@ def bench_two_processes(res, logdir):
             try:
                 return run()
             except PeerError as first:
+                print("  bench %s failed once: %s" % (op, first), flush=True)
                 return "RETRIED after: %s | %s" % (str(first)[-120:], run())
         res.run("[te-bench] %s --check, target rxe0, initiator rxe1" % op, run_twice)
 
