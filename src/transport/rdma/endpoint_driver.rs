@@ -18,7 +18,7 @@ use crate::metadata::handshake::HandShakeDesc;
 use crate::metadata::name;
 use crate::metadata::Metadata;
 
-use super::context::{parse_gid, Device, QueuePair, WorkRequest};
+use super::device::{parse_gid, Device, QueuePair, WorkRequest};
 use super::endpoint::{
     Action, Endpoint as Machine, EndpointConfig, EndpointState, Gate, PeerQps, StartActive,
 };

@@ -10,9 +10,8 @@ use parking_lot::RwLock;
 
 use crate::config::{env_i64, env_u64};
 use crate::error::{Error, Result};
-use crate::task::Opcode;
 
-use super::context::{
+use super::device::{
     Completion, CompletionStatus, Device, DeviceEvent, MemoryRegion, QueuePair, WorkRequest,
 };
 use super::verbs::{self, AsyncEventKind, WcStatus};
@@ -223,23 +222,7 @@ impl QueuePair for VerbsQp {
     }
 
     fn post(&self, wrs: &[WorkRequest]) -> Result<usize> {
-        let v: Vec<verbs::WorkRequest> = wrs
-            .iter()
-            .map(|w| verbs::WorkRequest {
-                wr_id: w.wr_id,
-                opcode: match w.opcode {
-                    Opcode::Read => verbs::Opcode::Read,
-                    Opcode::Write => verbs::Opcode::Write,
-                },
-                local_addr: w.local_addr,
-                length: w.length,
-                lkey: w.lkey,
-                remote_addr: w.remote_addr,
-                rkey: w.rkey,
-                signaled: true,
-            })
-            .collect();
-        match self.qp.post_send(&v) {
+        match self.qp.post_send(wrs) {
             Ok(()) => Ok(wrs.len()),
             Err(e) if e.posted > 0 => {
                 log::warn!("post_send on QP {}: {e}", self.qp.qp_num());

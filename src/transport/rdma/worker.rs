@@ -14,7 +14,8 @@ use parking_lot::{Condvar, Mutex};
 use crate::metadata::SegmentId;
 use crate::task::{Opcode, Task};
 
-use super::context::{Completion, CompletionStatus, RdmaContext, WorkRequest};
+use super::context::RdmaContext;
+use super::device::{Completion, CompletionStatus, WorkRequest};
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
 use super::Shared;
@@ -467,6 +468,7 @@ fn post_slices(
                     lkey: s.lkey,
                     remote_addr: s.dest,
                     rkey: s.rkey,
+                    signaled: true,
                 });
                 posted_bytes += s.length;
                 infl.insert(
