@@ -71,8 +71,15 @@ pub trait Device: Send + Sync {
     fn create_qp(&self, max_wr: u32) -> Result<Box<dyn QueuePair>>;
     /// Append up to `max` completions to `out`; returns how many.
     fn poll(&self, out: &mut Vec<Completion>, max: usize) -> usize;
-    /// Block up to `timeout` until completions may be available.
+    /// Ask to be woken by the next completion; poll once more before
+    /// `wait_completions` (a completion that came in between raises no
+    /// wake-up).
+    fn arm_completions(&self);
+    /// Block up to `timeout` until completions may be available (or
+    /// `interrupt_completions`).
     fn wait_completions(&self, timeout: Duration);
+    /// Wake the thread in `wait_completions` (or make its next wait return).
+    fn interrupt_completions(&self);
     /// The CQ failed: the device cannot be used (a plain flag, cheap).
     fn is_down(&self) -> bool;
     /// The port was ACTIVE when the device was opened.

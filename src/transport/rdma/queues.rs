@@ -3,11 +3,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::device::Device;
 use crate::metadata::SegmentId;
 use crate::task::{Opcode, Task};
 
@@ -77,6 +78,8 @@ pub struct Worker {
     pub signal: Signal,
     /// Slices wait for QP or CQ room: completions wake this thread.
     room_wanted: AtomicBool,
+    /// Set when this thread also polls and may block on the CQ.
+    cq: OnceLock<Arc<dyn Device>>,
 }
 
 impl Worker {
@@ -86,7 +89,7 @@ impl Worker {
             .entry(s.peer_path.clone())
             .or_default()
             .push_back(s);
-        self.signal.notify();
+        self.wake();
     }
 
     pub fn push_many(&self, v: Vec<Slice>) {
@@ -105,11 +108,20 @@ impl Worker {
             }
         }
         drop(q);
-        self.signal.notify();
+        self.wake();
     }
 
     pub fn wake(&self) {
         self.signal.notify();
+        if let Some(d) = self.cq.get() {
+            d.interrupt_completions();
+        }
+    }
+
+    /// This thread also polls `dev` and may block on its CQ: pushes must
+    /// interrupt that wait too.
+    pub fn interrupt_cq_on_push(&self, dev: Arc<dyn Device>) {
+        let _ = self.cq.set(dev);
     }
 
     /// Start a pass: clear the signal, then list the paths with slices.

@@ -65,26 +65,30 @@ impl Shared {
     /// the local context chosen per request. Returns the posting thread.
     pub(super) fn route_first(
         &self,
-        s: &mut Slice,
+        piece: (u64, u64, u64),
         desc: &SegmentDesc,
         pr: &PeerRoutes,
         local: Option<usize>,
         mem: &MemoryTable,
-    ) -> Option<usize> {
+    ) -> Option<FirstRoute> {
+        let (source, dest, length) = piece;
         let local = local?;
-        let (bi, _) = desc.find_buffer(s.dest, s.length)?;
-        let lkey = mem.find(s.source)?.lkeys.get(local).copied().unwrap_or(0);
+        let (bi, _) = desc.find_buffer(dest, length)?;
+        let lkey = mem.find(source)?.lkeys.get(local).copied().unwrap_or(0);
         let local_name = &self.contexts[local].name;
         let pi = select_peer_device(desc, bi, 0, local_name, self.cfg.policy, |i| {
             pr.usable.get(i).copied().unwrap_or(false)
         })?;
         let rkey = desc.buffers[bi].rkey.as_ref()?.get(pi).copied()?;
-        s.local = local;
-        s.lkey = lkey;
-        s.rkey = rkey;
-        s.peer_path = pr.paths.get(pi)?.clone();
+        pr.paths.get(pi)?;
         let posters = self.workers[local].posters.len() as u64;
-        Some((pr.hashes[pi] % posters) as usize)
+        Some(FirstRoute {
+            local,
+            lkey,
+            rkey,
+            peer: pi,
+            poster: (pr.hashes[pi] % posters) as usize,
+        })
     }
 
     /// An active local context for `location` at attempt `retry`.
@@ -142,13 +146,22 @@ impl Shared {
     }
 }
 
+/// Where a first attempt goes: local context and key, peer NIC (index into
+/// `PeerRoutes::paths`) and key, posting thread.
+pub(super) struct FirstRoute {
+    pub local: usize,
+    pub lkey: u32,
+    pub rkey: u32,
+    pub peer: usize,
+    pub poster: usize,
+}
+
 /// Peer NIC paths of one target segment, computed once per submit call.
 pub(super) struct PeerRoutes {
     pub(super) target_id: SegmentId,
     pub(super) paths: Vec<Arc<str>>,
     pub(super) hashes: Vec<u64>,
     pub(super) usable: Vec<bool>,
-    pub(super) empty: Arc<str>,
 }
 
 impl PeerRoutes {
@@ -166,7 +179,6 @@ impl PeerRoutes {
             hashes: paths.iter().map(|p| worker::path_hash(p)).collect(),
             usable: paths.iter().map(|p| sh.rails.usable(p)).collect(),
             paths,
-            empty: Arc::from(""),
         }
     }
 }

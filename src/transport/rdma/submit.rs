@@ -2,6 +2,7 @@
 //! local context, peer NIC and posting thread, and queue them (one queue
 //! lock and one wake-up per posting thread per call).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -70,6 +71,8 @@ impl Shared {
             .map(|_| Vec::new())
             .collect();
         let mut routes: Vec<PeerRoutes> = Vec::new();
+        // One read of the memory table for the whole call.
+        let mem = sh.memory.read();
         for (s, (pieces, location)) in subs.into_iter().zip(cuts) {
             let r = s.request;
             let pieces = match pieces {
@@ -97,35 +100,34 @@ impl Shared {
             };
             let pr = &routes[ri];
             let local = sh.pick_local(&location, 0);
-            let mem = sh.memory.read();
             for p in pieces {
-                let mut slice = Slice {
+                let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
+                // Routed before the slice exists: each shared string is
+                // cloned once per slice (refcounts other threads touch).
+                let Some(to) = sh.route_first((source, dest, p.len), &s.target, pr, local, &mem)
+                else {
+                    log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
+                    sh.counters.failed_slices.fetch_add(1, Ordering::Relaxed);
+                    s.task.slice_failed();
+                    continue;
+                };
+                per[to.local * nposters + to.poster].push(Slice {
                     task: s.task.clone(),
                     opcode: r.opcode,
-                    source: r.source + p.offset,
+                    source,
                     length: p.len,
-                    dest: r.target_offset + p.offset,
+                    dest,
                     target_id: r.target_id,
                     location: location.clone(),
                     retry: 0,
-                    local: 0,
-                    lkey: 0,
-                    peer_path: pr.empty.clone(),
-                    rkey: 0,
-                };
-                match sh.route_first(&mut slice, &s.target, pr, local, &mem) {
-                    Some(k) => per[slice.local * nposters + k].push(slice),
-                    None => {
-                        log::error!(
-                            "no RDMA route to segment {} for {:#x}",
-                            r.target_id,
-                            slice.dest
-                        );
-                        sh.fail_slice(slice);
-                    }
-                }
+                    local: to.local,
+                    lkey: to.lkey,
+                    peer_path: pr.paths[to.peer].clone(),
+                    rkey: to.rkey,
+                });
             }
         }
+        drop(mem);
         // One queue lock and one wake-up per posting thread per call.
         for (i, v) in per.into_iter().enumerate() {
             if !v.is_empty() {

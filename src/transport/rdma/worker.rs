@@ -133,6 +133,9 @@ impl ContextWorkers {
             w.wake();
         }
         self.poll_signal.notify();
+        if let Some(d) = &self.ctx.device {
+            d.interrupt_completions();
+        }
     }
 
     /// WRs are posted and not yet completed.
@@ -154,8 +157,12 @@ enum Step {
 /// while WRs are in flight.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
-/// Longest single wait for completions while WRs are in flight.
-const COMPLETION_WAIT: Duration = Duration::from_millis(1);
+/// While WRs are in flight, poll an empty CQ this long before blocking on
+/// its completion channel: a completion a few µs away costs no wake-up.
+const SPIN: Duration = Duration::from_micros(10);
+
+/// Longest single block on the completion channel.
+const MAX_BLOCK: Duration = Duration::from_millis(100);
 
 /// The periodic checks of a polling thread.
 struct Sweep {
@@ -181,21 +188,56 @@ impl Sweep {
     }
 }
 
-/// An idle thread's wait, the same for posters and pollers: while WRs are
-/// in flight on the CQ this thread polls, wait for completions (no longer
-/// than `deadline`); otherwise sleep on `signal` (slices queued, WRs
-/// posted, room freed, shutdown) until `deadline`.
-fn idle(cw: &ContextWorkers, signal: &Signal, polls: bool, deadline: Option<Instant>) {
-    if polls && cw.has_inflight() {
-        if let Some(d) = &cw.ctx.device {
-            let left = deadline.map_or(COMPLETION_WAIT, |t| {
-                t.saturating_duration_since(Instant::now())
-            });
-            d.wait_completions(left.min(COMPLETION_WAIT));
-        }
-        return;
+/// An idle thread's wait, the same for posters and pollers. While WRs are
+/// in flight on the CQ this thread polls: spin for `SPIN`, then arm the
+/// CQ, poll once more (the loop does), then block on the completion
+/// channel until a completion, an interrupt or `deadline`. Otherwise sleep
+/// on `signal` (slices queued, WRs posted, room freed, shutdown) until
+/// `deadline`. Nothing naps on a timer.
+#[derive(Default)]
+struct Idle {
+    spin_until: Option<Instant>,
+    armed: bool,
+}
+
+impl Idle {
+    /// Something was done: the next idle step starts with a spin.
+    fn reset(&mut self) {
+        self.spin_until = None;
+        self.armed = false;
     }
-    signal.wait(deadline);
+
+    fn step(
+        &mut self,
+        cw: &ContextWorkers,
+        signal: &Signal,
+        polls: bool,
+        deadline: Option<Instant>,
+    ) {
+        let dev = match &cw.ctx.device {
+            Some(d) if polls && cw.has_inflight() => d,
+            _ => {
+                self.reset();
+                return signal.wait(deadline);
+            }
+        };
+        let now = Instant::now();
+        if now < *self.spin_until.get_or_insert(now + SPIN) {
+            // Yield rather than pause: on a busy host the CPU goes to the
+            // threads producing the completions (or the submitter).
+            std::thread::yield_now();
+            return;
+        }
+        if !self.armed {
+            // The caller polls once more before the block below.
+            dev.arm_completions();
+            self.armed = true;
+            return;
+        }
+        let left = deadline.map_or(MAX_BLOCK, |t| t.saturating_duration_since(now));
+        dev.wait_completions(left.min(MAX_BLOCK));
+        self.armed = false;
+    }
 }
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
@@ -213,6 +255,13 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
     let mut sweep = Sweep::new();
     let mut paths: Vec<Arc<str>> = Vec::new();
     let mut wrs: Vec<WorkRequest> = Vec::new();
+    let mut idle = Idle::default();
+    if also_poll {
+        // This thread may block on the CQ: new slices must interrupt it.
+        if let Some(d) = &cw.ctx.device {
+            me.interrupt_cq_on_push(d.clone());
+        }
+    }
     loop {
         if cw.stop.load(Ordering::Acquire) {
             return;
@@ -233,8 +282,10 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
             deadline = earliest(deadline, cw.has_inflight().then_some(next_sweep));
         }
         drop(sh);
-        if !progressed {
-            idle(&cw, &me.signal, also_poll, deadline);
+        if progressed {
+            idle.reset();
+        } else {
+            idle.step(&cw, &me.signal, also_poll, deadline);
         }
     }
 }
@@ -243,6 +294,7 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
 pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
     let mut bufs = PollBufs::default();
     let mut sweep = Sweep::new();
+    let mut idle = Idle::default();
     loop {
         if cw.stop.load(Ordering::Acquire) {
             return;
@@ -252,10 +304,12 @@ pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
         let progressed = poll_once(&sh, &cw, &mut bufs);
         let next_sweep = sweep.run_if_due(&sh, &cw);
         drop(sh);
-        if !progressed {
+        if progressed {
+            idle.reset();
+        } else {
             // Nothing in flight: nothing to sweep either; posts wake us.
             let deadline = cw.has_inflight().then_some(next_sweep);
-            idle(&cw, &cw.poll_signal, true, deadline);
+            idle.step(&cw, &cw.poll_signal, true, deadline);
         }
     }
 }
