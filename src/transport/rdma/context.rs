@@ -1,107 +1,20 @@
 //! One RDMA context per local device: the device (PD, CQ), its MRs, its
 //! endpoint store and its load counters (spec §6.1).
 //!
-//! The transport talks to a provider through the small object-safe view
-//! below (`Device`, `QueuePair`, `MemoryRegion`); `provider.rs` adapts the
-//! verbs layer's providers to it. Everything above is provider-agnostic.
+//! The device itself is seen through `device.rs` (provider-agnostic); the
+//! endpoints are driven by `endpoint_driver.rs`, which knows nothing of
+//! contexts.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
-
-use crate::error::Result;
-use crate::task::Opcode;
 
 use super::endpoint_driver::Endpoint;
 use super::stats::DeviceStats;
 
-/// One signalled RDMA READ/WRITE with a single SGE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WorkRequest {
-    pub wr_id: u64,
-    pub opcode: Opcode,
-    pub local_addr: u64,
-    pub length: u32,
-    pub lkey: u32,
-    pub remote_addr: u64,
-    pub rkey: u32,
-}
-
-/// Outcome class of a work completion, as the worker acts on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompletionStatus {
-    Success,
-    /// The QP went to ERR (retirement): retry without a rail penalty.
-    Flushed,
-    /// Remote side failed (transport retries exceeded, remote access, ...).
-    RemoteError,
-    /// Local fault (protection, length, QP op).
-    LocalError,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Completion {
-    pub wr_id: u64,
-    pub status: CompletionStatus,
-}
-
-/// A device async event, as the transport acts on it (`events.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeviceEvent {
-    PortDown,
-    PortUp,
-    Fatal,
-    QpFatal(u32),
-    /// The port's GID table changed (an address went or came).
-    GidChange,
-}
-
-/// A registered memory region; dropping it deregisters.
-pub trait MemoryRegion: Send + Sync {
-    fn lkey(&self) -> u32;
-    fn rkey(&self) -> u32;
-}
-
-/// An RC queue pair; dropping it destroys the QP.
-pub trait QueuePair: Send + Sync {
-    fn qp_num(&self) -> u32;
-    /// RESET→INIT→RTR→RTS towards `peer_qpn` (PSNs 0).
-    fn connect(&self, peer_qpn: u32, peer_gid: [u8; 16], peer_lid: u16) -> Result<()>;
-    /// Move to ERR so outstanding WRs flush.
-    fn set_error(&self);
-    /// Post `wrs` as one chain; returns how many were accepted (a prefix).
-    fn post(&self, wrs: &[WorkRequest]) -> Result<usize>;
-}
-
-/// An opened device with its PD and CQ.
-pub trait Device: Send + Sync {
-    fn name(&self) -> &str;
-    fn gid(&self) -> [u8; 16];
-    /// Read the GID table again and select as at open; true if the GID or
-    /// its index changed (new endpoints then use it).
-    fn refresh_gid(&self) -> bool;
-    fn lid(&self) -> u16;
-    /// Register `[addr, addr+len)`; `remote`: peers may read and write it.
-    fn register(&self, addr: u64, len: u64, remote: bool) -> Result<Box<dyn MemoryRegion>>;
-    fn create_qp(&self, max_wr: u32) -> Result<Box<dyn QueuePair>>;
-    /// Append up to `max` completions to `out`; returns how many.
-    fn poll(&self, out: &mut Vec<Completion>, max: usize) -> usize;
-    /// Block up to `timeout` until completions may be available.
-    fn wait_completions(&self, timeout: Duration);
-    /// The CQ failed: the device cannot be used (a plain flag, cheap).
-    fn is_down(&self) -> bool;
-    /// The port was ACTIVE when the device was opened.
-    fn port_active(&self) -> bool;
-    /// Block up to `timeout` for async events and append them to `out`
-    /// (the context's event thread only).
-    fn wait_events(&self, timeout: Duration, out: &mut Vec<DeviceEvent>);
-}
-
-/// The descriptor GID text format lives with the verbs types.
-pub use super::verbs::{gid_from_string as parse_gid, gid_to_string};
+use super::device::{gid_to_string, Device, MemoryRegion};
 
 /// A local device as the transport uses it.
 pub struct RdmaContext {
@@ -196,7 +109,7 @@ impl RdmaContext {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::device::{gid_to_string, parse_gid};
 
     #[test]
     fn gid_round_trip() {

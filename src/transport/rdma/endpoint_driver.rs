@@ -18,10 +18,14 @@ use crate::metadata::handshake::HandShakeDesc;
 use crate::metadata::name;
 use crate::metadata::Metadata;
 
-use super::context::{parse_gid, Device, QueuePair, WorkRequest};
+use super::device::{parse_gid, Device, QueuePair, WorkRequest};
 use super::endpoint::{
     Action, Endpoint as Machine, EndpointConfig, EndpointState, Gate, PeerQps, StartActive,
 };
+
+/// A worker that found the endpoint locked (a QP transition, a retirement)
+/// asks again this soon; the long holders (handshakes) also wake it.
+const BUSY_RECHECK: Duration = Duration::from_millis(1);
 
 /// Handshake behaviour of this transport.
 #[derive(Clone, Copy, Debug)]
@@ -264,27 +268,31 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Gate for a worker with queued slices. Busy endpoint → `Wait`.
-    pub fn gate(&self) -> Gate {
+    /// Gate for a worker with queued slices, and when to ask again if it
+    /// says `Wait`: the machine's next deadline (`poll_timeout`), or
+    /// `BUSY_RECHECK` from now when the endpoint was busy. Without a
+    /// deadline, whatever ends the wait (handshake, ready ACK) wakes the
+    /// workers.
+    pub fn gate(&self) -> (Gate, Option<Instant>) {
         if self
             .handshake_failed
             .swap(false, std::sync::atomic::Ordering::AcqRel)
         {
-            return Gate::Fail;
+            return (Gate::Fail, None);
         }
         let Some(mut m) = self.machine.try_lock() else {
-            return Gate::Wait;
+            return (Gate::Wait, Some(Instant::now() + BUSY_RECHECK));
         };
         let now = Instant::now();
-        let acts = m.poll_timeout(now);
+        let acts = m.handle_timeout(now);
         if !acts.is_empty() {
             let mut p = Pending::default();
             self.execute(&mut m, acts, &mut p);
             if p.timed_out {
-                return Gate::Fail;
+                return (Gate::Fail, None);
             }
         }
-        m.gate(now)
+        (m.gate(now), m.poll_timeout())
     }
 
     /// Retire (QPs to ERR; destroyed when the last in-flight WR released

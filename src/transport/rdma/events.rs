@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::context::DeviceEvent;
+use super::device::DeviceEvent;
 use super::worker::ContextWorkers;
 use super::Shared;
 

@@ -6,13 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::config::{env_i64, env_u64};
 use crate::error::{Error, Result};
-use crate::task::Opcode;
 
-use super::context::{
+use super::device::{
     Completion, CompletionStatus, Device, DeviceEvent, MemoryRegion, QueuePair, WorkRequest,
 };
 use super::verbs::{self, AsyncEventKind, WcStatus};
@@ -68,6 +67,7 @@ pub fn open(name: &str, cfg: &mut super::RdmaConfig) -> Result<Arc<dyn Device>> 
         ctx,
         pd,
         cq,
+        wcs: Mutex::new(Vec::with_capacity(64)),
         path_mtu: port.active_mtu.min(super::limits::mtu_setting()),
         port,
         gid,
@@ -127,6 +127,8 @@ struct VerbsDevice {
     ctx: Arc<dyn verbs::Context>,
     pd: Arc<dyn verbs::Pd>,
     cq: Arc<dyn verbs::Cq>,
+    /// Completions as the verbs layer returns them, reused across polls.
+    wcs: Mutex<Vec<verbs::WorkCompletion>>,
     port: verbs::PortInfo,
     /// Selected (GID, index); re-read on `GID_CHANGE`.
     gid: Arc<RwLock<(verbs::Gid, u8)>>,
@@ -223,23 +225,7 @@ impl QueuePair for VerbsQp {
     }
 
     fn post(&self, wrs: &[WorkRequest]) -> Result<usize> {
-        let v: Vec<verbs::WorkRequest> = wrs
-            .iter()
-            .map(|w| verbs::WorkRequest {
-                wr_id: w.wr_id,
-                opcode: match w.opcode {
-                    Opcode::Read => verbs::Opcode::Read,
-                    Opcode::Write => verbs::Opcode::Write,
-                },
-                local_addr: w.local_addr,
-                length: w.length,
-                lkey: w.lkey,
-                remote_addr: w.remote_addr,
-                rkey: w.rkey,
-                signaled: true,
-            })
-            .collect();
-        match self.qp.post_send(&v) {
+        match self.qp.post_send(wrs) {
             Ok(()) => Ok(wrs.len()),
             Err(e) if e.posted > 0 => {
                 log::warn!("post_send on QP {}: {e}", self.qp.qp_num());
@@ -347,10 +333,13 @@ impl Device for VerbsDevice {
     }
 
     fn poll(&self, out: &mut Vec<Completion>, max: usize) -> usize {
-        match self.cq.poll(max) {
-            Ok(v) => {
-                let n = v.len();
-                out.extend(v.into_iter().map(|wc| Completion {
+        // One polling thread per device: the lock is uncontended; the
+        // buffer is reused, so a poll allocates nothing.
+        let mut wcs = self.wcs.lock();
+        wcs.clear();
+        match self.cq.poll_into(&mut wcs, max) {
+            Ok(n) => {
+                out.extend(wcs.iter().map(|wc| Completion {
                     wr_id: wc.wr_id,
                     status: classify(wc.status),
                 }));
@@ -366,10 +355,16 @@ impl Device for VerbsDevice {
         }
     }
 
+    fn arm_completions(&self) {
+        self.cq.arm();
+    }
+
     fn wait_completions(&self, timeout: Duration) {
-        // No completion channel in the verbs view: a short nap keeps an
-        // in-flight poller from spinning a core.
-        std::thread::sleep(timeout.min(Duration::from_micros(50)));
+        self.cq.wait(timeout);
+    }
+
+    fn interrupt_completions(&self) {
+        self.cq.interrupt();
     }
 
     fn is_down(&self) -> bool {

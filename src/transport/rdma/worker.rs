@@ -1,7 +1,9 @@
 //! Per-context worker pool (spec §6.5): posting threads own shards of
-//! per-peer-path queues and ask each endpoint's gate what to do; one poller
-//! per context maps completions back to slices. Idle threads block on a
-//! condvar; nothing spins when no WR is in flight.
+//! per-peer-path queues (queues.rs) and ask each endpoint's gate what to
+//! do; one poller per context maps completions back to slices (poll.rs).
+//! An idle thread sleeps until an event wakes it (slices queued, WRs
+//! posted, room freed, a handshake's end, shutdown) or until the earliest
+//! deadline its parked slices have; nothing re-polls on a timer.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -9,34 +11,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
-use crate::metadata::SegmentId;
-use crate::task::{Opcode, Task};
-
-use super::context::{Completion, CompletionStatus, RdmaContext, WorkRequest};
+use super::context::RdmaContext;
+use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
+use super::poll::{self, poll_once, PollBufs};
+use super::queues::Signal;
 use super::Shared;
 
-/// One piece of a task on its way to the peer.
-pub struct Slice {
-    pub task: Arc<Task>,
-    pub opcode: Opcode,
-    pub source: u64,
-    pub length: u64,
-    pub dest: u64,
-    pub target_id: SegmentId,
-    /// Location of the local buffer (key into our priority matrix).
-    pub location: Arc<str>,
-    /// Attempts consumed so far.
-    pub retry: u32,
-    /// Routing, filled by `Shared::route`.
-    pub local: usize,
-    pub lkey: u32,
-    pub peer_path: Arc<str>,
-    pub rkey: u32,
-}
+pub use super::queues::{path_hash, Slice, Worker};
 
 /// A posted WR: the slice, the endpoint and QP it went out on.
 pub struct Inflight {
@@ -48,78 +33,6 @@ pub struct Inflight {
     /// when this WR's (flush) completion arrives, never before (the NIC may
     /// still be moving its bytes).
     pub timed_out: Option<Instant>,
-}
-
-/// Queues of one posting thread: peer NIC path → slices.
-#[derive(Default)]
-pub struct Worker {
-    queues: Mutex<HashMap<Arc<str>, VecDeque<Slice>>>,
-    cv: Condvar,
-}
-
-impl Worker {
-    pub fn push(&self, s: Slice) {
-        self.queues
-            .lock()
-            .entry(s.peer_path.clone())
-            .or_default()
-            .push_back(s);
-        self.cv.notify_one();
-    }
-
-    pub fn push_many(&self, v: Vec<Slice>) {
-        if v.is_empty() {
-            return;
-        }
-        let mut q = self.queues.lock();
-        let mut it = v.into_iter().peekable();
-        while let Some(first) = it.next() {
-            // One map lookup per run of slices to the same peer path.
-            let e = q.entry(first.peer_path.clone()).or_default();
-            let path = first.peer_path.clone();
-            e.push_back(first);
-            while let Some(s) = it.next_if(|s| Arc::ptr_eq(&s.peer_path, &path)) {
-                e.push_back(s);
-            }
-        }
-        drop(q);
-        self.cv.notify_one();
-    }
-
-    pub fn wake(&self) {
-        let _g = self.queues.lock();
-        self.cv.notify_all();
-    }
-
-    /// Put slices that could not go yet back in front of newer ones.
-    fn put_back(&self, path: Arc<str>, mut v: VecDeque<Slice>) {
-        if v.is_empty() {
-            return;
-        }
-        let mut q = self.queues.lock();
-        let e = q.entry(path).or_default();
-        v.append(e);
-        *e = v;
-    }
-
-    pub fn drain(&self) -> Vec<Slice> {
-        self.queues
-            .lock()
-            .drain()
-            .flat_map(|(_, v)| v.into_iter())
-            .collect()
-    }
-
-    pub fn queued(&self) -> usize {
-        self.queues.lock().values().map(VecDeque::len).sum()
-    }
-}
-
-/// FNV-1a of a peer NIC path: picks its posting thread.
-pub fn path_hash(peer_path: &str) -> u64 {
-    peer_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 /// Hasher for WR ids: they are unique sequential counters, so a single
@@ -151,9 +64,8 @@ pub struct ContextWorkers {
     pub ctx: Arc<RdmaContext>,
     pub posters: Vec<Arc<Worker>>,
     pub inflight: Mutex<InflightMap>,
-    /// Wakes the poller when WRs were posted.
-    poll_cv: Condvar,
-    poll_idle: Mutex<()>,
+    /// Wakes the poller when WRs were posted (and at shutdown).
+    pub poll_signal: Signal,
     next_wr_id: AtomicU64,
     pub stop: AtomicBool,
     /// Re-handshake pacing per peer NIC path (outlives one-shot endpoints).
@@ -172,8 +84,7 @@ impl ContextWorkers {
                 .map(|_| Arc::new(Worker::default()))
                 .collect(),
             inflight: Mutex::new(InflightMap::default()),
-            poll_cv: Condvar::new(),
-            poll_idle: Mutex::new(()),
+            poll_signal: Signal::default(),
             next_wr_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             backoff: Mutex::new(HashMap::new()),
@@ -221,8 +132,119 @@ impl ContextWorkers {
         for w in &self.posters {
             w.wake();
         }
-        let _g = self.poll_idle.lock();
-        self.poll_cv.notify_all();
+        self.poll_signal.notify();
+        if let Some(d) = &self.ctx.device {
+            d.interrupt_completions();
+        }
+    }
+
+    /// WRs are posted and not yet completed.
+    pub fn has_inflight(&self) -> bool {
+        !self.inflight.lock().is_empty()
+    }
+}
+
+/// What handling one peer path's queue did.
+enum Step {
+    /// Slices moved (posted, failed, rerouted) or a handshake started.
+    Progress,
+    /// The slices wait: for an event that wakes this thread, or the
+    /// deadline (a backoff, a ready-ACK timeout, a busy endpoint).
+    Parked(Option<Instant>),
+}
+
+/// How often a polling thread sweeps slice timeouts and stalled endpoints
+/// while WRs are in flight.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// While WRs are in flight, poll an empty CQ this long before blocking on
+/// its completion channel: a completion a few µs away costs no wake-up.
+const SPIN: Duration = Duration::from_micros(10);
+
+/// Longest single block on the completion channel.
+const MAX_BLOCK: Duration = Duration::from_millis(100);
+
+/// The periodic checks of a polling thread.
+struct Sweep {
+    last: Instant,
+}
+
+impl Sweep {
+    fn new() -> Sweep {
+        Sweep {
+            last: Instant::now(),
+        }
+    }
+
+    /// Run the checks when due; returns when they are due next.
+    fn run_if_due(&mut self, sh: &Shared, cw: &Arc<ContextWorkers>) -> Instant {
+        let now = Instant::now();
+        if now.duration_since(self.last) >= SWEEP_EVERY {
+            super::timeouts::sweep(sh, cw);
+            poll::watch_stalled(sh, cw);
+            self.last = now;
+        }
+        self.last + SWEEP_EVERY
+    }
+}
+
+/// An idle thread's wait, the same for posters and pollers. While WRs are
+/// in flight on the CQ this thread polls: spin for `SPIN`, then arm the
+/// CQ, poll once more (the loop does), then block on the completion
+/// channel until a completion, an interrupt or `deadline`. Otherwise sleep
+/// on `signal` (slices queued, WRs posted, room freed, shutdown) until
+/// `deadline`. Nothing naps on a timer.
+#[derive(Default)]
+struct Idle {
+    spin_until: Option<Instant>,
+    armed: bool,
+}
+
+impl Idle {
+    /// Something was done: the next idle step starts with a spin.
+    fn reset(&mut self) {
+        self.spin_until = None;
+        self.armed = false;
+    }
+
+    fn step(
+        &mut self,
+        cw: &ContextWorkers,
+        signal: &Signal,
+        polls: bool,
+        deadline: Option<Instant>,
+    ) {
+        let dev = match &cw.ctx.device {
+            Some(d) if polls && cw.has_inflight() => d,
+            _ => {
+                self.reset();
+                return signal.wait(deadline);
+            }
+        };
+        let now = Instant::now();
+        if now < *self.spin_until.get_or_insert(now + SPIN) {
+            // Yield rather than pause: on a busy host the CPU goes to the
+            // threads producing the completions (or the submitter).
+            std::thread::yield_now();
+            return;
+        }
+        if !self.armed {
+            // The caller polls once more before the block below.
+            dev.arm_completions();
+            self.armed = true;
+            return;
+        }
+        let left = deadline.map_or(MAX_BLOCK, |t| t.saturating_duration_since(now));
+        dev.wait_completions(left.min(MAX_BLOCK));
+        self.armed = false;
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
     }
 }
 
@@ -230,100 +252,81 @@ impl ContextWorkers {
 pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_poll: bool) {
     let me = cw.posters[k].clone();
     let mut bufs = PollBufs::default();
-    let mut last_sweep = Instant::now();
+    let mut sweep = Sweep::new();
+    let mut paths: Vec<Arc<str>> = Vec::new();
+    let mut wrs: Vec<WorkRequest> = Vec::new();
+    let mut idle = Idle::default();
+    if also_poll {
+        // This thread may block on the CQ: new slices must interrupt it.
+        if let Some(d) = &cw.ctx.device {
+            me.interrupt_cq_on_push(d.clone());
+        }
+    }
     loop {
         if cw.stop.load(Ordering::Acquire) {
             return;
         }
         let Some(sh) = shared.upgrade() else { return };
         let mut progressed = false;
-        let paths: Vec<Arc<str>> = me
-            .queues
-            .lock()
-            .iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect();
-        let waiting = !paths.is_empty();
-        for p in paths {
-            progressed |= process_peer(&sh, &cw, &me, p);
+        let mut deadline = None;
+        me.begin_pass(&mut paths);
+        for p in paths.drain(..) {
+            match process_peer(&sh, &cw, &me, p, &mut wrs) {
+                Step::Progress => progressed = true,
+                Step::Parked(d) => deadline = earliest(deadline, d),
+            }
         }
         if also_poll {
             progressed |= poll_once(&sh, &cw, &mut bufs);
-            if last_sweep.elapsed() >= Duration::from_millis(100) {
-                super::timeouts::sweep(&sh, &cw);
-                watch_stalled(&sh, &cw);
-                last_sweep = Instant::now();
-            }
+            let next_sweep = sweep.run_if_due(&sh, &cw);
+            deadline = earliest(deadline, cw.has_inflight().then_some(next_sweep));
         }
-        let inflight = also_poll && !cw.inflight.lock().is_empty();
         drop(sh);
         if progressed {
-            continue;
-        }
-        if inflight {
-            if let Some(d) = &cw.ctx.device {
-                d.wait_completions(Duration::from_micros(200));
-            }
-            continue;
-        }
-        let mut q = me.queues.lock();
-        if cw.stop.load(Ordering::Acquire) {
-            return;
-        }
-        // Slices parked behind a gate: re-check soon (handshake progress
-        // also wakes us); otherwise sleep until work arrives.
-        let t = if waiting || q.values().any(|v| !v.is_empty()) {
-            Duration::from_millis(5)
+            idle.reset();
         } else {
-            Duration::from_millis(200)
-        };
-        me.cv.wait_for(&mut q, t);
+            idle.step(&cw, &me.signal, also_poll, deadline);
+        }
     }
 }
 
 /// The dedicated poller of a context (when it has ≥ 2 workers).
 pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
     let mut bufs = PollBufs::default();
-    let mut last_sweep = Instant::now();
+    let mut sweep = Sweep::new();
+    let mut idle = Idle::default();
     loop {
         if cw.stop.load(Ordering::Acquire) {
             return;
         }
         let Some(sh) = shared.upgrade() else { return };
+        cw.poll_signal.take();
         let progressed = poll_once(&sh, &cw, &mut bufs);
-        if last_sweep.elapsed() >= Duration::from_millis(100) {
-            super::timeouts::sweep(&sh, &cw);
-            watch_stalled(&sh, &cw);
-            last_sweep = Instant::now();
-        }
+        let next_sweep = sweep.run_if_due(&sh, &cw);
         drop(sh);
         if progressed {
-            continue;
-        }
-        if !cw.inflight.lock().is_empty() {
-            if let Some(d) = &cw.ctx.device {
-                d.wait_completions(Duration::from_millis(1));
-            }
-            continue;
-        }
-        let mut g = cw.poll_idle.lock();
-        if cw.stop.load(Ordering::Acquire) {
-            return;
-        }
-        if cw.inflight.lock().is_empty() {
-            cw.poll_cv.wait_for(&mut g, Duration::from_millis(100));
+            idle.reset();
+        } else {
+            // Nothing in flight: nothing to sweep either; posts wake us.
+            let deadline = cw.has_inflight().then_some(next_sweep);
+            idle.step(&cw, &cw.poll_signal, true, deadline);
         }
     }
 }
 
-/// Handle the queue of one peer path. Returns whether anything moved.
-fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: Arc<str>) -> bool {
-    let Some(mut slices) = me.queues.lock().remove(&path) else {
-        return false;
+/// Handle the queue of one peer path.
+fn process_peer(
+    sh: &Arc<Shared>,
+    cw: &Arc<ContextWorkers>,
+    me: &Worker,
+    path: Arc<str>,
+    wrs: &mut Vec<WorkRequest>,
+) -> Step {
+    let Some(mut slices) = me.take(&path) else {
+        return Step::Parked(None);
     };
     if slices.is_empty() {
-        return false;
+        return Step::Parked(None);
     }
     if !cw.ctx.is_active() {
         // Device down: move the slices to another context, no retry consumed.
@@ -331,13 +334,13 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
         for s in slices {
             sh.reroute(s);
         }
-        return true;
+        return Step::Progress;
     }
     if !sh.rails.usable(&path) {
         for s in slices {
             sh.retry_or_fail(s, "rail paused");
         }
-        return true;
+        return Step::Progress;
     }
     let server = crate::metadata::name::split_nic_path(&path).map_or(&*path, |(s, _)| s);
     if sh.liveness.is_dead(server, Instant::now()) {
@@ -345,7 +348,7 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
         for s in slices {
             sh.fail_slice(s);
         }
-        return true;
+        return Step::Progress;
     }
     let ep = match sh.endpoint(&cw.ctx, &path) {
         Ok(ep) => ep,
@@ -354,23 +357,31 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
             for s in slices {
                 sh.retry_or_fail(s, "endpoint creation failed");
             }
-            return true;
+            return Step::Progress;
         }
     };
-    match ep.gate() {
+    let (gate, deadline) = ep.gate();
+    match gate {
         Gate::Post => {
-            let posted = post_slices(sh, cw, &ep, &mut slices);
+            // Room freed from here on wakes us if the slices do not all go.
+            me.want_room();
+            let posted = post_slices(sh, cw, &ep, &mut slices, wrs);
             me.put_back(path, slices);
-            posted
+            if posted {
+                Step::Progress
+            } else {
+                Step::Parked(None)
+            }
         }
+        // Handshake or ready-ACK wait: its end wakes us, or its deadline.
         Gate::Wait => {
             me.put_back(path, slices);
-            false
+            Step::Parked(deadline)
         }
-        // An attempt is already under way: wait for it.
+        // An attempt is already under way: its end wakes us.
         Gate::Connect if !ep.begin_handshake() => {
             me.put_back(path, slices);
-            false
+            Step::Parked(None)
         }
         Gate::Connect => match cw.handshake_permit(&path, Instant::now()) {
             BackoffDecision::Attempt => {
@@ -379,13 +390,13 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
                     .fetch_add(1, Ordering::Relaxed);
                 me.put_back(path, slices);
                 sh.start_handshake(cw.clone(), ep);
-                true
+                Step::Progress
             }
             // Backing off: the slices wait, no retry consumed.
-            BackoffDecision::WaitUntil(_) => {
+            BackoffDecision::WaitUntil(until) => {
                 ep.end_handshake();
                 me.put_back(path, slices);
-                false
+                Step::Parked(Some(until))
             }
             // Too many handshakes to this peer lately: do not wait out the
             // window; use another rail, or fail the slices now.
@@ -413,7 +424,7 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
                         sh.fail_slice(s);
                     }
                 }
-                true
+                Step::Progress
             }
         },
         Gate::Fail => {
@@ -425,7 +436,7 @@ fn process_peer(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, path: A
             for s in slices {
                 sh.retry_or_fail(s, "endpoint failed");
             }
-            true
+            Step::Progress
         }
     }
 }
@@ -436,12 +447,12 @@ fn post_slices(
     cw: &ContextWorkers,
     ep: &Arc<Endpoint>,
     slices: &mut VecDeque<Slice>,
+    wrs: &mut Vec<WorkRequest>,
 ) -> bool {
     let cq_room = sh.cfg.max_cqe.saturating_sub(cw.inflight.lock().len());
     let mut budget = slices.len().min(cq_room);
     let nqp = ep.num_qps();
     let mut any = false;
-    let mut wrs = Vec::new();
     for i in 0..nqp {
         if budget == 0 {
             break;
@@ -467,6 +478,7 @@ fn post_slices(
                     lkey: s.lkey,
                     remote_addr: s.dest,
                     rkey: s.rkey,
+                    signaled: true,
                 });
                 posted_bytes += s.length;
                 infl.insert(
@@ -483,7 +495,7 @@ fn post_slices(
         }
         // Before the post: unaccepted WRs are subtracted again below.
         cw.ctx.stats.posted_many(posted_bytes, wrs.len() as u64);
-        let accepted = match ep.post(i, &wrs) {
+        let accepted = match ep.post(i, wrs) {
             Ok(k) => k.min(wrs.len()),
             Err(e) => {
                 crate::warn_limited!("post on {} -> {}: {e}", cw.ctx.name, ep.peer_path);
@@ -492,158 +504,20 @@ fn post_slices(
         };
         budget -= accepted;
         any |= accepted > 0;
-        // Unaccepted WRs go back to the queue front, in order.
-        let mut back = Vec::new();
-        {
+        if accepted < wrs.len() {
+            // Unaccepted WRs go back to the queue front, in order.
             let mut infl = cw.inflight.lock();
-            for w in &wrs[accepted..] {
+            for w in wrs[accepted..].iter().rev() {
                 if let Some(f) = infl.remove(&w.wr_id) {
                     cw.ctx.stats.finished(f.slice.length, false);
-                    back.push(f.slice);
+                    slices.push_front(f.slice);
                 }
             }
-        }
-        for s in back.into_iter().rev() {
-            slices.push_front(s);
-        }
-        if accepted < wrs.len() {
             break;
         }
     }
     if any {
-        let _g = cw.poll_idle.lock();
-        cw.poll_cv.notify_one();
+        cw.poll_signal.notify();
     }
     any
-}
-
-/// Buffers a polling thread reuses across CQ polls (no allocation per poll).
-#[derive(Default)]
-pub struct PollBufs {
-    comps: Vec<Completion>,
-    done: Vec<(Completion, Inflight)>,
-}
-
-/// Poll the context's CQ once; returns whether completions were handled.
-fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
-    let Some(dev) = &cw.ctx.device else {
-        return false;
-    };
-    bufs.comps.clear();
-    if dev.poll(&mut bufs.comps, 64) == 0 {
-        return false;
-    }
-    {
-        let mut infl = cw.inflight.lock();
-        bufs.done.extend(
-            bufs.comps
-                .iter()
-                .filter_map(|c| infl.remove(&c.wr_id).map(|f| (*c, f))),
-        );
-    }
-    // One stats update per poll, before tasks can be seen complete.
-    let (bytes, ok_bytes) = bufs.done.iter().fold((0, 0), |(b, ok), (c, f)| {
-        let n = f.slice.length;
-        let moved = if c.status == CompletionStatus::Success {
-            n
-        } else {
-            0
-        };
-        (b + n, ok + moved)
-    });
-    cw.ctx.stats.finished_many(bytes, ok_bytes);
-    let now_ms = super::liveness::coarse_ms();
-    for (c, f) in bufs.done.drain(..) {
-        f.ep.touch(now_ms);
-        f.ep.completed(f.qp);
-        if f.timed_out.is_some() {
-            // The QP of a timed-out WR is in ERR: this is its flush (or a
-            // late success). Only now may the slice end.
-            sh.counters
-                .timeouts_completed
-                .fetch_add(1, Ordering::Relaxed);
-            match c.status {
-                CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
-                _ => sh.fail_slice(f.slice),
-            }
-            continue;
-        }
-        match c.status {
-            CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
-            CompletionStatus::Flushed => {
-                log::trace!("Worker: WR flush error, redispatching if retry allows");
-                sh.counters.flushed.fetch_add(1, Ordering::Relaxed);
-                sh.retry_or_fail(f.slice, "flushed");
-            }
-            CompletionStatus::RemoteError | CompletionStatus::LocalError => {
-                sh.counters
-                    .error_completions
-                    .fetch_add(1, Ordering::Relaxed);
-                let path = f.slice.peer_path.clone();
-                if f.ep.state().connected() {
-                    // A dead connection needs a re-handshake: pace it.
-                    cw.handshake_failed(&path, Instant::now());
-                }
-                f.ep.retire("work completion error");
-                cw.ctx.forget_endpoint(&path, &f.ep);
-                // A dead local device is not the peer rail's fault.
-                let local_fault = c.status == CompletionStatus::LocalError || !cw.ctx.is_active();
-                if !local_fault {
-                    sh.rails
-                        .failed(&path, sh.has_alternative_rail(f.slice.target_id, &path));
-                }
-                sh.retry_or_fail(f.slice, "work completion error");
-            }
-        }
-    }
-    true
-}
-
-/// Probe the peer of every endpoint whose WRs made no progress for
-/// `MC_TE_RS_RDMA_PROBE_MS`; a gone peer's endpoint is retired (its QPs go
-/// to ERR and flush every WR, so no buffer is released while the NIC may
-/// still touch it), and its slices then fail at once (see `liveness`).
-fn watch_stalled(sh: &Shared, cw: &Arc<ContextWorkers>) {
-    let now_ms = super::liveness::coarse_ms();
-    let limit = sh.liveness.probe_after.as_millis() as u64;
-    let stalled: Vec<(String, Arc<Endpoint>)> = cw
-        .ctx
-        .endpoints
-        .lock()
-        .iter()
-        .filter(|(_, ep)| ep.stalled_ms(now_ms) >= limit && !ep.is_loopback())
-        .map(|(p, ep)| (p.clone(), ep.clone()))
-        .collect();
-    for (path, ep) in stalled {
-        if !ep.begin_probe() {
-            continue;
-        }
-        let Some(server) = crate::metadata::name::split_nic_path(&path).map(|(s, _)| s.to_string())
-        else {
-            ep.end_probe();
-            continue;
-        };
-        let (me, cw) = (sh.me(), cw.clone());
-        let spawned = std::thread::Builder::new()
-            .name("te-rdma-probe".into())
-            .spawn(move || {
-                if let Some(sh) = me.upgrade() {
-                    let timeout = sh.liveness.connect_timeout;
-                    match super::liveness::probe(&sh.tctx.metadata, &server, timeout) {
-                        super::liveness::Probe::Alive => ep.touch(super::liveness::coarse_ms()),
-                        super::liveness::Probe::Gone(why) => {
-                            sh.counters.peers_gone.fetch_add(1, Ordering::Relaxed);
-                            sh.liveness.mark_dead(&server, &why, Instant::now());
-                            ep.retire("peer gone");
-                            cw.ctx.forget_endpoint(&path, &ep);
-                            cw.wake_all();
-                        }
-                    }
-                }
-                ep.end_probe();
-            });
-        if let Err(e) = spawned {
-            log::error!("cannot start a liveness probe thread: {e}");
-        }
-    }
 }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 
 use super::action::{Action, Gate, PeerQps, Role, StartActive};
+use super::config::{reject_text, EndpointConfig};
 use super::state::EndpointState;
 use crate::error::{Error, Result};
 use crate::metadata::handshake::desc::HandShakeDesc;
@@ -13,57 +14,11 @@ use crate::metadata::handshake::desc::HandShakeDesc;
 /// start endpoint number *n* at `n * GENERATION_STRIDE` (resets add 1).
 pub const GENERATION_STRIDE: u64 = 1 << 32;
 
-/// Upstream `kReadyAckTimeoutNano`.
-pub const DEFAULT_READY_ACK_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Passive-side rejection texts (spec §4.4); any non-empty text rejects.
 pub const MSG_ACK_UNCONNECTED: &str = "Received RDMA ready ACK for unconnected endpoint";
 pub const MSG_ACK_STALE: &str = "Received stale RDMA ready ACK with mismatched peer QP numbers";
 pub const MSG_QP_COUNT: &str =
     "QP count mismatch in peer and local endpoints, check MC_MAX_EP_PER_CTX";
-
-/// Identity of an endpoint: one local NIC ↔ one peer NIC path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointConfig {
-    /// Our NIC path `<server_name>@<device>`.
-    pub local_nic_path: String,
-    /// The peer NIC path this endpoint talks to.
-    pub peer_nic_path: String,
-    /// Our GID string, advertised in handshakes.
-    pub local_gid: String,
-    /// Our port LID, advertised in handshakes.
-    pub local_lid: u16,
-    /// How long the passive side waits for the ready ACK
-    /// (`MC_READY_ACK_TIMEOUT_MS`, read by the caller).
-    pub ready_ack_timeout: Duration,
-}
-
-impl EndpointConfig {
-    pub fn new(
-        local_nic_path: impl Into<String>,
-        peer_nic_path: impl Into<String>,
-        local_gid: impl Into<String>,
-        local_lid: u16,
-    ) -> Self {
-        EndpointConfig {
-            local_nic_path: local_nic_path.into(),
-            peer_nic_path: peer_nic_path.into(),
-            local_gid: local_gid.into(),
-            local_lid,
-            ready_ack_timeout: DEFAULT_READY_ACK_TIMEOUT,
-        }
-    }
-
-    pub fn with_ready_ack_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_ack_timeout = timeout;
-        self
-    }
-
-    /// The endpoint connects a NIC to itself.
-    pub fn is_loopback(&self) -> bool {
-        self.local_nic_path == self.peer_nic_path
-    }
-}
 
 /// Progress of this side's active attempt in the current generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,10 +140,19 @@ impl Endpoint {
     /// True only in `ConnectedWaitReadyAck` with a started timer older than
     /// the timeout (spec §5.5).
     pub fn ready_ack_timed_out(&self, now: Instant) -> bool {
-        self.state == EndpointState::ConnectedWaitReadyAck
-            && self
-                .ready_wait_start
-                .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.ready_ack_timeout)
+        self.poll_timeout().is_some_and(|deadline| now >= deadline)
+    }
+
+    /// The next instant at which [`Endpoint::handle_timeout`] acts: the
+    /// first instant past the passive side's ready-ACK timeout, or `None`
+    /// when no timer runs. Pure: a driver sleeps until it.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.state != EndpointState::ConnectedWaitReadyAck {
+            return None;
+        }
+        let start = self.ready_wait_start?;
+        // "Older than the timeout": the deadline itself is not late yet.
+        start.checked_add(self.cfg.ready_ack_timeout + Duration::from_nanos(1))
     }
 
     /// Sender gating for a worker holding slices for this endpoint.
@@ -208,9 +172,9 @@ impl Endpoint {
         }
     }
 
-    /// Timer check; call only when slices are queued (upstream does the
-    /// same). A timed-out ready-ACK wait resets (retires) the endpoint.
-    pub fn poll_timeout(&mut self, now: Instant) -> Vec<Action> {
+    /// Act on the timers due at `now` (see [`Endpoint::poll_timeout`]): a
+    /// timed-out ready-ACK wait resets (retires) the endpoint.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         if !self.ready_ack_timed_out(now) {
             return Vec::new();
         }
@@ -318,7 +282,7 @@ impl Endpoint {
         if self.connected() {
             return self.simultaneous_open(reply);
         }
-        if let Err(e) = self.validate_peer(&reply) {
+        if let Err(e) = self.cfg.check_reply(self.local_qpns.len(), &reply) {
             warn!("RDMA endpoint {}: {e}", self.cfg.peer_nic_path);
             return self.fail_active(e, "invalid handshake reply");
         }
@@ -355,17 +319,26 @@ impl Endpoint {
                 "simultaneous handshake mismatch",
             );
         }
-        if reply.supports_ready_ack() {
-            self.active = Some(ActivePhase::AckSent);
-            vec![Action::SendReadyAck {
-                generation: self.generation,
-                request: self.local_desc(true),
-            }]
-        } else {
+        self.active_connected(reply.supports_ready_ack())
+    }
+
+    /// Active side: our QPs talk to the peer's. Send the ready ACK when the
+    /// peer speaks it (the wait is the ACK RPC itself: no timer), else we
+    /// are ready now.
+    fn active_connected(&mut self, peer_supports_ack: bool) -> Vec<Action> {
+        if !peer_supports_ack {
             self.active = None;
             self.promote();
-            vec![Action::ActiveDone(Ok(()))]
+            return vec![Action::ActiveDone(Ok(()))];
         }
+        if !self.connected() {
+            self.state = EndpointState::ConnectedWaitReadyAck;
+        }
+        self.active = Some(ActivePhase::AckSent);
+        vec![Action::SendReadyAck {
+            generation: self.generation,
+            request: self.local_desc(true),
+        }]
     }
 
     /// The driver finished (or failed) moving the QPs to RTS.
@@ -406,21 +379,7 @@ impl Endpoint {
                 self.has_connected = true;
                 self.peer_supports_ack = conf.peer_supports_ack;
                 match role {
-                    Role::Active => {
-                        if conf.peer_supports_ack {
-                            // The active side's wait is the ACK RPC itself: no timer.
-                            self.state = EndpointState::ConnectedWaitReadyAck;
-                            self.active = Some(ActivePhase::AckSent);
-                            vec![Action::SendReadyAck {
-                                generation: self.generation,
-                                request: self.local_desc(true),
-                            }]
-                        } else {
-                            self.active = None;
-                            self.promote();
-                            vec![Action::ActiveDone(Ok(()))]
-                        }
-                    }
+                    Role::Active => self.active_connected(conf.peer_supports_ack),
                     Role::Passive => {
                         if conf.peer_supports_ack {
                             self.state = EndpointState::ConnectedWaitReadyAck;
@@ -521,7 +480,7 @@ impl Endpoint {
             acts.push(Action::RetryOnFreshEndpoint);
             return acts;
         }
-        if let Err(e) = self.validate_peer_request(req) {
+        if let Err(e) = self.cfg.check_request(self.local_qpns.len(), req) {
             warn!("RDMA endpoint {}: {e}", self.cfg.peer_nic_path);
             return vec![Action::Reply(HandShakeDesc::rejected(reject_text(&e)))];
         }
@@ -674,47 +633,5 @@ impl Endpoint {
                 self.cfg.peer_nic_path
             ))),
         }
-    }
-
-    /// Active side: the reply must come from the NIC we addressed, for us.
-    fn validate_peer(&self, reply: &HandShakeDesc) -> Result<()> {
-        if reply.local_nic_path != self.cfg.peer_nic_path
-            || reply.peer_nic_path != self.cfg.local_nic_path
-        {
-            return Err(Error::RejectHandshake(self.path_mismatch(reply)));
-        }
-        self.check_qp_count(reply)
-    }
-
-    /// Passive side: the request must be addressed to us from our peer.
-    fn validate_peer_request(&self, req: &HandShakeDesc) -> Result<()> {
-        if req.peer_nic_path != self.cfg.local_nic_path
-            || req.local_nic_path != self.cfg.peer_nic_path
-        {
-            return Err(Error::RejectHandshake(self.path_mismatch(req)));
-        }
-        self.check_qp_count(req)
-    }
-
-    fn path_mismatch(&self, d: &HandShakeDesc) -> String {
-        format!(
-            "Invalid argument: peer nic path inconsistency, expect {} + {}, while got {} + {}",
-            self.cfg.local_nic_path, self.cfg.peer_nic_path, d.peer_nic_path, d.local_nic_path
-        )
-    }
-
-    fn check_qp_count(&self, d: &HandShakeDesc) -> Result<()> {
-        if d.qp_num.len() != self.local_qpns.len() {
-            return Err(Error::RejectHandshake(MSG_QP_COUNT.into()));
-        }
-        Ok(())
-    }
-}
-
-/// The bare text for a `reply_msg` (without our error-kind prefix).
-fn reject_text(e: &Error) -> String {
-    match e {
-        Error::RejectHandshake(m) => m.clone(),
-        other => other.to_string(),
     }
 }

@@ -6,8 +6,10 @@
 //! and runs `ConfigureQps` under that lock, as upstream does):
 //! * Create with [`Endpoint::with_qps`] (or [`Endpoint::new`] +
 //!   [`Endpoint::on_qps_rebuilt`]).
-//! * Worker with queued slices: [`Endpoint::poll_timeout`], then
-//!   [`Endpoint::gate`]: `Post` → post; `Wait` → keep queued, no retry used;
+//! * Worker with queued slices: [`Endpoint::handle_timeout`], then
+//!   [`Endpoint::gate`]; when it waits, it sleeps until
+//!   [`Endpoint::poll_timeout`] (the next deadline) or an event wakes it.
+//!   `Post` → post; `Wait` → keep queued, no retry used;
 //!   `Fail` → fail the slices (one retry each); `Connect` → check the peer's
 //!   [`HandshakeBackoff`], then [`Endpoint::start_active`].
 //! * Active: `SendHandshake` → RPC (unlocked) → [`Endpoint::on_handshake_reply`]
@@ -28,6 +30,7 @@
 
 mod action;
 mod backoff;
+mod config;
 mod machine;
 mod state;
 
@@ -38,8 +41,6 @@ mod tests;
 
 pub use action::{Action, Gate, PeerQps, Role, StartActive};
 pub use backoff::{BackoffConfig, BackoffDecision, HandshakeBackoff};
-pub use machine::{
-    Endpoint, EndpointConfig, DEFAULT_READY_ACK_TIMEOUT, GENERATION_STRIDE, MSG_ACK_STALE,
-    MSG_ACK_UNCONNECTED, MSG_QP_COUNT,
-};
+pub use config::{EndpointConfig, DEFAULT_READY_ACK_TIMEOUT};
+pub use machine::{Endpoint, GENERATION_STRIDE, MSG_ACK_STALE, MSG_ACK_UNCONNECTED, MSG_QP_COUNT};
 pub use state::EndpointState;

@@ -232,7 +232,7 @@ impl Model {
             75..=84 => {
                 self.now += Duration::from_millis(self.rng.below(4000));
                 let side = self.rng.below(2) as usize;
-                let acts = self.eps[side].poll_timeout(self.now);
+                let acts = self.eps[side].handle_timeout(self.now);
                 self.exec(side, acts);
             }
             85..=89 if self.faults => {
@@ -288,7 +288,7 @@ impl Model {
                     // Only a ready-ACK wait can be left: let it time out.
                     self.now += Duration::from_secs(11);
                     for side in 0..2 {
-                        let acts = self.eps[side].poll_timeout(self.now);
+                        let acts = self.eps[side].handle_timeout(self.now);
                         self.exec(side, acts);
                     }
                 }

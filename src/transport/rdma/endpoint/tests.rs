@@ -638,20 +638,23 @@ fn ready_ack_timeout_only_in_wait_state() {
     let t0 = Instant::now();
     let mut b = passive_waiting_for_ack(t0);
     assert!(!b.ready_ack_timed_out(t0 + secs(10)));
-    assert!(b.poll_timeout(t0 + secs(10)).is_empty());
+    assert!(b.handle_timeout(t0 + secs(10)).is_empty());
     assert_eq!(b.gate(t0 + secs(10)), Gate::Wait);
     let late = t0 + secs(10) + Duration::from_nanos(1);
     assert!(b.ready_ack_timed_out(late));
     assert_eq!(b.gate(late), Gate::Fail);
-    assert_eq!(b.poll_timeout(late), vec![Action::Retire, Action::TimedOut]);
+    assert_eq!(
+        b.handle_timeout(late),
+        vec![Action::Retire, Action::TimedOut]
+    );
     assert_eq!(b.state(), EndpointState::Destroying);
-    assert!(b.poll_timeout(late + secs(60)).is_empty());
+    assert!(b.handle_timeout(late + secs(60)).is_empty());
     // A late ACK after the timeout finds an unconnected endpoint.
     let acts = b.on_handshake_request(&desc(A, B, &QA, Some(true)), late);
     assert_eq!(reply_of(&acts).reply_msg, MSG_ACK_UNCONNECTED);
 
     let (mut c, _) = connected_pair(t0);
-    assert!(c.poll_timeout(t0 + secs(3600)).is_empty());
+    assert!(c.handle_timeout(t0 + secs(3600)).is_empty());
     assert_eq!(c.gate(t0 + secs(3600)), Gate::Post);
 }
 
@@ -662,9 +665,9 @@ fn ready_ack_timeout_is_configurable() {
     let mut b = Endpoint::with_qps(c, 0, QB.to_vec());
     let (g, role, _) = configure_of(&b.on_handshake_request(&desc(A, B, &QA, Some(false)), t0));
     b.on_qps_configured(g, role, Ok(()), t0);
-    assert!(b.poll_timeout(t0 + Duration::from_millis(100)).is_empty());
+    assert!(b.handle_timeout(t0 + Duration::from_millis(100)).is_empty());
     assert_eq!(
-        b.poll_timeout(t0 + Duration::from_millis(101)),
+        b.handle_timeout(t0 + Duration::from_millis(101)),
         vec![Action::Retire, Action::TimedOut]
     );
 }
@@ -937,4 +940,65 @@ fn wire_form_signals_capability_by_key_presence() {
     let json = serde_json::to_string(&reply).unwrap();
     assert!(!json.contains("ready_ack"), "{json}");
     assert_eq!(b.state(), EndpointState::Connected);
+}
+
+// ---------------------------------------------------------------- timers
+
+#[test]
+fn poll_timeout_is_the_first_instant_handle_timeout_acts() {
+    let t0 = Instant::now();
+    let mut b = passive_waiting_for_ack(t0);
+    let deadline = b
+        .poll_timeout()
+        .expect("a passive ready-ACK wait has a deadline");
+    assert_eq!(deadline, t0 + secs(10) + Duration::from_nanos(1));
+    // Pure: asking again, or acting before the deadline, changes nothing.
+    assert_eq!(b.poll_timeout(), Some(deadline));
+    assert!(b
+        .handle_timeout(deadline - Duration::from_nanos(1))
+        .is_empty());
+    assert_eq!(b.state(), EndpointState::ConnectedWaitReadyAck);
+    assert_eq!(b.poll_timeout(), Some(deadline));
+    assert_eq!(
+        b.handle_timeout(deadline),
+        vec![Action::Retire, Action::TimedOut]
+    );
+    assert_eq!(b.poll_timeout(), None);
+}
+
+#[test]
+fn poll_timeout_follows_the_configured_ready_ack_timeout() {
+    let t0 = Instant::now();
+    let c = cfg(B, A).with_ready_ack_timeout(Duration::from_millis(250));
+    let mut b = Endpoint::with_qps(c, 0, QB.to_vec());
+    let (g, role, _) = configure_of(&b.on_handshake_request(&desc(A, B, &QA, Some(false)), t0));
+    b.on_qps_configured(g, role, Ok(()), t0);
+    assert_eq!(
+        b.poll_timeout(),
+        Some(t0 + Duration::from_millis(250) + Duration::from_nanos(1))
+    );
+}
+
+#[test]
+fn poll_timeout_is_none_without_a_running_timer() {
+    let t0 = Instant::now();
+    assert_eq!(ep_a().poll_timeout(), None);
+    // The active side's wait is the ACK RPC itself: no timer.
+    let (a, _, _) = active_waiting_for_ack(t0);
+    assert_eq!(a.state(), EndpointState::ConnectedWaitReadyAck);
+    assert_eq!(a.poll_timeout(), None);
+    let (a, b) = connected_pair(t0);
+    assert_eq!((a.poll_timeout(), b.poll_timeout()), (None, None));
+    // A legacy peer (no ready ACK): connected at once, no timer.
+    let mut b = ep_b();
+    let (g, role, _) = configure_of(&b.on_handshake_request(&desc(A, B, &QA, None), t0));
+    b.on_qps_configured(g, role, Ok(()), t0);
+    assert_eq!(b.state(), EndpointState::Connected);
+    assert_eq!(b.poll_timeout(), None);
+    // The ACK arrives: the passive timer stops.
+    let mut b = passive_waiting_for_ack(t0);
+    let acts = b.on_handshake_request(&desc(A, B, &QA, Some(true)), t0 + secs(1));
+    assert!(reply_of(&acts).reply_msg.is_empty());
+    assert_eq!(b.state(), EndpointState::Connected);
+    assert_eq!(b.poll_timeout(), None);
 }

@@ -120,8 +120,26 @@ pub trait Qp: Send + Sync {
 
 /// A completion queue.
 pub trait Cq: Send + Sync {
-    /// Up to `max` completions, oldest first. An overflowed CQ is an error.
-    fn poll(&self, max: usize) -> Result<Vec<WorkCompletion>>;
+    /// Append up to `max` completions to `out`, oldest first; returns how
+    /// many. No allocation beyond `out`'s growth. An overflowed CQ is an
+    /// error.
+    fn poll_into(&self, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize>;
+    /// Up to `max` completions, oldest first (a fresh `Vec`).
+    fn poll(&self, max: usize) -> Result<Vec<WorkCompletion>> {
+        let mut v = Vec::new();
+        self.poll_into(&mut v, max)?;
+        Ok(v)
+    }
+    /// Ask to be woken by the next completion (`ibv_req_notify_cq`). Poll
+    /// once more after arming and before `wait`: a completion that came
+    /// in between raises no event.
+    fn arm(&self) {}
+    /// Block until a completion may be pending (one arrived after `arm`),
+    /// `interrupt` was called, or `timeout` passed.
+    fn wait(&self, timeout: std::time::Duration);
+    /// Wake a thread blocked in `wait` now, or make its next `wait` return
+    /// at once (shutdown, new work for a thread that also posts).
+    fn interrupt(&self);
     /// Entries the CQ can hold.
     fn capacity(&self) -> usize;
     /// For providers to recover their concrete type in `create_qp`.

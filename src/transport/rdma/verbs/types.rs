@@ -280,13 +280,9 @@ impl Default for RtsAttrs {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Opcode {
-    /// RDMA READ: remote → local.
-    Read,
-    /// RDMA WRITE: local → remote.
-    Write,
-}
+/// RDMA READ (remote → local) or WRITE (local → remote): the task's own
+/// opcode, so a slice's WR needs no conversion.
+pub use crate::task::Opcode;
 
 /// One RDMA READ/WRITE with a single SGE (Mooncake never uses more).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -277,54 +277,67 @@ impl Qp for IbvQp {
                 ),
             });
         }
-        let mut sges: Vec<ffi::ibv_sge> = wrs
-            .iter()
-            .map(|w| ffi::ibv_sge {
+        let mut done = 0;
+        for chunk in wrs.chunks(POST_CHUNK) {
+            if let Err(mut e) = self.post_chain(chunk) {
+                e.posted += done;
+                return Err(e);
+            }
+            done += chunk.len();
+        }
+        Ok(())
+    }
+}
+
+/// WRs linked into one `ibv_post_send` chain (stack arrays, no allocation
+/// per post).
+const POST_CHUNK: usize = 32;
+
+impl IbvQp {
+    /// Post at most `POST_CHUNK` WRs as one chain.
+    fn post_chain(&self, wrs: &[WorkRequest]) -> std::result::Result<(), PostSendError> {
+        debug_assert!(wrs.len() <= POST_CHUNK);
+        // SAFETY: plain C structs of integers, raw pointers and unions of
+        // those; all-zero is valid.
+        let mut sges: [ffi::ibv_sge; POST_CHUNK] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut list: [ffi::ibv_send_wr; POST_CHUNK] = unsafe { std::mem::zeroed() };
+        let base = list.as_mut_ptr();
+        for (i, w) in wrs.iter().enumerate() {
+            sges[i] = ffi::ibv_sge {
                 addr: w.local_addr,
                 length: w.length,
                 lkey: w.lkey,
-            })
-            .collect();
-        let mut list: Vec<ffi::ibv_send_wr> = wrs
-            .iter()
-            .map(|w| {
-                // SAFETY: plain C struct of integers, raw pointers and unions
-                // of those; all-zero is valid.
-                let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
-                wr.wr_id = w.wr_id;
-                wr.num_sge = 1;
-                wr.opcode = match w.opcode {
-                    Opcode::Read => ffi::ibv_wr_opcode::IBV_WR_RDMA_READ,
-                    Opcode::Write => ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
-                };
-                wr.send_flags = if w.signaled {
-                    ffi::ibv_send_flags::IBV_SEND_SIGNALED.0
-                } else {
-                    0
-                };
-                wr.wr.rdma = ffi::rdma_t {
-                    remote_addr: w.remote_addr,
-                    rkey: w.rkey,
-                };
-                wr
-            })
-            .collect();
-        // Link the chain only now: both vectors are final, so the pointers
-        // stay valid for the call.
-        let base = list.as_mut_ptr();
-        for i in 0..list.len() {
-            list[i].sg_list = &mut sges[i];
-            list[i].next = if i + 1 < wrs.len() {
-                // SAFETY: i + 1 < len: in bounds of `list`.
+            };
+            let wr = &mut list[i];
+            wr.wr_id = w.wr_id;
+            wr.num_sge = 1;
+            wr.opcode = match w.opcode {
+                Opcode::Read => ffi::ibv_wr_opcode::IBV_WR_RDMA_READ,
+                Opcode::Write => ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+            };
+            wr.send_flags = if w.signaled {
+                ffi::ibv_send_flags::IBV_SEND_SIGNALED.0
+            } else {
+                0
+            };
+            wr.wr.rdma = ffi::rdma_t {
+                remote_addr: w.remote_addr,
+                rkey: w.rkey,
+            };
+            wr.sg_list = &mut sges[i];
+            wr.next = if i + 1 < wrs.len() {
+                // SAFETY: i + 1 < len ≤ POST_CHUNK: in bounds of `list`.
                 unsafe { base.add(i + 1) }
             } else {
                 std::ptr::null_mut()
             };
         }
         let mut bad: *mut ffi::ibv_send_wr = std::ptr::null_mut();
-        // SAFETY: live QP; `list` is a NULL-terminated chain of initialised
-        // WRs whose SGEs point into `sges`, both alive across the call.
-        let rc = unsafe { ffi::ibv_post_send(self.qp.as_ptr(), list.as_mut_ptr(), &mut bad) };
+        // SAFETY: live QP; `list` starts a NULL-terminated chain of
+        // initialised WRs whose SGEs point into `sges`; both arrays live on
+        // this stack frame across the call.
+        let rc = unsafe { ffi::ibv_post_send(self.qp.as_ptr(), base, &mut bad) };
         if rc == 0 {
             return Ok(());
         }

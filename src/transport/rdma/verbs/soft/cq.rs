@@ -5,8 +5,9 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::device::SoftDevice;
 use crate::error::Result;
@@ -21,12 +22,16 @@ type Entry = (WorkCompletion, Arc<AtomicUsize>);
 struct CqState {
     queue: VecDeque<Entry>,
     overflowed: bool,
+    /// `interrupt` was called and no `wait` has returned since.
+    interrupted: bool,
 }
 
 pub(crate) struct CqShared {
     capacity: usize,
     device: Arc<SoftDevice>,
     state: Mutex<CqState>,
+    /// A completion queue's "completion channel": pushes wake `wait`.
+    ready: Condvar,
 }
 
 impl CqShared {
@@ -35,6 +40,7 @@ impl CqShared {
             capacity,
             device,
             state: Mutex::new(CqState::default()),
+            ready: Condvar::new(),
         }
     }
 
@@ -50,6 +56,8 @@ impl CqShared {
             st.overflowed = true;
             slot.fetch_sub(1, Ordering::AcqRel);
             drop(st);
+            // A waiting poller must see the error.
+            self.ready.notify_one();
             log::error!(
                 "soft CQ on {} overflowed (capacity {}); completion of wr_id {} lost",
                 self.device.name,
@@ -64,6 +72,8 @@ impl CqShared {
             return;
         }
         st.queue.push_back((wc, slot));
+        drop(st);
+        self.ready.notify_one();
     }
 }
 
@@ -72,7 +82,7 @@ pub(crate) struct SoftCq {
 }
 
 impl Cq for SoftCq {
-    fn poll(&self, max: usize) -> Result<Vec<WorkCompletion>> {
+    fn poll_into(&self, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize> {
         let mut st = self.shared.state.lock();
         if st.overflowed {
             return Err(verb_error(
@@ -86,14 +96,28 @@ impl Cq for SoftCq {
             ));
         }
         let n = max.min(st.queue.len());
-        Ok(st
-            .queue
-            .drain(..n)
-            .map(|(wc, slot)| {
-                slot.fetch_sub(1, Ordering::AcqRel);
-                wc
-            })
-            .collect())
+        out.extend(st.queue.drain(..n).map(|(wc, slot)| {
+            slot.fetch_sub(1, Ordering::AcqRel);
+            wc
+        }));
+        Ok(n)
+    }
+
+    // No `arm`: `wait` checks the queue under the lock pushes take, so no
+    // completion can slip in between the check and the sleep.
+    fn wait(&self, timeout: Duration) {
+        let sh = &self.shared;
+        let mut st = sh.state.lock();
+        if st.queue.is_empty() && !st.overflowed && !st.interrupted {
+            sh.ready.wait_for(&mut st, timeout);
+        }
+        st.interrupted = false;
+    }
+
+    fn interrupt(&self) {
+        let sh = &self.shared;
+        sh.state.lock().interrupted = true;
+        sh.ready.notify_all();
     }
 
     fn capacity(&self) -> usize {

@@ -1,0 +1,146 @@
+//! The completion side of a context: poll the CQ, map each completion back
+//! to its slice (success, retry, fail), and watch endpoints whose WRs stall.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::device::{Completion, CompletionStatus};
+use super::endpoint_driver::Endpoint;
+use super::worker::{ContextWorkers, Inflight};
+use super::Shared;
+
+/// Buffers a polling thread reuses across CQ polls (no allocation per poll).
+#[derive(Default)]
+pub struct PollBufs {
+    comps: Vec<Completion>,
+    done: Vec<(Completion, Inflight)>,
+}
+
+/// Poll the context's CQ once; returns whether completions were handled.
+pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
+    let Some(dev) = &cw.ctx.device else {
+        return false;
+    };
+    bufs.comps.clear();
+    if dev.poll(&mut bufs.comps, 64) == 0 {
+        return false;
+    }
+    {
+        let mut infl = cw.inflight.lock();
+        bufs.done.extend(
+            bufs.comps
+                .iter()
+                .filter_map(|c| infl.remove(&c.wr_id).map(|f| (*c, f))),
+        );
+    }
+    // One stats update per poll, before tasks can be seen complete.
+    let (bytes, ok_bytes) = bufs.done.iter().fold((0, 0), |(b, ok), (c, f)| {
+        let n = f.slice.length;
+        let moved = if c.status == CompletionStatus::Success {
+            n
+        } else {
+            0
+        };
+        (b + n, ok + moved)
+    });
+    cw.ctx.stats.finished_many(bytes, ok_bytes);
+    // QP slots and CQ room are free again: wake posters that wait for them.
+    for w in &cw.posters {
+        w.room_freed();
+    }
+    let now_ms = super::liveness::coarse_ms();
+    for (c, f) in bufs.done.drain(..) {
+        f.ep.touch(now_ms);
+        f.ep.completed(f.qp);
+        if f.timed_out.is_some() {
+            // The QP of a timed-out WR is in ERR: this is its flush (or a
+            // late success). Only now may the slice end.
+            sh.counters
+                .timeouts_completed
+                .fetch_add(1, Ordering::Relaxed);
+            match c.status {
+                CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
+                _ => sh.fail_slice(f.slice),
+            }
+            continue;
+        }
+        match c.status {
+            CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
+            CompletionStatus::Flushed => {
+                log::trace!("Worker: WR flush error, redispatching if retry allows");
+                sh.counters.flushed.fetch_add(1, Ordering::Relaxed);
+                sh.retry_or_fail(f.slice, "flushed");
+            }
+            CompletionStatus::RemoteError | CompletionStatus::LocalError => {
+                sh.counters
+                    .error_completions
+                    .fetch_add(1, Ordering::Relaxed);
+                let path = f.slice.peer_path.clone();
+                if f.ep.state().connected() {
+                    // A dead connection needs a re-handshake: pace it.
+                    cw.handshake_failed(&path, Instant::now());
+                }
+                f.ep.retire("work completion error");
+                cw.ctx.forget_endpoint(&path, &f.ep);
+                // A dead local device is not the peer rail's fault.
+                let local_fault = c.status == CompletionStatus::LocalError || !cw.ctx.is_active();
+                if !local_fault {
+                    sh.rails
+                        .failed(&path, sh.has_alternative_rail(f.slice.target_id, &path));
+                }
+                sh.retry_or_fail(f.slice, "work completion error");
+            }
+        }
+    }
+    true
+}
+
+/// Probe the peer of every endpoint whose WRs made no progress for
+/// `MC_TE_RS_RDMA_PROBE_MS`; a gone peer's endpoint is retired (its QPs go
+/// to ERR and flush every WR, so no buffer is released while the NIC may
+/// still touch it), and its slices then fail at once (see `liveness`).
+pub fn watch_stalled(sh: &Shared, cw: &Arc<ContextWorkers>) {
+    let now_ms = super::liveness::coarse_ms();
+    let limit = sh.liveness.probe_after.as_millis() as u64;
+    let stalled: Vec<(String, Arc<Endpoint>)> = cw
+        .ctx
+        .endpoints
+        .lock()
+        .iter()
+        .filter(|(_, ep)| ep.stalled_ms(now_ms) >= limit && !ep.is_loopback())
+        .map(|(p, ep)| (p.clone(), ep.clone()))
+        .collect();
+    for (path, ep) in stalled {
+        if !ep.begin_probe() {
+            continue;
+        }
+        let Some(server) = crate::metadata::name::split_nic_path(&path).map(|(s, _)| s.to_string())
+        else {
+            ep.end_probe();
+            continue;
+        };
+        let (me, cw) = (sh.me(), cw.clone());
+        let spawned = std::thread::Builder::new()
+            .name("te-rdma-probe".into())
+            .spawn(move || {
+                if let Some(sh) = me.upgrade() {
+                    let timeout = sh.liveness.connect_timeout;
+                    match super::liveness::probe(&sh.tctx.metadata, &server, timeout) {
+                        super::liveness::Probe::Alive => ep.touch(super::liveness::coarse_ms()),
+                        super::liveness::Probe::Gone(why) => {
+                            sh.counters.peers_gone.fetch_add(1, Ordering::Relaxed);
+                            sh.liveness.mark_dead(&server, &why, Instant::now());
+                            ep.retire("peer gone");
+                            cw.ctx.forget_endpoint(&path, &ep);
+                            cw.wake_all();
+                        }
+                    }
+                }
+                ep.end_probe();
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a liveness probe thread: {e}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! What a posting thread works from: its queues (peer NIC path → slices),
+//! and the wake-up signal every thread of a context sleeps on.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::device::Device;
+use crate::metadata::SegmentId;
+use crate::task::{Opcode, Task};
+
+/// One piece of a task on its way to the peer.
+pub struct Slice {
+    pub task: Arc<Task>,
+    pub opcode: Opcode,
+    pub source: u64,
+    pub length: u64,
+    pub dest: u64,
+    pub target_id: SegmentId,
+    /// Location of the local buffer (key into our priority matrix).
+    pub location: Arc<str>,
+    /// Attempts consumed so far.
+    pub retry: u32,
+    /// Routing, filled by `Shared::route`.
+    pub local: usize,
+    pub lkey: u32,
+    pub peer_path: Arc<str>,
+    pub rkey: u32,
+}
+
+/// A wake-up that is never lost: `notify` sets a flag that a thread about
+/// to sleep sees, so it sleeps only when nothing happened since it last
+/// cleared the flag (`take`).
+#[derive(Default)]
+pub struct Signal {
+    set: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        let mut s = self.set.lock();
+        if !*s {
+            *s = true;
+            self.cv.notify_one();
+        }
+    }
+
+    /// Clear the flag before looking for work; true if it was set.
+    pub fn take(&self) -> bool {
+        std::mem::take(&mut *self.set.lock())
+    }
+
+    /// Sleep until notified (since the last `take`) or `deadline`.
+    pub fn wait(&self, deadline: Option<Instant>) {
+        let mut s = self.set.lock();
+        while !*s {
+            match deadline {
+                Some(d) => {
+                    if self.cv.wait_until(&mut s, d).timed_out() {
+                        return;
+                    }
+                }
+                None => self.cv.wait(&mut s),
+            }
+        }
+    }
+}
+
+/// Queues of one posting thread: peer NIC path → slices.
+#[derive(Default)]
+pub struct Worker {
+    queues: Mutex<HashMap<Arc<str>, VecDeque<Slice>>>,
+    /// Set by every push and wake-up.
+    pub signal: Signal,
+    /// Slices wait for QP or CQ room: completions wake this thread.
+    room_wanted: AtomicBool,
+    /// Set when this thread also polls and may block on the CQ.
+    cq: OnceLock<Arc<dyn Device>>,
+}
+
+impl Worker {
+    pub fn push(&self, s: Slice) {
+        self.queues
+            .lock()
+            .entry(s.peer_path.clone())
+            .or_default()
+            .push_back(s);
+        self.wake();
+    }
+
+    pub fn push_many(&self, v: Vec<Slice>) {
+        if v.is_empty() {
+            return;
+        }
+        let mut q = self.queues.lock();
+        let mut it = v.into_iter().peekable();
+        while let Some(first) = it.next() {
+            // One map lookup per run of slices to the same peer path.
+            let e = q.entry(first.peer_path.clone()).or_default();
+            let path = first.peer_path.clone();
+            e.push_back(first);
+            while let Some(s) = it.next_if(|s| Arc::ptr_eq(&s.peer_path, &path)) {
+                e.push_back(s);
+            }
+        }
+        drop(q);
+        self.wake();
+    }
+
+    pub fn wake(&self) {
+        self.signal.notify();
+        if let Some(d) = self.cq.get() {
+            d.interrupt_completions();
+        }
+    }
+
+    /// This thread also polls `dev` and may block on its CQ: pushes must
+    /// interrupt that wait too.
+    pub fn interrupt_cq_on_push(&self, dev: Arc<dyn Device>) {
+        let _ = self.cq.set(dev);
+    }
+
+    /// Start a pass: clear the signal, then list the paths with slices.
+    pub fn begin_pass(&self, out: &mut Vec<Arc<str>>) {
+        self.signal.take();
+        out.clear();
+        out.extend(
+            self.queues
+                .lock()
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(k, _)| k.clone()),
+        );
+    }
+
+    /// Take the slices queued for `path`.
+    pub fn take(&self, path: &str) -> Option<VecDeque<Slice>> {
+        self.queues.lock().remove(path)
+    }
+
+    /// Put slices that could not go yet back in front of newer ones.
+    pub fn put_back(&self, path: Arc<str>, mut v: VecDeque<Slice>) {
+        if v.is_empty() {
+            return;
+        }
+        let mut q = self.queues.lock();
+        let e = q.entry(path).or_default();
+        v.append(e);
+        *e = v;
+    }
+
+    pub fn drain(&self) -> Vec<Slice> {
+        self.queues
+            .lock()
+            .drain()
+            .flat_map(|(_, v)| v.into_iter())
+            .collect()
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queues.lock().values().map(VecDeque::len).sum()
+    }
+
+    /// Before looking for QP or CQ room: a completion from now on wakes
+    /// this thread (pairs with `room_freed`).
+    pub fn want_room(&self) {
+        self.room_wanted.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Completions freed room (call after releasing it).
+    pub fn room_freed(&self) {
+        fence(Ordering::SeqCst);
+        if self.room_wanted.load(Ordering::Relaxed)
+            && self.room_wanted.swap(false, Ordering::SeqCst)
+        {
+            self.signal.notify();
+        }
+    }
+}
+
+/// FNV-1a of a peer NIC path: picks its posting thread.
+pub fn path_hash(peer_path: &str) -> u64 {
+    peer_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}

@@ -1,0 +1,184 @@
+//! Where a slice goes: local context and peer NIC for its attempt, and
+//! what happens when an attempt fails (retry on another route or fail).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::metadata::descriptor::SegmentDesc;
+use crate::metadata::name;
+use crate::metadata::SegmentId;
+
+use super::memory::MemoryTable;
+use super::selection::{select_device, select_peer_device};
+use super::shared::Shared;
+use super::worker::{self, Slice};
+
+impl Shared {
+    /// Whether a rail of the peer other than `path` is usable now.
+    pub fn has_alternative_rail(&self, target_id: SegmentId, path: &str) -> bool {
+        let Some(desc) = self.tctx.metadata.segment_desc(target_id) else {
+            return false;
+        };
+        let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
+        desc.devices.as_deref().unwrap_or(&[]).iter().any(|d| {
+            let p = name::nic_path(server, &d.name);
+            p != path && self.rails.usable(&p)
+        })
+    }
+
+    /// Route (or re-route) a slice: local context and peer rail for its
+    /// current retry count. `None` if no route exists.
+    pub(super) fn route(&self, s: &mut Slice) -> bool {
+        let Some(desc) = self.tctx.metadata.segment_desc(s.target_id) else {
+            return false;
+        };
+        let Some((bi, _)) = desc.find_buffer(s.dest, s.length) else {
+            return false;
+        };
+        let Some(local) = self.pick_local(&s.location, s.retry) else {
+            return false;
+        };
+        let lkey = match self.memory.read().find(s.source) {
+            Some(r) => r.lkeys.get(local).copied().unwrap_or(0),
+            None => return false,
+        };
+        let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
+        let devices = desc.devices.as_deref().unwrap_or(&[]);
+        let local_name = &self.contexts[local].name;
+        let peer = select_peer_device(&desc, bi, s.retry, local_name, self.cfg.policy, |i| {
+            self.rails.usable(&name::nic_path(server, &devices[i].name))
+        });
+        let Some(pi) = peer else { return false };
+        let rkey = desc.buffers[bi]
+            .rkey
+            .as_ref()
+            .and_then(|k| k.get(pi).copied());
+        let Some(rkey) = rkey else { return false };
+        s.local = local;
+        s.lkey = lkey;
+        s.rkey = rkey;
+        s.peer_path = Arc::from(name::nic_path(server, &devices[pi].name));
+        true
+    }
+
+    /// `route` for a first attempt, with the per-target lookups in `pr` and
+    /// the local context chosen per request. Returns the posting thread.
+    pub(super) fn route_first(
+        &self,
+        piece: (u64, u64, u64),
+        desc: &SegmentDesc,
+        pr: &PeerRoutes,
+        local: Option<usize>,
+        mem: &MemoryTable,
+    ) -> Option<FirstRoute> {
+        let (source, dest, length) = piece;
+        let local = local?;
+        let (bi, _) = desc.find_buffer(dest, length)?;
+        let lkey = mem.find(source)?.lkeys.get(local).copied().unwrap_or(0);
+        let local_name = &self.contexts[local].name;
+        let pi = select_peer_device(desc, bi, 0, local_name, self.cfg.policy, |i| {
+            pr.usable.get(i).copied().unwrap_or(false)
+        })?;
+        let rkey = desc.buffers[bi].rkey.as_ref()?.get(pi).copied()?;
+        pr.paths.get(pi)?;
+        let posters = self.workers[local].posters.len() as u64;
+        Some(FirstRoute {
+            local,
+            lkey,
+            rkey,
+            peer: pi,
+            poster: (pr.hashes[pi] % posters) as usize,
+        })
+    }
+
+    /// An active local context for `location` at attempt `retry`.
+    pub(super) fn pick_local(&self, location: &str, retry: u32) -> Option<usize> {
+        let by_name = |n: &str| {
+            self.contexts
+                .iter()
+                .position(|c| c.name == n)
+                .filter(|&i| self.contexts[i].is_active())
+        };
+        if let Some(i) = select_device(&self.matrix, location, retry, self.cfg.policy.round_robin)
+            .and_then(by_name)
+        {
+            return Some(i);
+        }
+        let n = self.contexts.len() as u32;
+        (1..=n.max(1) + retry)
+            .filter_map(|r| select_device(&self.matrix, location, retry + r, false))
+            .find_map(by_name)
+            .or_else(|| self.contexts.iter().position(|c| c.is_active()))
+    }
+
+    pub(super) fn enqueue(&self, s: Slice) {
+        let cw = &self.workers[s.local];
+        cw.worker_for(&s.peer_path).push(s);
+    }
+
+    /// Consume one attempt; route again or fail when the budget is spent.
+    pub fn retry_or_fail(&self, mut s: Slice, why: &str) {
+        s.retry += 1;
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        if s.retry >= self.cfg.retry_cnt {
+            crate::warn_limited!(
+                "slice to {} failed after {} attempts ({why})",
+                s.peer_path,
+                s.retry
+            );
+            return self.fail_slice(s);
+        }
+        if self.route(&mut s) {
+            self.enqueue(s);
+        } else {
+            crate::warn_limited!("slice to {}: no route left ({why})", s.peer_path);
+            self.fail_slice(s);
+        }
+    }
+
+    /// Move a slice off an inactive context without consuming an attempt.
+    pub fn reroute(&self, mut s: Slice) {
+        if self.route(&mut s) && self.contexts[s.local].is_active() {
+            self.enqueue(s);
+        } else {
+            self.retry_or_fail(s, "local device down");
+        }
+    }
+}
+
+/// Where a first attempt goes: local context and key, peer NIC (index into
+/// `PeerRoutes::paths`) and key, posting thread.
+pub(super) struct FirstRoute {
+    pub local: usize,
+    pub lkey: u32,
+    pub rkey: u32,
+    pub peer: usize,
+    pub poster: usize,
+}
+
+/// Peer NIC paths of one target segment, computed once per submit call.
+pub(super) struct PeerRoutes {
+    pub(super) target_id: SegmentId,
+    pub(super) paths: Vec<Arc<str>>,
+    pub(super) hashes: Vec<u64>,
+    pub(super) usable: Vec<bool>,
+}
+
+impl PeerRoutes {
+    pub(super) fn new(sh: &Shared, target_id: SegmentId, desc: &SegmentDesc) -> Self {
+        let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
+        let paths: Vec<Arc<str>> = desc
+            .devices
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(|d| Arc::from(name::nic_path(server, &d.name)))
+            .collect();
+        PeerRoutes {
+            target_id,
+            hashes: paths.iter().map(|p| worker::path_hash(p)).collect(),
+            usable: paths.iter().map(|p| sh.rails.usable(p)).collect(),
+            paths,
+        }
+    }
+}

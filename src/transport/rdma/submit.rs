@@ -1,0 +1,139 @@
+//! The submit path: cut each request into slices, route every slice to a
+//! local context, peer NIC and posting thread, and queue them (one queue
+//! lock and one wake-up per posting thread per call).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::transport::Submission;
+
+use super::routing::PeerRoutes;
+use super::shared::Shared;
+use super::slicing::{cut, CutError};
+use super::worker::Slice;
+
+impl Shared {
+    pub(super) fn submit(&self, subs: Vec<Submission>) -> Result<()> {
+        let sh = self;
+        // Cut everything first: an unregistered source refuses the call.
+        let mut cuts = Vec::with_capacity(subs.len());
+        let mut locations: Vec<Arc<str>> = Vec::new();
+        {
+            let mem = sh.memory.read();
+            for s in &subs {
+                let r = s.request;
+                let pieces = cut(
+                    sh.cfg.slice,
+                    r.source,
+                    r.target_offset,
+                    r.length,
+                    |a| mem.find(a).map(|m| m.end()),
+                    |a| {
+                        s.target
+                            .buffers
+                            .iter()
+                            .find(|b| a >= b.addr && a < b.end())
+                            .map(|b| b.end())
+                    },
+                );
+                match pieces {
+                    Err(CutError::LocalNotRegistered(off)) => {
+                        return Err(Error::AddressNotRegistered(format!(
+                            "local address {:#x} is in no registered region",
+                            r.source.wrapping_add(off)
+                        )))
+                    }
+                    other => {
+                        let name = mem.find(r.source).map_or("*", |m| m.buf.location.as_str());
+                        // One shared string per distinct location per call,
+                        // not one allocation per request.
+                        let location = match locations.iter().find(|l| &***l == name) {
+                            Some(l) => l.clone(),
+                            None => {
+                                let l: Arc<str> = Arc::from(name);
+                                locations.push(l.clone());
+                                l
+                            }
+                        };
+                        cuts.push((other, location));
+                    }
+                }
+            }
+        }
+        let nposters = sh
+            .workers
+            .iter()
+            .map(|w| w.posters.len())
+            .max()
+            .unwrap_or(1);
+        let mut per: Vec<Vec<Slice>> = (0..sh.contexts.len() * nposters)
+            .map(|_| Vec::new())
+            .collect();
+        let mut routes: Vec<PeerRoutes> = Vec::new();
+        // One read of the memory table for the whole call.
+        let mem = sh.memory.read();
+        for (s, (pieces, location)) in subs.into_iter().zip(cuts) {
+            let r = s.request;
+            let pieces = match pieces {
+                Ok(p) => p,
+                Err(e) => {
+                    log::error!(
+                        "request to segment {} [{:#x}, +{}) is outside its buffers: {e:?}",
+                        r.target_id,
+                        r.target_offset,
+                        r.length
+                    );
+                    s.task.fail_all();
+                    continue;
+                }
+            };
+            s.task.set_slices(pieces.len() as u64);
+            // Per target: peer NIC paths, rail state and posting thread,
+            // looked up once per call instead of once per slice.
+            let ri = match routes.iter().position(|p| p.target_id == r.target_id) {
+                Some(i) => i,
+                None => {
+                    routes.push(PeerRoutes::new(sh, r.target_id, &s.target));
+                    routes.len() - 1
+                }
+            };
+            let pr = &routes[ri];
+            let local = sh.pick_local(&location, 0);
+            for p in pieces {
+                let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
+                // Routed before the slice exists: each shared string is
+                // cloned once per slice (refcounts other threads touch).
+                let Some(to) = sh.route_first((source, dest, p.len), &s.target, pr, local, &mem)
+                else {
+                    log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
+                    sh.counters.failed_slices.fetch_add(1, Ordering::Relaxed);
+                    s.task.slice_failed();
+                    continue;
+                };
+                per[to.local * nposters + to.poster].push(Slice {
+                    task: s.task.clone(),
+                    opcode: r.opcode,
+                    source,
+                    length: p.len,
+                    dest,
+                    target_id: r.target_id,
+                    location: location.clone(),
+                    retry: 0,
+                    local: to.local,
+                    lkey: to.lkey,
+                    peer_path: pr.paths[to.peer].clone(),
+                    rkey: to.rkey,
+                });
+            }
+        }
+        drop(mem);
+        // One queue lock and one wake-up per posting thread per call.
+        for (i, v) in per.into_iter().enumerate() {
+            if !v.is_empty() {
+                sh.workers[i / nposters].posters[i % nposters].push_many(v);
+            }
+        }
+        Ok(())
+    }
+}
