@@ -2,7 +2,10 @@
 //! event-loop thread (readiness I/O on `mio`) reads frames from every
 //! connection and writes the replies; `MC_HANDSHAKE_WORKERS` threads run the
 //! handler. A slow or silent client costs a descriptor, never a thread, and
-//! a new connection is accepted the moment it arrives.
+//! a new connection is accepted the moment it arrives. Metadata and Probe
+//! requests (a descriptor to serialise, a constant) are answered on the loop
+//! itself: the hand-off to a worker and back would cost two thread wake-ups
+//! on every `openSegment`.
 //!
 //! Per connection: read one frame, dispatch, reply with the request's framing,
 //! `shutdown(SHUT_WR)`, wait (bounded) for the client's EOF, close. Invalid
@@ -141,7 +144,7 @@ impl HandshakeServer {
         };
         for i in 0..cfg.workers.max(1) {
             let d = dispatch.clone();
-            let h = handler.clone();
+            let h: Arc<dyn HandshakeHandler> = handler.clone();
             let t = std::thread::Builder::new()
                 .name(format!("te-handshake-w{i}"))
                 .spawn(move || worker(&d, h.as_ref()))
@@ -156,6 +159,7 @@ impl HandshakeServer {
             next_token: 2,
             buffered: 0,
             dispatch,
+            handler,
             stopping,
         };
         let t = std::thread::Builder::new()
@@ -211,13 +215,7 @@ fn worker(d: &Dispatch, handler: &dyn HandshakeHandler) {
                 d.jobs_cv.wait(&mut g);
             }
         };
-        let reply = match dispatch(&frame, handler) {
-            Ok(r) => Some(frame::encode(frame.framing, &r)),
-            Err(e) => {
-                REJECT_LOG.warn(format_args!("handshake from {peer} rejected: {e}"));
-                None
-            }
-        };
+        let reply = answer(&frame, &peer, handler);
         d.done.lock().push((token, reply));
         let _ = d.waker.wake();
     }
@@ -232,7 +230,19 @@ struct HsLoop {
     /// Bytes of frames held for all connections.
     buffered: usize,
     dispatch: Arc<Dispatch>,
+    handler: Arc<dyn HandshakeHandler>,
     stopping: Arc<AtomicBool>,
+}
+
+/// The encoded reply to `frame`, or `None` (logged) when it has none.
+fn answer(frame: &Frame, peer: &str, handler: &dyn HandshakeHandler) -> Option<Vec<u8>> {
+    match dispatch(frame, handler) {
+        Ok(r) => Some(frame::encode(frame.framing, &r)),
+        Err(e) => {
+            REJECT_LOG.warn(format_args!("handshake from {peer} rejected: {e}"));
+            None
+        }
+    }
 }
 
 impl HsLoop {
@@ -326,6 +336,16 @@ impl HsLoop {
             HsDrive::Blocked => {}
             HsDrive::Frame(f) => {
                 let peer = c.peer.to_string();
+                if matches!(f.framing.msg_type(), MsgType::Metadata | MsgType::Probe) {
+                    match answer(&f, &peer, self.handler.as_ref()) {
+                        Some(r) => {
+                            c.set_reply(r);
+                            self.drive(token);
+                        }
+                        None => self.close(token),
+                    }
+                    return;
+                }
                 self.dispatch.jobs.lock().0.push_back((token, f, peer));
                 self.dispatch.jobs_cv.notify_one();
             }
