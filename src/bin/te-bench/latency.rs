@@ -133,9 +133,11 @@ where
 {
     let t = Instant::now();
     let engine = setup();
+    let t_setup = Instant::now();
     let id = engine
         .open_segment(segment)
         .map_err(|e| format!("openSegment({segment}): {e}"))?;
+    let t_open = Instant::now();
     let remote = engine
         .metadata()
         .segment_desc(id)
@@ -153,12 +155,17 @@ where
         .submit_transfer(b, &[req], None)
         .map_err(|e| format!("submitTransfer: {e}"))?;
     wait(&engine, b)?;
-    let took = t.elapsed().as_secs_f64();
+    let done = Instant::now();
     let _ = engine.free_batch_id(b);
     Ok(First {
         engine,
         target: (id, remote),
-        secs: took,
+        secs: (done - t).as_secs_f64(),
+        phases: [
+            (t_setup - t).as_secs_f64(),
+            (t_open - t_setup).as_secs_f64(),
+            (done - t_open).as_secs_f64(),
+        ],
     })
 }
 
@@ -166,6 +173,8 @@ pub struct First {
     pub engine: Arc<TransferEngine>,
     pub target: (SegmentId, u64),
     pub secs: f64,
+    /// Create + install + register, openSegment, first request.
+    pub phases: [f64; 3],
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -178,7 +187,10 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// The markdown table and the JSON value of a latency run.
-pub fn report(first: &[f64], rows: &[LatencyRow], runs: usize) -> serde_json::Value {
+pub fn report(first: &[First], rows: &[LatencyRow], runs: usize) -> serde_json::Value {
+    let phase = |i: usize| median(first.iter().map(|f| f.phases[i]).collect());
+    let first: Vec<f64> = first.iter().map(|f| f.secs).collect();
+    let first = &first[..];
     let us = |s: f64| s * 1e6;
     println!(
         "\nte-bench latency: one request at a time | median over {runs} run(s), each a fresh initiator engine"
@@ -191,6 +203,12 @@ pub fn report(first: &[f64], rows: &[LatencyRow], runs: usize) -> serde_json::Va
             .map(|s| format!("{:.3}", s * 1e3))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    println!(
+        "  phase medians: create+install+register {:.3} ms, openSegment {:.3} ms, first request {:.3} ms",
+        phase(0) * 1e3,
+        phase(1) * 1e3,
+        phase(2) * 1e3
     );
     println!("| op    | block    | p50 µs  | p99 µs  | mean µs | requests per run |");
     println!("|-------|----------|---------|---------|---------|------------------|");
@@ -209,6 +227,11 @@ pub fn report(first: &[f64], rows: &[LatencyRow], runs: usize) -> serde_json::Va
     serde_json::json!({
         "create_to_first_completion_s": median(first.to_vec()),
         "create_to_first_completion_runs_s": first,
+        "first_phases_s": {
+            "create_install_register": phase(0),
+            "open_segment": phase(1),
+            "first_request": phase(2),
+        },
         "cases": rows.iter().map(|r| {
             let m = |f: fn(&RunStats) -> f64| median(r.runs.iter().map(f).collect());
             serde_json::json!({

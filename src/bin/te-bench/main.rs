@@ -309,9 +309,9 @@ fn run_latency(a: &Args, segment: &str) {
             e
         };
         let f = latency::first(setup, segment, &plan).unwrap_or_else(|e| fail(e));
-        firsts.push(f.secs);
         latency::warm_cases(&f.engine, f.target, &plan, &mut rows).unwrap_or_else(|e| fail(e));
         f.engine.shutdown();
+        firsts.push(f);
     }
     let summary = latency::report(&firsts, &rows, a.runs);
     if let Some(dest) = &a.json {
