@@ -1,7 +1,8 @@
 //! Handshake RPC server (spec §4.2), concurrent unlike upstream's: one
 //! event-loop thread (readiness I/O on `mio`) reads frames from every
 //! connection and writes the replies; `MC_HANDSHAKE_WORKERS` threads run the
-//! handler. A slow or silent client costs a descriptor, never a thread, and
+//! handler, started by the loop when the first request needs one (so an
+//! engine that is never asked for a Connection or Notify costs one thread). A slow or silent client costs a descriptor, never a thread, and
 //! a new connection is accepted the moment it arrives. Metadata and Probe
 //! requests (a descriptor to serialise, a constant) are answered on the loop
 //! itself: the hand-off to a worker and back would cost two thread wake-ups
@@ -109,7 +110,9 @@ pub struct HandshakeServer {
     port: u16,
     stopping: Arc<AtomicBool>,
     dispatch: Arc<Dispatch>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    event_loop: Mutex<Option<JoinHandle<()>>>,
+    /// Handler threads, started by the loop (`HsLoop::start_workers`).
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl HandshakeServer {
@@ -136,21 +139,7 @@ impl HandshakeServer {
             waker: Waker::new(poll.registry(), WAKER)?,
         });
         let stopping = Arc::new(AtomicBool::new(false));
-        let server = HandshakeServer {
-            port,
-            stopping: stopping.clone(),
-            dispatch: dispatch.clone(),
-            threads: Mutex::new(Vec::new()),
-        };
-        for i in 0..cfg.workers.max(1) {
-            let d = dispatch.clone();
-            let h: Arc<dyn HandshakeHandler> = handler.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("te-handshake-w{i}"))
-                .spawn(move || worker(&d, h.as_ref()))
-                .map_err(|e| Error::Socket(format!("spawning handshake worker: {e}")))?;
-            server.threads.lock().push(t);
-        }
+        let workers = Arc::new(Mutex::new(Vec::new()));
         let lp = HsLoop {
             poll,
             listener,
@@ -158,15 +147,23 @@ impl HandshakeServer {
             conns: HashMap::new(),
             next_token: 2,
             buffered: 0,
-            dispatch,
+            dispatch: dispatch.clone(),
             handler,
-            stopping,
+            workers: workers.clone(),
+            workers_started: false,
+            stopping: stopping.clone(),
         };
         let t = std::thread::Builder::new()
             .name("te-handshake".into())
             .spawn(move || lp.run())
             .map_err(|e| Error::Socket(format!("spawning handshake loop: {e}")))?;
-        server.threads.lock().push(t);
+        let server = HandshakeServer {
+            port,
+            stopping,
+            dispatch,
+            event_loop: Mutex::new(Some(t)),
+            workers,
+        };
         log::info!("handshake daemon listening on port {port}");
         Ok(server)
     }
@@ -181,17 +178,22 @@ impl HandshakeServer {
         self.dispatch.jobs.lock().1 = true;
         self.dispatch.jobs_cv.notify_all();
         let _ = self.dispatch.waker.wake();
-        let threads = std::mem::take(&mut *self.threads.lock());
+        // The loop first: it is the only one that starts workers.
         let me = std::thread::current().id();
-        for t in threads {
-            // A handler that stops its own daemon must not join itself.
-            if t.thread().id() == me {
-                continue;
+        let event_loop: Vec<JoinHandle<()>> = self.event_loop.lock().take().into_iter().collect();
+        let joined = |threads: Vec<JoinHandle<()>>| {
+            for t in threads {
+                // A handler that stops its own daemon must not join itself.
+                if t.thread().id() == me {
+                    continue;
+                }
+                if t.join().is_err() {
+                    log::error!("handshake server thread panicked");
+                }
             }
-            if t.join().is_err() {
-                log::error!("handshake server thread panicked");
-            }
-        }
+        };
+        joined(event_loop);
+        joined(std::mem::take(&mut *self.workers.lock()));
     }
 }
 
@@ -231,6 +233,8 @@ struct HsLoop {
     buffered: usize,
     dispatch: Arc<Dispatch>,
     handler: Arc<dyn HandshakeHandler>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    workers_started: bool,
     stopping: Arc<AtomicBool>,
 }
 
@@ -246,6 +250,30 @@ fn answer(frame: &Frame, peer: &str, handler: &dyn HandshakeHandler) -> Option<V
 }
 
 impl HsLoop {
+    /// Start the handler threads (once). `false` if none could start: the
+    /// caller then answers on the loop.
+    fn start_workers(&mut self) -> bool {
+        if !self.workers_started {
+            self.workers_started = true;
+            let mut workers = self.workers.lock();
+            for i in 0..self.cfg.workers.max(1) {
+                let d = self.dispatch.clone();
+                let h = self.handler.clone();
+                match std::thread::Builder::new()
+                    .name(format!("te-handshake-w{i}"))
+                    .spawn(move || worker(&d, h.as_ref()))
+                {
+                    Ok(t) => workers.push(t),
+                    Err(e) => {
+                        log::error!("handshake server: spawning worker {i}: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        !self.workers.lock().is_empty()
+    }
+
     fn run(mut self) {
         let admission = Admission::new(self.cfg.limits);
         let mut gate = AcceptGate::new("handshake server");
@@ -336,10 +364,14 @@ impl HsLoop {
             HsDrive::Blocked => {}
             HsDrive::Frame(f) => {
                 let peer = c.peer.to_string();
-                if matches!(f.framing.msg_type(), MsgType::Metadata | MsgType::Probe) {
+                let quick = matches!(f.framing.msg_type(), MsgType::Metadata | MsgType::Probe);
+                // Quick requests, or no worker could start: answer here.
+                if quick || !self.start_workers() {
                     match answer(&f, &peer, self.handler.as_ref()) {
                         Some(r) => {
-                            c.set_reply(r);
+                            if let Some(c) = self.conns.get_mut(&token) {
+                                c.set_reply(r);
+                            }
                             self.drive(token);
                         }
                         None => self.close(token),
