@@ -5,6 +5,8 @@
 //! is raised so they stay).
 //!
 //! `cargo run --release --example open_latency [rounds] [idle]` (20, 2000)
+//! It also prints the median of each phase (create, install, register,
+//! openSegment, first WRITE).
 
 use std::net::{Ipv4Addr, TcpStream};
 use std::os::fd::FromRawFd;
@@ -53,15 +55,31 @@ fn connect_from(from: Ipv4Addr, port: u16) -> Option<TcpStream> {
     ok.then_some(s)
 }
 
-/// One fresh initiator's time to its first completed 4 KiB WRITE.
-fn first_write(target: &str, remote: u64) -> Duration {
+/// Phases of one first WRITE: create, install, register, openSegment,
+/// submit → completed (cumulative instants are turned into durations).
+const PHASES: [&str; 5] = [
+    "create",
+    "install tcp",
+    "register",
+    "openSegment",
+    "first WRITE",
+];
+
+/// One fresh initiator's time to its first completed 4 KiB WRITE, and the
+/// time each phase took.
+fn first_write(target: &str, remote: u64) -> (Duration, [Duration; 5]) {
     let src = vec![7u8; 4096];
     let t = Instant::now();
+    let mut marks = [t; 5];
     let e = TransferEngine::new("P2PHANDSHAKE", "127.0.0.1", false).expect("engine");
+    marks[0] = Instant::now();
     e.install_transport("tcp", None).expect("tcp");
+    marks[1] = Instant::now();
     e.register_local_memory(src.as_ptr() as u64, 4096, "cpu:0", true)
         .expect("register");
+    marks[2] = Instant::now();
     let id = e.open_segment(target).expect("openSegment");
+    marks[3] = Instant::now();
     let b = e.allocate_batch_id(1);
     let r = TransferRequest {
         opcode: Opcode::Write,
@@ -73,21 +91,48 @@ fn first_write(target: &str, remote: u64) -> Duration {
     e.submit_transfer(b, &[r], None).expect("submit");
     loop {
         match e.transfer_status(b, 0).expect("status").status {
-            TaskStatus::Waiting => std::hint::spin_loop(),
+            // Yield, not spin: on a 2-core machine a spinning poller takes
+            // the core the lane, reader and server threads need.
+            TaskStatus::Waiting => std::thread::yield_now(),
             TaskStatus::Completed => break,
             s => panic!("first WRITE ended {s:?}"),
         }
     }
+    marks[4] = Instant::now();
     let took = t.elapsed();
     e.free_batch_id(b).ok();
     e.shutdown();
-    took
+    let mut phases = [Duration::ZERO; 5];
+    let mut prev = t;
+    for (p, m) in phases.iter_mut().zip(marks) {
+        *p = m - prev;
+        prev = m;
+    }
+    (took, phases)
 }
 
-fn median(rounds: usize, target: &str, remote: u64) -> Duration {
-    let mut v: Vec<Duration> = (0..rounds).map(|_| first_write(target, remote)).collect();
-    v.sort();
-    v[v.len() / 2]
+/// Median total of `rounds` fresh initiators, and the median of each phase.
+fn median(rounds: usize, target: &str, remote: u64) -> (Duration, [Duration; 5]) {
+    let runs: Vec<(Duration, [Duration; 5])> =
+        (0..rounds).map(|_| first_write(target, remote)).collect();
+    let mid = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let mut phases = [Duration::ZERO; 5];
+    for (i, p) in phases.iter_mut().enumerate() {
+        *p = mid(runs.iter().map(|r| r.1[i]).collect());
+    }
+    (mid(runs.iter().map(|r| r.0).collect()), phases)
+}
+
+fn phase_text(p: &[Duration; 5]) -> String {
+    PHASES
+        .iter()
+        .zip(p)
+        .map(|(n, d)| format!("{n} {:.3}", d.as_secs_f64() * 1e3))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn main() {
@@ -111,7 +156,7 @@ fn main() {
     let hs_port: u16 = name.rsplit(':').next().unwrap().parse().unwrap();
     let data_port = target.metadata().local_desc().expect("desc").tcp_data_port;
     let remote = mem.as_ptr() as u64;
-    let quiet = median(rounds, &name, remote);
+    let (quiet, quiet_phases) = median(rounds, &name, remote);
     let mut held = Vec::with_capacity(2 * idle);
     for i in 0..idle {
         let from = Ipv4Addr::new(127, 0, 2, 2 + (i % 8) as u8);
@@ -119,13 +164,18 @@ fn main() {
             held.extend(connect_from(from, port));
         }
     }
-    let loaded = median(rounds, &name, remote);
+    let (loaded, loaded_phases) = median(rounds, &name, remote);
     println!(
         "open_latency: create→openSegment→first 4 KiB WRITE, median of {rounds}: {:.2} ms unloaded, {:.2} ms with {} idle sockets held ({:.1}×)",
         quiet.as_secs_f64() * 1e3,
         loaded.as_secs_f64() * 1e3,
         held.len(),
         loaded.as_secs_f64() / quiet.as_secs_f64()
+    );
+    println!(
+        "  phase medians (ms), unloaded: {}\n  with idle sockets: {}",
+        phase_text(&quiet_phases),
+        phase_text(&loaded_phases)
     );
     drop(held);
     target.shutdown();

@@ -183,6 +183,63 @@ fn many_concurrent_small_requests_from_several_threads() {
     server.shutdown();
 }
 
+/// Requests issued one at a time (the latency case): the submitting thread
+/// sends each on the idle connection itself, all on one connection (the
+/// peer never grew a second lane), bytes exact; a rejected one fails alone
+/// and the next one still completes.
+#[test]
+fn one_at_a_time_small_requests_take_the_short_path_on_one_connection() {
+    const N: usize = 200;
+    const BLOCK: usize = 4096;
+    let server = transport(TcpConfig::default());
+    let client = transport(TcpConfig::default());
+    let mut dst = Guarded::new(N * BLOCK, 0);
+    register(&server, dst.addr(), (N * BLOCK) as u64);
+    let tgt = target(server.data_port(), 2);
+    let src = pattern(N * BLOCK, 7);
+    let mut back = vec![0u8; BLOCK];
+    for i in 0..N {
+        let off = i * BLOCK;
+        let (s, r) = (src[off..].as_ptr() as u64, dst.addr() + off as u64);
+        let w = submit(&client, &tgt, true, s, r, BLOCK as u64);
+        assert_eq!(wait(&w, LIMIT), TaskStatus::Completed, "WRITE #{i}");
+        assert!(dst.data()[off..off + BLOCK] == src[off..off + BLOCK]);
+        let rd = submit(
+            &client,
+            &tgt,
+            false,
+            back.as_mut_ptr() as u64,
+            r,
+            BLOCK as u64,
+        );
+        assert_eq!(wait(&rd, LIMIT), TaskStatus::Completed, "READ #{i}");
+        assert!(back[..] == src[off..off + BLOCK], "READ #{i} bytes");
+    }
+    // Only the first request had to wait for a lane to connect.
+    assert!(
+        client.short_path_sends() >= N as u64,
+        "{} of {} requests took the short path",
+        client.short_path_sends(),
+        2 * N
+    );
+    assert_eq!(server.open_data_connections(), 1);
+    let bad = submit(&client, &tgt, true, src.as_ptr() as u64, 0x1000, 16);
+    assert_eq!(wait(&bad, LIMIT), TaskStatus::Failed);
+    dst.data_mut()[..BLOCK].fill(0);
+    let good = submit(
+        &client,
+        &tgt,
+        true,
+        src.as_ptr() as u64,
+        dst.addr(),
+        BLOCK as u64,
+    );
+    assert_eq!(wait(&good, LIMIT), TaskStatus::Completed);
+    assert!(dst.data()[..BLOCK] == src[..BLOCK] && dst.guards_intact());
+    client.shutdown();
+    server.shutdown();
+}
+
 #[test]
 fn shutdown_is_prompt_with_idle_lanes() {
     let server = transport(TcpConfig::default());

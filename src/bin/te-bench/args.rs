@@ -26,6 +26,7 @@ pub struct Args {
     pub json: Option<String>,
     pub progress: bool,
     pub baseline: bool,
+    pub latency: bool,
     pub flavor: Flavor,
 }
 
@@ -50,6 +51,9 @@ te-bench: transfer benchmark for te-rs (flags as Mooncake's transfer_engine_benc
   --json[=FILE]                      machine-readable summary (stdout or FILE)
   --progress                         one progress line per second
   --nobaseline (or --no_baseline)    skip the raw TCP stream baseline
+  --latency                          one request at a time: per run a fresh initiator engine,
+                                     create→openSegment→first completion, then p50/p99 of warm
+                                     requests (allocate→submit→COMPLETED) for --duration per case
   gflags syntax: --flag=v, --flag v, -flag, --noflag, --flagfile=FILE; glog flags ignored.
 
 Installed as transfer_engine_bench it takes upstream's defaults (initiator, rdma, read,
@@ -112,6 +116,7 @@ const FLAGS: &[(&str, Kind)] = &[
     ("baseline", Kind::Bool),
     ("loopback", Kind::Bool),
     ("no_baseline", Kind::Bool),
+    ("latency", Kind::Bool),
 ];
 
 /// transfer_engine_bench's own flags (the rest are te-bench extras).
@@ -147,9 +152,8 @@ fn default(flavor: Flavor, name: &str) -> String {
         "backend" => "classic",
         "runs" => "1",
         "baseline" if !up => "true",
-        "auto_discovery" | "check" | "progress" | "baseline" | "loopback" | "no_baseline" => {
-            "false"
-        }
+        "auto_discovery" | "check" | "progress" | "baseline" | "loopback" | "no_baseline"
+        | "latency" => "false",
         _ => "",
     }
     .to_string()
@@ -228,6 +232,7 @@ impl Args {
             json,
             progress: flag(take("progress")),
             baseline: flag(take("baseline")) && !flag(take("no_baseline")),
+            latency: flag(take("latency")),
             flavor,
         };
         for op in &args.operations {

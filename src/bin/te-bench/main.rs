@@ -5,6 +5,7 @@
 mod args;
 mod baseline;
 mod gflags;
+mod latency;
 mod region;
 mod workload;
 
@@ -290,6 +291,45 @@ fn human(b: u64) -> String {
     }
 }
 
+/// `--latency`: per run a fresh initiator engine against `segment`.
+fn run_latency(a: &Args, segment: &str) {
+    let max_block = a.block_sizes.iter().copied().max().unwrap_or(4096) as usize;
+    let local = Region::new(max_block).unwrap_or_else(|e| fail(e));
+    let plan = latency::Plan {
+        ops: &a.operations,
+        blocks: &a.block_sizes,
+        duration: Duration::from_secs_f64(a.duration),
+        local: local.addr(),
+    };
+    let (mut firsts, mut rows) = (Vec::new(), Vec::new());
+    for _ in 0..a.runs {
+        let setup = || {
+            let e = new_engine(a, "initiator");
+            register(&e, &local);
+            e
+        };
+        let f = latency::first(setup, segment, &plan).unwrap_or_else(|e| fail(e));
+        latency::warm_cases(&f.engine, f.target, &plan, &mut rows).unwrap_or_else(|e| fail(e));
+        f.engine.shutdown();
+        firsts.push(f);
+    }
+    let summary = latency::report(&firsts, &rows, a.runs);
+    if let Some(dest) = &a.json {
+        let v = serde_json::json!({
+            "tool": "te-bench",
+            "protocol": a.protocol,
+            "metadata_server": a.metadata_server,
+            "latency": summary,
+        });
+        let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+        if dest == "-" {
+            println!("{text}");
+        } else if let Err(e) = std::fs::write(dest, text) {
+            fail(format!("writing {dest}: {e}"));
+        }
+    }
+}
+
 /// `transfer_engine_bench` when installed (or linked) under that name.
 fn flavor_of(argv0: &str) -> Flavor {
     let name = std::path::Path::new(argv0)
@@ -346,6 +386,7 @@ fn main() {
             let _ = engine.unregister_local_memory(buf.addr());
             engine.shutdown();
         }
+        "initiator" if a.latency => run_latency(&a, &a.segment_id),
         "initiator" => {
             let engine = new_engine(&a, "initiator");
             let local = Region::new(len).unwrap_or_else(|e| fail(e));
@@ -381,6 +422,11 @@ fn main() {
             let target_engine = new_engine(&a, "target");
             let target_buf = Region::new(len).unwrap_or_else(|e| fail(e));
             register(&target_engine, &target_buf);
+            if a.latency {
+                run_latency(&a, &target_engine.local_server_name());
+                target_engine.shutdown();
+                return;
+            }
             let engine = new_engine(&a, "initiator");
             let local = Region::new(len).unwrap_or_else(|e| fail(e));
             let scratch = Region::new(len).unwrap_or_else(|e| fail(e));

@@ -1,8 +1,12 @@
 //! Handshake RPC server (spec §4.2), concurrent unlike upstream's: one
 //! event-loop thread (readiness I/O on `mio`) reads frames from every
 //! connection and writes the replies; `MC_HANDSHAKE_WORKERS` threads run the
-//! handler. A slow or silent client costs a descriptor, never a thread, and
-//! a new connection is accepted the moment it arrives.
+//! handler, started by the loop when the first request needs one (so an
+//! engine that is never asked for a Connection or Notify costs one thread). A slow or silent client costs a descriptor, never a thread, and
+//! a new connection is accepted the moment it arrives. Metadata and Probe
+//! requests (a descriptor to serialise, a constant) are answered on the loop
+//! itself: the hand-off to a worker and back would cost two thread wake-ups
+//! on every `openSegment`.
 //!
 //! Per connection: read one frame, dispatch, reply with the request's framing,
 //! `shutdown(SHUT_WR)`, wait (bounded) for the client's EOF, close. Invalid
@@ -106,7 +110,9 @@ pub struct HandshakeServer {
     port: u16,
     stopping: Arc<AtomicBool>,
     dispatch: Arc<Dispatch>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    event_loop: Mutex<Option<JoinHandle<()>>>,
+    /// Handler threads, started by the loop (`HsLoop::start_workers`).
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl HandshakeServer {
@@ -133,21 +139,7 @@ impl HandshakeServer {
             waker: Waker::new(poll.registry(), WAKER)?,
         });
         let stopping = Arc::new(AtomicBool::new(false));
-        let server = HandshakeServer {
-            port,
-            stopping: stopping.clone(),
-            dispatch: dispatch.clone(),
-            threads: Mutex::new(Vec::new()),
-        };
-        for i in 0..cfg.workers.max(1) {
-            let d = dispatch.clone();
-            let h = handler.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("te-handshake-w{i}"))
-                .spawn(move || worker(&d, h.as_ref()))
-                .map_err(|e| Error::Socket(format!("spawning handshake worker: {e}")))?;
-            server.threads.lock().push(t);
-        }
+        let workers = Arc::new(Mutex::new(Vec::new()));
         let lp = HsLoop {
             poll,
             listener,
@@ -155,14 +147,23 @@ impl HandshakeServer {
             conns: HashMap::new(),
             next_token: 2,
             buffered: 0,
-            dispatch,
-            stopping,
+            dispatch: dispatch.clone(),
+            handler,
+            workers: workers.clone(),
+            workers_started: false,
+            stopping: stopping.clone(),
         };
         let t = std::thread::Builder::new()
             .name("te-handshake".into())
             .spawn(move || lp.run())
             .map_err(|e| Error::Socket(format!("spawning handshake loop: {e}")))?;
-        server.threads.lock().push(t);
+        let server = HandshakeServer {
+            port,
+            stopping,
+            dispatch,
+            event_loop: Mutex::new(Some(t)),
+            workers,
+        };
         log::info!("handshake daemon listening on port {port}");
         Ok(server)
     }
@@ -177,17 +178,22 @@ impl HandshakeServer {
         self.dispatch.jobs.lock().1 = true;
         self.dispatch.jobs_cv.notify_all();
         let _ = self.dispatch.waker.wake();
-        let threads = std::mem::take(&mut *self.threads.lock());
+        // The loop first: it is the only one that starts workers.
         let me = std::thread::current().id();
-        for t in threads {
-            // A handler that stops its own daemon must not join itself.
-            if t.thread().id() == me {
-                continue;
+        let event_loop: Vec<JoinHandle<()>> = self.event_loop.lock().take().into_iter().collect();
+        let joined = |threads: Vec<JoinHandle<()>>| {
+            for t in threads {
+                // A handler that stops its own daemon must not join itself.
+                if t.thread().id() == me {
+                    continue;
+                }
+                if t.join().is_err() {
+                    log::error!("handshake server thread panicked");
+                }
             }
-            if t.join().is_err() {
-                log::error!("handshake server thread panicked");
-            }
-        }
+        };
+        joined(event_loop);
+        joined(std::mem::take(&mut *self.workers.lock()));
     }
 }
 
@@ -211,13 +217,7 @@ fn worker(d: &Dispatch, handler: &dyn HandshakeHandler) {
                 d.jobs_cv.wait(&mut g);
             }
         };
-        let reply = match dispatch(&frame, handler) {
-            Ok(r) => Some(frame::encode(frame.framing, &r)),
-            Err(e) => {
-                REJECT_LOG.warn(format_args!("handshake from {peer} rejected: {e}"));
-                None
-            }
-        };
+        let reply = answer(&frame, &peer, handler);
         d.done.lock().push((token, reply));
         let _ = d.waker.wake();
     }
@@ -232,10 +232,48 @@ struct HsLoop {
     /// Bytes of frames held for all connections.
     buffered: usize,
     dispatch: Arc<Dispatch>,
+    handler: Arc<dyn HandshakeHandler>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    workers_started: bool,
     stopping: Arc<AtomicBool>,
 }
 
+/// The encoded reply to `frame`, or `None` (logged) when it has none.
+fn answer(frame: &Frame, peer: &str, handler: &dyn HandshakeHandler) -> Option<Vec<u8>> {
+    match dispatch(frame, handler) {
+        Ok(r) => Some(frame::encode(frame.framing, &r)),
+        Err(e) => {
+            REJECT_LOG.warn(format_args!("handshake from {peer} rejected: {e}"));
+            None
+        }
+    }
+}
+
 impl HsLoop {
+    /// Start the handler threads (once). `false` if none could start: the
+    /// caller then answers on the loop.
+    fn start_workers(&mut self) -> bool {
+        if !self.workers_started {
+            self.workers_started = true;
+            let mut workers = self.workers.lock();
+            for i in 0..self.cfg.workers.max(1) {
+                let d = self.dispatch.clone();
+                let h = self.handler.clone();
+                match std::thread::Builder::new()
+                    .name(format!("te-handshake-w{i}"))
+                    .spawn(move || worker(&d, h.as_ref()))
+                {
+                    Ok(t) => workers.push(t),
+                    Err(e) => {
+                        log::error!("handshake server: spawning worker {i}: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        !self.workers.lock().is_empty()
+    }
+
     fn run(mut self) {
         let admission = Admission::new(self.cfg.limits);
         let mut gate = AcceptGate::new("handshake server");
@@ -326,6 +364,20 @@ impl HsLoop {
             HsDrive::Blocked => {}
             HsDrive::Frame(f) => {
                 let peer = c.peer.to_string();
+                let quick = matches!(f.framing.msg_type(), MsgType::Metadata | MsgType::Probe);
+                // Quick requests, or no worker could start: answer here.
+                if quick || !self.start_workers() {
+                    match answer(&f, &peer, self.handler.as_ref()) {
+                        Some(r) => {
+                            if let Some(c) = self.conns.get_mut(&token) {
+                                c.set_reply(r);
+                            }
+                            self.drive(token);
+                        }
+                        None => self.close(token),
+                    }
+                    return;
+                }
                 self.dispatch.jobs.lock().0.push_back((token, f, peer));
                 self.dispatch.jobs_cv.notify_one();
             }

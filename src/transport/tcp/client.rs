@@ -2,7 +2,7 @@
 //! only enqueues; lanes do all network work.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -23,6 +23,7 @@ pub struct TcpClient {
     metadata: Arc<Metadata>,
     stop: Arc<AtomicBool>,
     peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
+    short_sends: Arc<AtomicU64>,
 }
 
 impl TcpClient {
@@ -32,6 +33,7 @@ impl TcpClient {
             metadata,
             stop: Arc::new(AtomicBool::new(false)),
             peers: Mutex::new(HashMap::new()),
+            short_sends: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -109,6 +111,7 @@ impl TcpClient {
             self.cfg.clone(),
             self.metadata.clone(),
             self.stop.clone(),
+            self.short_sends.clone(),
         ) {
             Ok(p) => {
                 peers.insert(key, p.clone());
@@ -119,6 +122,11 @@ impl TcpClient {
                 None
             }
         }
+    }
+
+    /// Submissions the submitting thread sent itself (diagnostics, tests).
+    pub fn short_path_sends(&self) -> u64 {
+        self.short_sends.load(Ordering::Relaxed)
     }
 
     /// Number of peers with lanes (diagnostics).

@@ -15,9 +15,9 @@ use std::io;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::inbuf::{InBuf, INBUF_CAP};
 use super::queue::{Job, JobQueue};
@@ -38,6 +38,8 @@ struct State {
     /// unresponsive (its close must not count as an ordinary break, which
     /// would retry the requests behind the head on a new connection).
     send_timed_out: bool,
+    /// When requests were last handed to the socket (idle close).
+    last_send: Instant,
 }
 
 pub struct Conn {
@@ -81,6 +83,7 @@ impl Conn {
                 broken: false,
                 sending: false,
                 send_timed_out: false,
+                last_send: Instant::now(),
             }),
             cv: Condvar::new(),
         }
@@ -109,9 +112,16 @@ impl Conn {
             && sock::poll_readable(self.fd(), Duration::ZERO).unwrap_or(true)
     }
 
-    pub fn is_idle(&self) -> bool {
-        let g = self.state.lock();
-        g.inflight.is_empty() && !g.sending
+    /// Mark the connection broken if nothing is in flight and nothing was
+    /// sent for `idle`; once marked no sender can claim it, so closing it
+    /// cannot fail a request.
+    pub fn retire_if_idle(&self, idle: Duration) -> bool {
+        let mut g = self.state.lock();
+        let idle = g.inflight.is_empty() && !g.sending && g.last_send.elapsed() >= idle;
+        if idle {
+            g.broken = true;
+        }
+        idle
     }
 
     /// Free pipeline slots, waiting until there is at least one (0 when
@@ -135,12 +145,37 @@ impl Conn {
     pub fn send(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
         let mut g = self.state.lock();
         let n = jobs.len().min(self.depth);
-        while !g.broken && g.inflight.len() + n > self.depth {
+        // One sender at a time: the lane, or a submitter on the short path.
+        while !g.broken && (g.sending || g.inflight.len() + n > self.depth) {
             self.cv.wait(&mut g);
         }
         if g.broken {
             return Err(jobs);
         }
+        self.transmit(g, jobs);
+        Ok(())
+    }
+
+    /// The short path: send from the caller's thread if the connection is
+    /// idle right now (nothing in flight, nobody sending, not closed by the
+    /// server), else hand the jobs back at once. Saves the lane's wake-up.
+    pub fn try_send_idle(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+        let Some(g) = self.state.try_lock() else {
+            return Err(jobs);
+        };
+        if g.broken || g.sending || !g.inflight.is_empty() || jobs.len() > self.depth {
+            return Err(jobs);
+        }
+        // Idle yet readable: the server closed it (the lane reconnects).
+        if sock::poll_readable(self.fd(), Duration::ZERO).unwrap_or(true) {
+            return Err(jobs);
+        }
+        self.transmit(g, jobs);
+        Ok(())
+    }
+
+    /// Send claimed jobs; each is then completed or failed exactly once.
+    fn transmit(&self, mut g: MutexGuard<'_, State>, jobs: Vec<Job>) {
         let headers: Vec<[u8; HEADER_LEN]> = jobs
             .iter()
             .map(|j| Header::new(j.write, self.v2, j.remote, j.len).encode())
@@ -168,6 +203,7 @@ impl Conn {
             }
         }
         g.sending = true;
+        g.last_send = Instant::now();
         drop(g);
         self.cv.notify_all();
         // SAFETY: `headers` is a live local; bodies are the callers' source
@@ -190,7 +226,6 @@ impl Conn {
                 unanswered.into_iter().for_each(Job::fail);
             }
         }
-        Ok(())
     }
 
     /// The reader thread: answers in FIFO order until the connection breaks.

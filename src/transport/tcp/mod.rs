@@ -70,6 +70,12 @@ impl TcpTransport {
         self.server.open_connections()
     }
 
+    /// Submissions sent by the submitting thread on an idle connection
+    /// instead of through a lane (diagnostics, tests).
+    pub fn short_path_sends(&self) -> u64 {
+        self.client.short_path_sends()
+    }
+
     /// Connections the data server closed for silence or stalls.
     pub fn reclaimed_data_connections(&self) -> usize {
         self.server.reclaimed_connections()
@@ -116,6 +122,7 @@ impl Transport for TcpTransport {
             "protocol": "tcp",
             "tcp_data_port": self.data_port(),
             "peers": self.client.peer_count(),
+            "short_path_sends": self.client.short_path_sends(),
         })
     }
 

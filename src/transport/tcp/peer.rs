@@ -1,6 +1,12 @@
 //! A peer's data endpoint (segment name, data port, framing) with its FIFO
 //! and its lanes: threads that each own one persistent connection and feed
 //! it requests from the FIFO. Connecting happens here, never in `submit`.
+//!
+//! A peer starts with one lane and adds lanes (up to `lanes_per_peer`)
+//! while work waits in its FIFO, so a peer used one request at a time costs
+//! two threads and its first request waits for one thread spawn, not four.
+//! Small requests skip the FIFO when a connection is idle: the submitting
+//! thread sends them itself (`push`), which saves the lane's wake-up.
 
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
@@ -35,12 +41,19 @@ pub struct Peer {
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
     lanes: Mutex<Vec<JoinHandle<()>>>,
+    max_lanes: usize,
+    /// Submissions sent on the short path (shared by the client's peers).
+    short_sends: Arc<AtomicU64>,
 }
 
 /// A lane stops taking small requests once they carry this many bytes:
 /// enough to fill one `sendmsg`, small enough that large requests still
 /// spread over the lanes.
 const BATCH_BYTES: u64 = 256 * 1024;
+
+/// Requests up to this many bytes (in one submission) may be sent by the
+/// submitting thread on an idle connection.
+const SHORT_PATH_BYTES: u64 = 64 * 1024;
 
 /// Attempts per connect round (a short bounded retry, then queued work fails).
 const CONNECT_ATTEMPTS: u32 = 2;
@@ -51,8 +64,9 @@ impl Peer {
         cfg: TcpConfig,
         metadata: Arc<Metadata>,
         stop: Arc<AtomicBool>,
+        short_sends: Arc<AtomicU64>,
     ) -> std::io::Result<Arc<Peer>> {
-        let lanes = cfg.lanes_per_peer.clamp(1, 16);
+        let max_lanes = cfg.lanes_per_peer.clamp(1, 16);
         let peer = Arc::new(Peer {
             key,
             cfg,
@@ -62,29 +76,57 @@ impl Peer {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
             lanes: Mutex::new(Vec::new()),
+            max_lanes,
+            short_sends,
         });
-        for i in 0..lanes {
-            let p = peer.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("te-tcp-lane-{i}"))
-                .spawn(move || p.lane_loop());
-            match h {
-                Ok(h) => peer.lanes.lock().push(h),
-                Err(e) if i == 0 => {
-                    peer.queue.stop();
-                    return Err(e);
-                }
-                Err(e) => {
-                    log::warn!("tcp: only {i} lanes to {:?}: {e}", peer.key);
-                    break;
-                }
-            }
+        if let Err(e) = peer.add_lane() {
+            peer.queue.stop();
+            return Err(e);
         }
         Ok(peer)
     }
 
+    /// Start one more lane unless all are running or the peer stopped.
+    fn add_lane(self: &Arc<Self>) -> std::io::Result<()> {
+        let mut lanes = self.lanes.lock();
+        // `shutdown` stops the queue before draining `lanes`: a lane added
+        // after the drain would never be joined.
+        if lanes.len() >= self.max_lanes || self.queue.is_stopped() {
+            return Ok(());
+        }
+        let p = self.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("te-tcp-lane-{}", lanes.len()))
+            .spawn(move || p.lane_loop())?;
+        lanes.push(h);
+        Ok(())
+    }
+
     pub fn push(&self, jobs: Vec<Job>) {
-        self.queue.push_many(jobs);
+        if let Some(jobs) = self.send_now(jobs) {
+            self.queue.push_many(jobs);
+        }
+    }
+
+    /// The short path: small requests with nothing queued ahead of them go
+    /// out from this thread on an idle connection. Hands back what it did
+    /// not send.
+    fn send_now(&self, mut jobs: Vec<Job>) -> Option<Vec<Job>> {
+        let bytes: u64 = jobs.iter().map(|j| j.len).sum();
+        if bytes > SHORT_PATH_BYTES || !self.queue.is_empty() {
+            return Some(jobs);
+        }
+        let conns: Vec<Arc<Conn>> = self.conns.lock().values().cloned().collect();
+        for c in conns {
+            match c.try_send_idle(jobs) {
+                Ok(()) => {
+                    self.short_sends.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                Err(back) => jobs = back,
+            }
+        }
+        Some(jobs)
     }
 
     /// Fail queued work, break every connection (failing in-flight work) and
@@ -116,13 +158,20 @@ impl Peer {
             let mut jobs = match self.queue.next_batch(room, BATCH_BYTES, self.cfg.lane_idle) {
                 Batch::Jobs(j) => j,
                 Batch::Idle => {
-                    if conn.as_ref().is_some_and(|c| c.conn.is_idle()) {
+                    let idle = self.cfg.lane_idle;
+                    if conn.as_ref().is_some_and(|c| c.conn.retire_if_idle(idle)) {
                         self.drop_conn(&mut conn);
                     }
                     continue;
                 }
                 Batch::Stop => break,
             };
+            // Work left behind this batch: another lane can take it.
+            if !self.queue.is_empty() {
+                if let Err(e) = self.add_lane() {
+                    log::warn!("tcp: cannot add a lane to {:?}: {e}", self.key);
+                }
+            }
             let mut tries = 0;
             loop {
                 if conn.as_ref().is_some_and(|c| c.conn.is_stale()) {

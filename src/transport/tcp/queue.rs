@@ -143,6 +143,14 @@ impl JobQueue {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.inner.lock().jobs.is_empty()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.inner.lock().stopped
+    }
+
     /// Fail everything queued (peer unreachable); returns how many.
     pub fn fail_queued(&self) -> usize {
         let jobs: Vec<Job> = self.inner.lock().jobs.drain(..).collect();

@@ -77,6 +77,37 @@ fn to_iovecs(spans: &[IoSpan]) -> Vec<libc::iovec> {
         .collect()
 }
 
+/// One `sendmsg`/`recvmsg` over (up to 64 of) `spans`; `Ok(0)` is EOF on
+/// a receive.
+///
+/// # Safety
+/// Each span must be valid memory (readable to send, writable to receive)
+/// for its whole length for the duration of the call.
+unsafe fn msg_once(fd: RawFd, spans: &[IoSpan], send: bool, flags: i32) -> io::Result<usize> {
+    let mut iov = to_iovecs(spans);
+    // SAFETY: msghdr is plain data; zeroed is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: the iovecs point at memory the caller vouched for.
+    let n = unsafe {
+        if send {
+            libc::sendmsg(fd, &msg, flags)
+        } else {
+            libc::recvmsg(fd, &mut msg, flags)
+        }
+    };
+    if n < 0 {
+        Err(last_err())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn peer_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection")
+}
+
 /// Send every byte of `spans`, in order, in as few syscalls as the kernel
 /// allows (one `sendmsg` for a small header+body).
 ///
@@ -87,19 +118,14 @@ pub unsafe fn send_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
     let mut spans: Vec<IoSpan> = spans.iter().copied().filter(|s| s.len > 0).collect();
     let mut quiet = 0;
     while !spans.is_empty() {
-        let mut iov = to_iovecs(&spans);
-        // SAFETY: msghdr is plain data; zeroed is a valid empty message.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = iov.len() as _;
-        // SAFETY: the iovecs point at memory the caller vouched for.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            retry_or_fail(last_err(), &mut quiet)?;
-            continue;
+        // SAFETY: the spans are readable per the caller.
+        match unsafe { msg_once(fd, &spans, true, libc::MSG_NOSIGNAL) } {
+            Ok(n) => {
+                quiet = 0;
+                advance(&mut spans, n);
+            }
+            Err(e) => retry_or_fail(e, &mut quiet)?,
         }
-        quiet = 0;
-        advance(&mut spans, n as usize);
     }
     Ok(())
 }
@@ -114,37 +140,15 @@ pub unsafe fn recv_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
     let mut spans: Vec<IoSpan> = spans.iter().copied().filter(|s| s.len > 0).collect();
     let mut quiet = 0;
     while !spans.is_empty() {
-        let n = if spans.len() == 1 {
-            // SAFETY: the span is writable memory per the caller.
-            unsafe {
-                libc::recv(
-                    fd,
-                    spans[0].ptr as *mut libc::c_void,
-                    spans[0].len,
-                    libc::MSG_WAITALL,
-                )
+        // SAFETY: the spans are writable per the caller.
+        match unsafe { msg_once(fd, &spans, false, libc::MSG_WAITALL) } {
+            Ok(0) => return Err(peer_closed()),
+            Ok(n) => {
+                quiet = 0;
+                advance(&mut spans, n);
             }
-        } else {
-            let mut iov = to_iovecs(&spans);
-            // SAFETY: msghdr is plain data; zeroed is a valid empty message.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = iov.as_mut_ptr();
-            msg.msg_iovlen = iov.len() as _;
-            // SAFETY: the iovecs point at memory the caller vouched for.
-            unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_WAITALL) }
-        };
-        if n < 0 {
-            retry_or_fail(last_err(), &mut quiet)?;
-            continue;
+            Err(e) => retry_or_fail(e, &mut quiet)?,
         }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "peer closed the connection",
-            ));
-        }
-        quiet = 0;
-        advance(&mut spans, n as usize);
     }
     Ok(())
 }
@@ -155,26 +159,14 @@ pub unsafe fn recv_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
 /// Each span must be writable memory for its whole length for the duration
 /// of the call.
 pub unsafe fn recv_some(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
-    let mut iov = to_iovecs(spans);
     let mut quiet = 0;
     loop {
-        // SAFETY: msghdr is plain data; zeroed is a valid empty message.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = iov.len() as _;
-        // SAFETY: the iovecs point at memory the caller vouched for.
-        let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
-        if n < 0 {
-            retry_or_fail(last_err(), &mut quiet)?;
-            continue;
+        // SAFETY: the spans are writable per the caller.
+        match unsafe { msg_once(fd, spans, false, 0) } {
+            Ok(0) => return Err(peer_closed()),
+            Ok(n) => return Ok(n),
+            Err(e) => retry_or_fail(e, &mut quiet)?,
         }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "peer closed the connection",
-            ));
-        }
-        return Ok(n as usize);
     }
 }
 
