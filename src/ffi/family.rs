@@ -39,6 +39,9 @@ impl<T> About<T> for Result<T, Error> {
     }
 }
 
+/// What an `ffi_fn!` body returns: the value for C, or why it has none.
+pub(crate) type Outcome<F> = Result<<F as ReturnFamily>::Ret, Refusal>;
+
 /// Log why an argument is refused and return the refusal.
 pub(crate) fn refuse(func: &str, why: fmt::Arguments<'_>) -> Refusal {
     log::error!("{func}: {why}");

@@ -30,7 +30,7 @@ pub mod types;
 pub use types::*;
 
 pub(crate) use family::{
-    refuse, refused, About, BatchHandle, ErrCode, Handle, NoValue, Refusal, ReturnFamily,
+    refuse, refused, About, BatchHandle, ErrCode, Handle, NoValue, Outcome, Refusal, ReturnFamily,
     SegmentHandle, StatusCode,
 };
 
@@ -43,10 +43,7 @@ macro_rules! ffi_fn {
     ($f:ident = $name:literal, $family:ty, $body:block) => {{
         $crate::logging::init();
         let $f: &'static str = $name;
-        let run = || -> ::std::result::Result<
-                    <$family as $crate::ffi::ReturnFamily>::Ret,
-                    $crate::ffi::Refusal,
-                > { $body };
+        let run = || -> $crate::ffi::Outcome<$family> { $body };
         match ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(run)) {
             Ok(Ok(v)) => v,
             Ok(Err(refusal)) => $crate::ffi::refused::<$family>($f, refusal),
