@@ -21,6 +21,7 @@ use super::poll::{self, poll_once, PollBufs};
 use super::queues::Signal;
 use super::Shared;
 
+use super::queues::PassScratch;
 pub use super::queues::{path_hash, Slice, Worker};
 
 /// A posted WR: the slice, the endpoint and QP it went out on.
@@ -146,6 +147,8 @@ impl ContextWorkers {
 
 /// What handling one peer path's queue did.
 enum Step {
+    /// Nothing was queued.
+    Empty,
     /// Slices moved (posted, failed, rerouted) or a handshake started.
     Progress,
     /// The slices wait: for an event that wakes this thread, or the
@@ -218,7 +221,7 @@ impl Idle {
             Some(d) if polls && cw.has_inflight() => d,
             _ => {
                 self.reset();
-                return signal.wait(deadline);
+                return signal.wait(deadline, &cw.stop);
             }
         };
         let now = Instant::now();
@@ -248,13 +251,63 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// What one pass over a posting thread's queues did.
+struct Pass {
+    progressed: bool,
+    /// Some slices wait (for an event or `deadline`).
+    parked: bool,
+    deadline: Option<Instant>,
+}
+
+/// One pass over `me`'s queues (the caller holds `me.pass`).
+fn run_pass(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, s: &mut PassScratch) -> Pass {
+    let mut pass = Pass {
+        progressed: false,
+        parked: false,
+        deadline: None,
+    };
+    me.begin_pass(&mut s.paths);
+    let mut paths = std::mem::take(&mut s.paths);
+    for p in paths.drain(..) {
+        match process_peer(sh, cw, me, p, &mut s.wrs) {
+            Step::Empty => {}
+            Step::Progress => pass.progressed = true,
+            Step::Parked(d) => {
+                pass.parked = true;
+                pass.deadline = earliest(pass.deadline, d);
+            }
+        }
+    }
+    s.paths = paths;
+    pass
+}
+
+/// Queue `v` on posting thread `k` of `cw`. If that thread is between
+/// passes, the submitting thread runs the pass itself: a small transfer
+/// goes to the wire without a thread hand-off. Slices left waiting are the
+/// thread's again (it is woken to sleep until their deadline).
+pub fn submit_to(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, k: usize, v: Vec<Slice>) {
+    let me = &cw.posters[k];
+    if me.also_polls() {
+        return me.push_many(v);
+    }
+    me.push_quiet(v);
+    let Some(mut scratch) = me.pass.try_lock() else {
+        // A pass is running: it may have listed its paths already.
+        return me.wake();
+    };
+    let pass = run_pass(sh, cw, me, &mut scratch);
+    drop(scratch);
+    if pass.parked {
+        me.wake();
+    }
+}
+
 /// Posting thread `k` of a context (with one worker it also polls).
 pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_poll: bool) {
     let me = cw.posters[k].clone();
     let mut bufs = PollBufs::default();
     let mut sweep = Sweep::new();
-    let mut paths: Vec<Arc<str>> = Vec::new();
-    let mut wrs: Vec<WorkRequest> = Vec::new();
     let mut idle = Idle::default();
     if also_poll {
         // This thread may block on the CQ: new slices must interrupt it.
@@ -267,15 +320,8 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
             return;
         }
         let Some(sh) = shared.upgrade() else { return };
-        let mut progressed = false;
-        let mut deadline = None;
-        me.begin_pass(&mut paths);
-        for p in paths.drain(..) {
-            match process_peer(&sh, &cw, &me, p, &mut wrs) {
-                Step::Progress => progressed = true,
-                Step::Parked(d) => deadline = earliest(deadline, d),
-            }
-        }
+        let pass = run_pass(&sh, &cw, &me, &mut me.pass.lock());
+        let (mut progressed, mut deadline) = (pass.progressed, pass.deadline);
         if also_poll {
             progressed |= poll_once(&sh, &cw, &mut bufs);
             let next_sweep = sweep.run_if_due(&sh, &cw);
@@ -323,10 +369,10 @@ fn process_peer(
     wrs: &mut Vec<WorkRequest>,
 ) -> Step {
     let Some(mut slices) = me.take(&path) else {
-        return Step::Parked(None);
+        return Step::Empty;
     };
     if slices.is_empty() {
-        return Step::Parked(None);
+        return Step::Empty;
     }
     if !cw.ctx.is_active() {
         // Device down: move the slices to another context, no retry consumed.
