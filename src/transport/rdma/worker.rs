@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -17,7 +17,8 @@ use super::context::RdmaContext;
 use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
-use super::poll::{self, poll_once, PollBufs};
+use super::idle::{earliest, Idle, Sweep};
+use super::poll::{poll_once, PollBufs};
 use super::queues::Signal;
 use super::Shared;
 
@@ -154,101 +155,6 @@ enum Step {
     /// The slices wait: for an event that wakes this thread, or the
     /// deadline (a backoff, a ready-ACK timeout, a busy endpoint).
     Parked(Option<Instant>),
-}
-
-/// How often a polling thread sweeps slice timeouts and stalled endpoints
-/// while WRs are in flight.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
-
-/// While WRs are in flight, poll an empty CQ this long before blocking on
-/// its completion channel: a completion a few µs away costs no wake-up.
-const SPIN: Duration = Duration::from_micros(10);
-
-/// Longest single block on the completion channel.
-const MAX_BLOCK: Duration = Duration::from_millis(100);
-
-/// The periodic checks of a polling thread.
-struct Sweep {
-    last: Instant,
-}
-
-impl Sweep {
-    fn new() -> Sweep {
-        Sweep {
-            last: Instant::now(),
-        }
-    }
-
-    /// Run the checks when due; returns when they are due next.
-    fn run_if_due(&mut self, sh: &Shared, cw: &Arc<ContextWorkers>) -> Instant {
-        let now = Instant::now();
-        if now.duration_since(self.last) >= SWEEP_EVERY {
-            super::timeouts::sweep(sh, cw);
-            poll::watch_stalled(sh, cw);
-            self.last = now;
-        }
-        self.last + SWEEP_EVERY
-    }
-}
-
-/// An idle thread's wait, the same for posters and pollers. While WRs are
-/// in flight on the CQ this thread polls: spin for `SPIN`, then arm the
-/// CQ, poll once more (the loop does), then block on the completion
-/// channel until a completion, an interrupt or `deadline`. Otherwise sleep
-/// on `signal` (slices queued, WRs posted, room freed, shutdown) until
-/// `deadline`. Nothing naps on a timer.
-#[derive(Default)]
-struct Idle {
-    spin_until: Option<Instant>,
-    armed: bool,
-}
-
-impl Idle {
-    /// Something was done: the next idle step starts with a spin.
-    fn reset(&mut self) {
-        self.spin_until = None;
-        self.armed = false;
-    }
-
-    fn step(
-        &mut self,
-        cw: &ContextWorkers,
-        signal: &Signal,
-        polls: bool,
-        deadline: Option<Instant>,
-    ) {
-        let dev = match &cw.ctx.device {
-            Some(d) if polls && cw.has_inflight() => d,
-            _ => {
-                self.reset();
-                return signal.wait(deadline, &cw.stop);
-            }
-        };
-        let now = Instant::now();
-        if now < *self.spin_until.get_or_insert(now + SPIN) {
-            // Yield rather than pause: on a busy host the CPU goes to the
-            // threads producing the completions (or the submitter).
-            std::thread::yield_now();
-            return;
-        }
-        if !self.armed {
-            // The caller polls once more before the block below.
-            dev.arm_completions();
-            self.armed = true;
-            return;
-        }
-        let left = deadline.map_or(MAX_BLOCK, |t| t.saturating_duration_since(now));
-        dev.wait_completions(left.min(MAX_BLOCK));
-        self.armed = false;
-    }
-}
-
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, None) => x,
-        (None, y) => y,
-    }
 }
 
 /// What one pass over a posting thread's queues did.
