@@ -21,6 +21,7 @@ pub mod endpoint;
 pub mod endpoint_driver;
 pub mod events;
 mod handshake;
+mod idle;
 mod lifecycle;
 pub mod limits;
 pub mod liveness;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::device::Device;
+use super::device::{Device, WorkRequest};
 use crate::metadata::SegmentId;
 use crate::task::{Opcode, Task};
 
@@ -54,10 +54,13 @@ impl Signal {
         std::mem::take(&mut *self.set.lock())
     }
 
-    /// Sleep until notified (since the last `take`) or `deadline`.
-    pub fn wait(&self, deadline: Option<Instant>) {
+    /// Sleep until notified (since the last `take`), `deadline`, or
+    /// `stop` is set. `stop` is read under the signal's lock: a stop stored
+    /// before the `notify` that announces it cannot be missed, even when a
+    /// `take` cleared that notification in between.
+    pub fn wait(&self, deadline: Option<Instant>, stop: &AtomicBool) {
         let mut s = self.set.lock();
-        while !*s {
+        while !*s && !stop.load(Ordering::Acquire) {
             match deadline {
                 Some(d) => {
                     if self.cv.wait_until(&mut s, d).timed_out() {
@@ -70,9 +73,19 @@ impl Signal {
     }
 }
 
+/// Buffers of one pass over a posting thread's queues. Whoever runs a
+/// pass (the thread, or a submitter finding it between passes) holds them,
+/// so passes over one set of queues never overlap.
+#[derive(Default)]
+pub struct PassScratch {
+    pub paths: Vec<Arc<str>>,
+    pub wrs: Vec<WorkRequest>,
+}
+
 /// Queues of one posting thread: peer NIC path → slices.
 #[derive(Default)]
 pub struct Worker {
+    pub pass: Mutex<PassScratch>,
     queues: Mutex<HashMap<Arc<str>, VecDeque<Slice>>>,
     /// Set by every push and wake-up.
     pub signal: Signal,
@@ -96,6 +109,12 @@ impl Worker {
         if v.is_empty() {
             return;
         }
+        self.push_quiet(v);
+        self.wake();
+    }
+
+    /// Queue without waking the thread (the caller runs a pass itself).
+    pub fn push_quiet(&self, v: Vec<Slice>) {
         let mut q = self.queues.lock();
         let mut it = v.into_iter().peekable();
         while let Some(first) = it.next() {
@@ -107,8 +126,6 @@ impl Worker {
                 e.push_back(s);
             }
         }
-        drop(q);
-        self.wake();
     }
 
     pub fn wake(&self) {
@@ -122,6 +139,11 @@ impl Worker {
     /// interrupt that wait too.
     pub fn interrupt_cq_on_push(&self, dev: Arc<dyn Device>) {
         let _ = self.cq.set(dev);
+    }
+
+    /// The thread also polls the CQ (one worker per context).
+    pub fn also_polls(&self) -> bool {
+        self.cq.get().is_some()
     }
 
     /// Start a pass: clear the signal, then list the paths with slices.
@@ -188,4 +210,62 @@ pub fn path_hash(peer_path: &str) -> u64 {
     peer_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Run `wait` on another thread; true if it returned (bounded, so a
+    /// lost wake-up fails the test instead of hanging it).
+    fn returns(f: impl FnOnce() + Send + 'static) -> bool {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            f();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10)).is_ok()
+    }
+
+    #[test]
+    fn a_notify_before_the_wait_is_not_lost() {
+        let s = Arc::new(Signal::default());
+        s.notify();
+        let w = s.clone();
+        assert!(returns(move || w.wait(None, &AtomicBool::new(false))));
+        // `take` consumes it: the next wait sleeps until its deadline.
+        assert!(s.take());
+        assert!(!s.take());
+        let soon = Instant::now() + Duration::from_millis(20);
+        s.wait(Some(soon), &AtomicBool::new(false));
+        assert!(Instant::now() >= soon);
+    }
+
+    #[test]
+    fn a_stop_whose_notify_was_taken_still_ends_the_wait() {
+        // Shutdown stores stop, then notifies; a pass starting in between
+        // clears the notification. The thread must still not sleep.
+        let s = Arc::new(Signal::default());
+        let stop = Arc::new(AtomicBool::new(true));
+        s.notify();
+        s.take();
+        let (w, st) = (s.clone(), stop.clone());
+        assert!(returns(move || w.wait(None, &st)));
+    }
+
+    #[test]
+    fn a_notify_wakes_a_sleeping_waiter() {
+        let s = Arc::new(Signal::default());
+        let w = s.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            w.wait(None, &AtomicBool::new(false));
+            let _ = tx.send(());
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        s.notify();
+        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
+    }
 }

@@ -11,7 +11,7 @@ use crate::transport::Submission;
 use super::routing::PeerRoutes;
 use super::shared::Shared;
 use super::slicing::{cut, CutError};
-use super::worker::Slice;
+use super::worker::{self, Slice};
 
 impl Shared {
     pub(super) fn submit(&self, subs: Vec<Submission>) -> Result<()> {
@@ -128,10 +128,14 @@ impl Shared {
             }
         }
         drop(mem);
-        // One queue lock and one wake-up per posting thread per call.
+        // One queue lock and at most one wake-up per posting thread per call.
+        let me = sh.me.upgrade();
         for (i, v) in per.into_iter().enumerate() {
-            if !v.is_empty() {
-                sh.workers[i / nposters].posters[i % nposters].push_many(v);
+            let cw = &sh.workers[i / nposters];
+            match (&me, v.is_empty()) {
+                (_, true) => {}
+                (Some(me), false) => worker::submit_to(me, cw, i % nposters, v),
+                (None, false) => cw.posters[i % nposters].push_many(v),
             }
         }
         Ok(())

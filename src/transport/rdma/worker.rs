@@ -9,7 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -17,10 +17,12 @@ use super::context::RdmaContext;
 use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
-use super::poll::{self, poll_once, PollBufs};
+use super::idle::{earliest, Idle, Sweep};
+use super::poll::{poll_once, PollBufs};
 use super::queues::Signal;
 use super::Shared;
 
+use super::queues::PassScratch;
 pub use super::queues::{path_hash, Slice, Worker};
 
 /// A posted WR: the slice, the endpoint and QP it went out on.
@@ -146,6 +148,8 @@ impl ContextWorkers {
 
 /// What handling one peer path's queue did.
 enum Step {
+    /// Nothing was queued.
+    Empty,
     /// Slices moved (posted, failed, rerouted) or a handshake started.
     Progress,
     /// The slices wait: for an event that wakes this thread, or the
@@ -153,98 +157,55 @@ enum Step {
     Parked(Option<Instant>),
 }
 
-/// How often a polling thread sweeps slice timeouts and stalled endpoints
-/// while WRs are in flight.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
-
-/// While WRs are in flight, poll an empty CQ this long before blocking on
-/// its completion channel: a completion a few µs away costs no wake-up.
-const SPIN: Duration = Duration::from_micros(10);
-
-/// Longest single block on the completion channel.
-const MAX_BLOCK: Duration = Duration::from_millis(100);
-
-/// The periodic checks of a polling thread.
-struct Sweep {
-    last: Instant,
+/// What one pass over a posting thread's queues did.
+struct Pass {
+    progressed: bool,
+    /// Some slices wait (for an event or `deadline`).
+    parked: bool,
+    deadline: Option<Instant>,
 }
 
-impl Sweep {
-    fn new() -> Sweep {
-        Sweep {
-            last: Instant::now(),
-        }
-    }
-
-    /// Run the checks when due; returns when they are due next.
-    fn run_if_due(&mut self, sh: &Shared, cw: &Arc<ContextWorkers>) -> Instant {
-        let now = Instant::now();
-        if now.duration_since(self.last) >= SWEEP_EVERY {
-            super::timeouts::sweep(sh, cw);
-            poll::watch_stalled(sh, cw);
-            self.last = now;
-        }
-        self.last + SWEEP_EVERY
-    }
-}
-
-/// An idle thread's wait, the same for posters and pollers. While WRs are
-/// in flight on the CQ this thread polls: spin for `SPIN`, then arm the
-/// CQ, poll once more (the loop does), then block on the completion
-/// channel until a completion, an interrupt or `deadline`. Otherwise sleep
-/// on `signal` (slices queued, WRs posted, room freed, shutdown) until
-/// `deadline`. Nothing naps on a timer.
-#[derive(Default)]
-struct Idle {
-    spin_until: Option<Instant>,
-    armed: bool,
-}
-
-impl Idle {
-    /// Something was done: the next idle step starts with a spin.
-    fn reset(&mut self) {
-        self.spin_until = None;
-        self.armed = false;
-    }
-
-    fn step(
-        &mut self,
-        cw: &ContextWorkers,
-        signal: &Signal,
-        polls: bool,
-        deadline: Option<Instant>,
-    ) {
-        let dev = match &cw.ctx.device {
-            Some(d) if polls && cw.has_inflight() => d,
-            _ => {
-                self.reset();
-                return signal.wait(deadline);
+/// One pass over `me`'s queues (the caller holds `me.pass`).
+fn run_pass(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, s: &mut PassScratch) -> Pass {
+    let mut pass = Pass {
+        progressed: false,
+        parked: false,
+        deadline: None,
+    };
+    me.begin_pass(&mut s.paths);
+    let mut paths = std::mem::take(&mut s.paths);
+    for p in paths.drain(..) {
+        match process_peer(sh, cw, me, p, &mut s.wrs) {
+            Step::Empty => {}
+            Step::Progress => pass.progressed = true,
+            Step::Parked(d) => {
+                pass.parked = true;
+                pass.deadline = earliest(pass.deadline, d);
             }
-        };
-        let now = Instant::now();
-        if now < *self.spin_until.get_or_insert(now + SPIN) {
-            // Yield rather than pause: on a busy host the CPU goes to the
-            // threads producing the completions (or the submitter).
-            std::thread::yield_now();
-            return;
         }
-        if !self.armed {
-            // The caller polls once more before the block below.
-            dev.arm_completions();
-            self.armed = true;
-            return;
-        }
-        let left = deadline.map_or(MAX_BLOCK, |t| t.saturating_duration_since(now));
-        dev.wait_completions(left.min(MAX_BLOCK));
-        self.armed = false;
     }
+    s.paths = paths;
+    pass
 }
 
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, None) => x,
-        (None, y) => y,
+/// Queue `v` on posting thread `k` of `cw`. If that thread is between
+/// passes, the submitting thread runs the pass itself: a small transfer
+/// goes to the wire without a thread hand-off. Slices left waiting are the
+/// thread's again (it is woken to sleep until their deadline).
+pub fn submit_to(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, k: usize, v: Vec<Slice>) {
+    let me = &cw.posters[k];
+    if me.also_polls() {
+        return me.push_many(v);
+    }
+    me.push_quiet(v);
+    let Some(mut scratch) = me.pass.try_lock() else {
+        // A pass is running: it may have listed its paths already.
+        return me.wake();
+    };
+    let pass = run_pass(sh, cw, me, &mut scratch);
+    drop(scratch);
+    if pass.parked {
+        me.wake();
     }
 }
 
@@ -253,8 +214,6 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
     let me = cw.posters[k].clone();
     let mut bufs = PollBufs::default();
     let mut sweep = Sweep::new();
-    let mut paths: Vec<Arc<str>> = Vec::new();
-    let mut wrs: Vec<WorkRequest> = Vec::new();
     let mut idle = Idle::default();
     if also_poll {
         // This thread may block on the CQ: new slices must interrupt it.
@@ -267,15 +226,8 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
             return;
         }
         let Some(sh) = shared.upgrade() else { return };
-        let mut progressed = false;
-        let mut deadline = None;
-        me.begin_pass(&mut paths);
-        for p in paths.drain(..) {
-            match process_peer(&sh, &cw, &me, p, &mut wrs) {
-                Step::Progress => progressed = true,
-                Step::Parked(d) => deadline = earliest(deadline, d),
-            }
-        }
+        let pass = run_pass(&sh, &cw, &me, &mut me.pass.lock());
+        let (mut progressed, mut deadline) = (pass.progressed, pass.deadline);
         if also_poll {
             progressed |= poll_once(&sh, &cw, &mut bufs);
             let next_sweep = sweep.run_if_due(&sh, &cw);
@@ -323,10 +275,10 @@ fn process_peer(
     wrs: &mut Vec<WorkRequest>,
 ) -> Step {
     let Some(mut slices) = me.take(&path) else {
-        return Step::Parked(None);
+        return Step::Empty;
     };
     if slices.is_empty() {
-        return Step::Parked(None);
+        return Step::Empty;
     }
     if !cw.ctx.is_active() {
         // Device down: move the slices to another context, no retry consumed.
