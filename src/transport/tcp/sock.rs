@@ -66,29 +66,38 @@ fn advance(spans: &mut Vec<IoSpan>, mut n: usize) {
     spans.retain(|s| s.len > 0);
 }
 
-fn to_iovecs(spans: &[IoSpan]) -> Vec<libc::iovec> {
-    spans
-        .iter()
-        .take(64)
-        .map(|s| libc::iovec {
+/// iovecs per call (far below IOV_MAX); longer span lists take more calls.
+const MAX_IOV: usize = 64;
+
+/// The first `MAX_IOV` spans as iovecs, on the stack (no allocation per
+/// syscall), and how many there are.
+fn to_iovecs(spans: &[IoSpan]) -> ([libc::iovec; MAX_IOV], usize) {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_IOV];
+    let n = spans.len().min(MAX_IOV);
+    for (v, s) in iov.iter_mut().zip(spans) {
+        *v = libc::iovec {
             iov_base: s.ptr as *mut libc::c_void,
             iov_len: s.len,
-        })
-        .collect()
+        };
+    }
+    (iov, n)
 }
 
-/// One `sendmsg`/`recvmsg` over (up to 64 of) `spans`; `Ok(0)` is EOF on
+/// One `sendmsg`/`recvmsg` over (up to `MAX_IOV` of) `spans`; `Ok(0)` is EOF on
 /// a receive.
 ///
 /// # Safety
 /// Each span must be valid memory (readable to send, writable to receive)
 /// for its whole length for the duration of the call.
 unsafe fn msg_once(fd: RawFd, spans: &[IoSpan], send: bool, flags: i32) -> io::Result<usize> {
-    let mut iov = to_iovecs(spans);
+    let (mut iov, n) = to_iovecs(spans);
     // SAFETY: msghdr is plain data; zeroed is a valid empty message.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len() as _;
+    msg.msg_iovlen = n as _;
     // SAFETY: the iovecs point at memory the caller vouched for.
     let n = unsafe {
         if send {
