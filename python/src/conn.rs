@@ -2,8 +2,8 @@
 //! Python module parses them, and the transport choice at `initialize`.
 
 use transfer_engine::config::{env_is_set, env_str};
-use transfer_engine::topology;
 use transfer_engine::metadata::descriptor::PriorityMatrix;
+use transfer_engine::topology;
 use transfer_engine::{Result, TransferEngine};
 
 pub const P2PHANDSHAKE: &str = "P2PHANDSHAKE";

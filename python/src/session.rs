@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use transfer_engine::task::{Opcode, TransferRequest};
 use transfer_engine::error::err;
 use transfer_engine::metadata::handshake::client;
+use transfer_engine::task::{Opcode, TransferRequest};
 use transfer_engine::{SegmentId, TransferEngine};
 
 use crate::batches::{release, BatchBook};

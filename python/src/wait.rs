@@ -1,6 +1,6 @@
 //! Waiting for batches. The engine reports progress only through task
-//! counters, so a wait polls them: a few yields first (loopback transfers
-//! end in microseconds), then naps that grow to 500 µs. Every wait has a
+//! counters, so a wait polls them: it yields for 200 µs first (loopback
+//! transfers end in tens of microseconds), then naps that grow to 500 µs. Every wait has a
 //! deadline: upstream's `MC_TRANSFER_TIMEOUT` (default 30 s, at least 5 s)
 //! plus one nanosecond per byte (1 GiB/s).
 
@@ -110,22 +110,34 @@ impl Tracker {
     }
 }
 
-/// Growing pause between polls.
-pub struct Pause(u32);
+/// Growing pause between polls: yields for the first [`YIELD_FOR`] (a
+/// loopback or RDMA transfer ends within tens of µs, and a timed nap would
+/// add the timer slack, 50 µs by default, to each), then naps growing from
+/// 10 to 500 µs.
+pub struct Pause {
+    started: Instant,
+    naps: u32,
+}
+
+/// How long a wait yields before it starts to nap.
+const YIELD_FOR: Duration = Duration::from_micros(200);
 
 impl Pause {
     pub fn new() -> Pause {
-        Pause(0)
+        Pause {
+            started: Instant::now(),
+            naps: 0,
+        }
     }
 
     pub fn pause(&mut self) {
-        self.0 = self.0.saturating_add(1);
-        if self.0 <= 32 {
+        if self.started.elapsed() < YIELD_FOR {
             std::thread::yield_now();
-        } else {
-            let us = 10u64 << (self.0 - 32).min(6);
-            std::thread::sleep(Duration::from_micros(us.min(500)));
+            return;
         }
+        let us = 10u64 << self.naps.min(6);
+        self.naps = self.naps.saturating_add(1);
+        std::thread::sleep(Duration::from_micros(us.min(500)));
     }
 }
 
