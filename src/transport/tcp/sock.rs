@@ -6,9 +6,11 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 /// A byte range of raw memory to send from or receive into.
 #[derive(Clone, Copy, Debug)]
@@ -246,146 +248,75 @@ pub fn tune(s: &TcpStream, io_timeout: Duration, buf: usize) -> io::Result<()> {
     s.set_read_timeout(Some(tick))?;
     s.set_write_timeout(Some(tick))?;
     if buf > 0 {
-        let v = buf.min(i32::MAX as usize) as libc::c_int;
-        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-            // SAFETY: passes a pointer to a live c_int of the stated size.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &v as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
+        // Best effort, as `MC_TCP_*_BUF` always was: the kernel clamps it.
+        let sock = SockRef::from(s);
+        let _ = sock.set_send_buffer_size(buf);
+        let _ = sock.set_recv_buffer_size(buf);
     }
     Ok(())
-}
-
-fn sockaddr_of(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in, sin) };
-            (
-                ss,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write(&mut ss as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            (
-                ss,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
-        }
-    }
 }
 
 /// Connect with a deadline, giving up early when `stop` is raised (so a
 /// transport shutdown never waits for a slow connect).
 pub fn connect(addr: &SocketAddr, timeout: Duration, stop: &AtomicBool) -> io::Result<TcpStream> {
-    let family = match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    // SAFETY: plain socket creation; the fd is owned below.
-    let fd = unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(last_err());
-    }
-    // SAFETY: `fd` is a fresh socket we own; TcpStream closes it on drop.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let (ss, len) = sockaddr_of(addr);
-    // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
-    let rc = unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) };
-    if rc < 0 {
-        let e = last_err();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            if stop.load(Ordering::Acquire) {
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "transport shutting down",
-                ));
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connect to {addr} timed out after {timeout:?}"),
-                ));
-            }
-            let step = (deadline - now).min(Duration::from_millis(100));
-            let mut p = libc::pollfd {
-                fd,
-                events: libc::POLLOUT,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut p, 1, step.as_millis().max(1) as i32) };
-            if n < 0 {
-                let e = last_err();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
+    // close-on-exec, as socket2 creates every socket on Linux.
+    let sock = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
+    sock.set_nonblocking(true)?;
+    match sock.connect(&SockAddr::from(*addr)) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            wait_connected(sock.as_raw_fd(), addr, timeout, stop)?;
+            if let Some(e) = sock.take_error()? {
                 return Err(e);
             }
-            if n > 0 {
-                break;
+        }
+        Err(e) => return Err(e),
+    }
+    sock.set_nonblocking(false)?;
+    Ok(sock.into())
+}
+
+/// Wait until a non-blocking connect on `fd` is decided (writable), in
+/// steps of at most 100 ms so `stop` is seen.
+fn wait_connected(
+    fd: RawFd,
+    addr: &SocketAddr,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if stop.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "transport shutting down",
+            ));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {addr} timed out after {timeout:?}"),
+            ));
+        }
+        let step = (deadline - now).min(Duration::from_millis(100));
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, step.as_millis().max(1) as i32) };
+        if n > 0 {
+            return Ok(());
+        }
+        if n < 0 {
+            let e = last_err();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
             }
         }
-        let mut err: libc::c_int = 0;
-        let mut elen = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `err`/`elen` are live locals of the sizes passed.
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                &mut err as *mut libc::c_int as *mut libc::c_void,
-                &mut elen,
-            )
-        };
-        if rc < 0 {
-            return Err(last_err());
-        }
-        if err != 0 {
-            return Err(io::Error::from_raw_os_error(err));
-        }
     }
-    stream.set_nonblocking(false)?;
-    Ok(stream)
 }
 
 #[cfg(test)]
