@@ -22,6 +22,34 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
+
+# Cleaned up on exit, however the script ends.
+NS_MADE=""
+DRIVER=""
+cleanup() {
+    [[ -z "$NS_MADE" ]] || ip netns del "$NS_MADE" 2>/dev/null || true
+    [[ -z "$DRIVER" ]] || rm -f "$DRIVER"
+}
+trap cleanup EXIT
+
+# Run "$@" in a fresh network namespace that has only loopback: as root a
+# named one (ip netns), otherwise an unprivileged user + network namespace.
+in_loopback_netns() {
+    local name="$1-$$"
+    shift
+    if [[ $EUID -eq 0 ]] && command -v ip >/dev/null; then
+        ip netns add "$name"
+        NS_MADE="$name"
+        ip netns exec "$name" ip link set lo up
+        if ip netns exec "$name" ip -o link show | grep -qv ': lo:'; then
+            echo "bench-vs-mooncake: namespace $name has a non-loopback interface" >&2
+            exit 1
+        fi
+        ip netns exec "$name" "$@"
+    else
+        unshare -rn sh -c 'ip link set lo up && exec "$@"' sh "$@"
+    fi
+}
 export PYTHONDONTWRITEBYTECODE=1  # keep __pycache__ out of the source tree
 
 if ! "$PY" -c 'import mooncake.engine' 2>/dev/null; then
@@ -31,7 +59,6 @@ fi
 
 if [[ "${1:-}" == --latency ]]; then
     DRIVER="$(mktemp /tmp/te-latency-XXXXXX.py)"
-    trap 'rm -f "$DRIVER"' EXIT
     cat > "$DRIVER" <<'PYEOF'
 """Latency side by side: te-rs (te-bench --latency) and the C++ engine
 (mooncake.engine from the PyPI wheel), each as a target process and an
@@ -188,19 +215,7 @@ PYEOF
     fi
     RUN=("$PY" "$DRIVER" drive "$TE_BENCH" "${2:-5}" "${3:-2}")
     export MC_LOG_LEVEL="${MC_LOG_LEVEL:-ERROR}"
-    if [[ $EUID -eq 0 ]] && command -v ip >/dev/null; then
-        NS="te-latency-vs-mc-$$"
-        ip netns add "$NS"
-        trap 'ip netns del "$NS" 2>/dev/null || true; rm -f "$DRIVER"' EXIT
-        ip netns exec "$NS" ip link set lo up
-        if ip netns exec "$NS" ip -o link show | grep -qv ': lo:'; then
-            echo "bench-vs-mooncake: namespace $NS has a non-loopback interface" >&2
-            exit 1
-        fi
-        ip netns exec "$NS" "${RUN[@]}"
-    else
-        unshare -rn sh -c 'ip link set lo up && exec "$@"' sh "${RUN[@]}"
-    fi
+    in_loopback_netns te-latency-vs-mc "${RUN[@]}"
     exit 0
 fi
 
@@ -220,16 +235,4 @@ if [[ $wants_te_rs == 1 && -z "${TE_BENCH:-}" && "${TE_RS_NO_BUILD:-0}" != 1 ]];
 fi
 
 RUN=("$PY" "$REPO/tests/interop/bench_vs_mooncake.py" "$@")
-if [[ $EUID -eq 0 ]] && command -v ip >/dev/null; then
-    NS="te-bench-vs-mc-$$"
-    ip netns add "$NS"
-    trap 'ip netns del "$NS" 2>/dev/null || true' EXIT
-    ip netns exec "$NS" ip link set lo up
-    if ip netns exec "$NS" ip -o link show | grep -qv ': lo:'; then
-        echo "bench-vs-mooncake: namespace $NS has a non-loopback interface" >&2
-        exit 1
-    fi
-    ip netns exec "$NS" "${RUN[@]}"
-else
-    unshare -rn sh -c 'ip link set lo up && exec "$@"' sh "${RUN[@]}"
-fi
+in_loopback_netns te-bench-vs-mc "${RUN[@]}"
