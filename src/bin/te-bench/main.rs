@@ -272,12 +272,7 @@ fn report(a: &Args, rows: &[Row]) {
             "check": a.check,
             "cases": cases,
         });
-        let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-        if dest == "-" {
-            println!("{text}");
-        } else if let Err(e) = std::fs::write(dest, text) {
-            fail(format!("writing {dest}: {e}"));
-        }
+        write_json(dest, &summary);
     }
 }
 
@@ -321,12 +316,7 @@ fn run_latency(a: &Args, segment: &str) {
             "metadata_server": a.metadata_server,
             "latency": summary,
         });
-        let text = serde_json::to_string_pretty(&v).unwrap_or_default();
-        if dest == "-" {
-            println!("{text}");
-        } else if let Err(e) = std::fs::write(dest, text) {
-            fail(format!("writing {dest}: {e}"));
-        }
+        write_json(dest, &v);
     }
 }
 
@@ -445,5 +435,15 @@ fn main() {
             engine.shutdown();
             target_engine.shutdown();
         }
+    }
+}
+
+/// `--json=DEST`: pretty JSON to stdout (`-`) or to a file.
+fn write_json(dest: &str, v: &serde_json::Value) {
+    let text = serde_json::to_string_pretty(v).unwrap_or_default();
+    if dest == "-" {
+        println!("{text}");
+    } else if let Err(e) = std::fs::write(dest, text) {
+        fail(format!("writing {dest}: {e}"));
     }
 }
