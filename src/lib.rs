@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ffi;
+pub mod id_map;
 pub mod logging;
 pub mod metadata;
 pub mod metrics;

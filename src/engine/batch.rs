@@ -1,13 +1,13 @@
 //! Batches: a capacity, the tasks submitted so far, and an optional notify
 //! to send once every task completed (spec §9).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::error::{Error, Result};
+use crate::id_map::IdMap;
 use crate::metadata::SegmentId;
 use crate::task::Task;
 
@@ -56,15 +56,10 @@ impl Batch {
         self.tasks.write().extend(tasks.iter().cloned());
     }
 
-    pub fn task(&self, id: usize) -> Option<Arc<Task>> {
-        self.tasks.read().get(id).cloned()
-    }
-
-    pub fn all_completed(&self) -> bool {
-        self.tasks
-            .read()
-            .iter()
-            .all(|t| t.status() == crate::task::TaskStatus::Completed)
+    /// The tasks, read-locked (a status poll clones no `Arc`). Do not call
+    /// other `Batch` methods while holding it.
+    pub fn tasks(&self) -> RwLockReadGuard<'_, Vec<Arc<Task>>> {
+        self.tasks.read()
     }
 
     pub fn all_observed_terminal(&self) -> bool {
@@ -96,7 +91,11 @@ static NEXT_BATCH_ID: AtomicU64 = AtomicU64::new(0x7e00_0000_0000_0001);
 
 #[derive(Default)]
 pub struct BatchTable {
-    batches: RwLock<HashMap<u64, Arc<Batch>>>,
+    batches: RwLock<IdMap<u64, Arc<Batch>>>,
+}
+
+fn unknown(id: u64) -> Error {
+    Error::InvalidArgument(format!("unknown batch id {id:#x}"))
 }
 
 impl BatchTable {
@@ -113,15 +112,20 @@ impl BatchTable {
             .read()
             .get(&id)
             .cloned()
-            .ok_or_else(|| Error::InvalidArgument(format!("unknown batch id {id:#x}")))
+            .ok_or_else(|| unknown(id))
+    }
+
+    /// Run `f` on batch `id` under the table's read lock: the status poll
+    /// path, with no reference-count traffic on a shared line.
+    pub fn with<R>(&self, id: u64, f: impl FnOnce(&Batch) -> R) -> Result<R> {
+        let map = self.batches.read();
+        map.get(&id).map(|b| f(b)).ok_or_else(|| unknown(id))
     }
 
     /// Free `id` if every task was observed terminal, else `BatchBusy`.
     pub fn free(&self, id: u64) -> Result<()> {
         let mut map = self.batches.write();
-        let batch = map
-            .get(&id)
-            .ok_or_else(|| Error::InvalidArgument(format!("unknown batch id {id:#x}")))?;
+        let batch = map.get(&id).ok_or_else(|| unknown(id))?;
         if !batch.all_observed_terminal() {
             return Err(Error::BatchBusy(format!(
                 "batch {id:#x} has tasks not yet seen COMPLETED/FAILED by getTransferStatus"

@@ -482,40 +482,63 @@ impl TransferEngine {
 
     /// `getTransferStatus`. Sends the batch's notify when it just completed.
     pub fn transfer_status(&self, batch_id: u64, task_id: usize) -> Result<TransferStatus> {
-        let batch = self.batches.get(batch_id)?;
-        let task = batch.task(task_id).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "task {task_id} out of range: batch {batch_id:#x} has {} tasks",
-                batch.len()
+        let (status, notify) = self.evaluate_task(batch_id, task_id)?;
+        if let Some(n) = notify {
+            if let Err(e) = self.send_notify(n.target, &n.name, &n.msg) {
+                log::error!("notify after batch {batch_id:#x} completed: {e}");
+            }
+        }
+        Ok(status)
+    }
+
+    /// A task's status as the caller sees it (TIMEOUT past the slice
+    /// timeout, terminal states marked observed), and the batch's notify
+    /// if this poll saw the batch complete. Under the batch locks, which
+    /// `transfer_status` drops before sending the notify.
+    fn evaluate_task(
+        &self,
+        batch_id: u64,
+        task_id: usize,
+    ) -> Result<(TransferStatus, Option<PendingNotify>)> {
+        self.batches.with(batch_id, |batch| {
+            let (status, bytes, all_done) = {
+                let tasks = batch.tasks();
+                let task = tasks.get(task_id).ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "task {task_id} out of range: batch {batch_id:#x} has {} tasks",
+                        tasks.len()
+                    ))
+                })?;
+                let mut status = task.status();
+                match status {
+                    TaskStatus::Completed if task.mark_observed_terminal() => {
+                        if let Some(m) = &self.metrics {
+                            m.counters.record(task.transferred_bytes(), task.age());
+                        }
+                    }
+                    TaskStatus::Completed => {}
+                    TaskStatus::Failed => {
+                        task.mark_observed_terminal();
+                    }
+                    TaskStatus::Waiting if self.slice_timeout.is_some_and(|t| task.age() > t) => {
+                        status = TaskStatus::Timeout;
+                    }
+                    _ => {}
+                }
+                let all_done = status == TaskStatus::Completed
+                    && batch.has_notify()
+                    && tasks.iter().all(|t| t.status() == TaskStatus::Completed);
+                (status, task.transferred_bytes(), all_done)
+            };
+            let notify = if all_done { batch.take_notify() } else { None };
+            Ok((
+                TransferStatus {
+                    status,
+                    transferred_bytes: bytes,
+                },
+                notify,
             ))
-        })?;
-        let mut status = task.status();
-        match status {
-            TaskStatus::Completed if task.mark_observed_terminal() => {
-                if let Some(m) = &self.metrics {
-                    m.counters.record(task.transferred_bytes(), task.age());
-                }
-            }
-            TaskStatus::Completed => {}
-            TaskStatus::Failed => {
-                task.mark_observed_terminal();
-            }
-            TaskStatus::Waiting if self.slice_timeout.is_some_and(|t| task.age() > t) => {
-                status = TaskStatus::Timeout;
-            }
-            _ => {}
-        }
-        if status == TaskStatus::Completed && batch.has_notify() && batch.all_completed() {
-            if let Some(n) = batch.take_notify() {
-                if let Err(e) = self.send_notify(n.target, &n.name, &n.msg) {
-                    log::error!("notify after batch {batch_id:#x} completed: {e}");
-                }
-            }
-        }
-        Ok(TransferStatus {
-            status,
-            transferred_bytes: task.transferred_bytes(),
-        })
+        })?
     }
 
     pub fn free_batch_id(&self, batch_id: u64) -> Result<()> {

@@ -76,6 +76,8 @@ impl RdmaTransport {
             counters: Counters::default(),
             rails,
             liveness: liveness::PeerLiveness::from_env(),
+            paths: Default::default(),
+            locations: Default::default(),
             next_generation: AtomicU64::new(1),
             me: me.clone(),
         });

@@ -26,6 +26,7 @@ mod lifecycle;
 pub mod limits;
 pub mod liveness;
 pub mod memory;
+mod names;
 pub mod passive_cap;
 mod poll;
 pub mod provider;

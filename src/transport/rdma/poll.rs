@@ -76,7 +76,7 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
                 sh.counters
                     .error_completions
                     .fetch_add(1, Ordering::Relaxed);
-                let path = f.slice.peer_path.clone();
+                let path = sh.paths.get(f.slice.path);
                 if f.ep.state().connected() {
                     // A dead connection needs a re-handshake: pace it.
                     cw.handshake_failed(&path, Instant::now());

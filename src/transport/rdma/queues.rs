@@ -1,7 +1,7 @@
 //! What a posting thread works from: its queues (peer NIC path → slices),
 //! and the wake-up signal every thread of a context sleeps on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -9,6 +9,8 @@ use std::time::Instant;
 use parking_lot::{Condvar, Mutex};
 
 use super::device::{Device, WorkRequest};
+use super::names::NameId;
+use crate::id_map::IdMap;
 use crate::metadata::SegmentId;
 use crate::task::{Opcode, Task};
 
@@ -20,14 +22,16 @@ pub struct Slice {
     pub length: u64,
     pub dest: u64,
     pub target_id: SegmentId,
-    /// Location of the local buffer (key into our priority matrix).
-    pub location: Arc<str>,
+    /// Location of the local buffer (key into our priority matrix),
+    /// interned in `Shared::locations`.
+    pub location: NameId,
     /// Attempts consumed so far.
     pub retry: u32,
     /// Routing, filled by `Shared::route`.
     pub local: usize,
     pub lkey: u32,
-    pub peer_path: Arc<str>,
+    /// Peer NIC path, interned in `Shared::paths`.
+    pub path: NameId,
     pub rkey: u32,
 }
 
@@ -78,15 +82,17 @@ impl Signal {
 /// so passes over one set of queues never overlap.
 #[derive(Default)]
 pub struct PassScratch {
-    pub paths: Vec<Arc<str>>,
+    pub paths: Vec<NameId>,
     pub wrs: Vec<WorkRequest>,
 }
+
+type PathQueues = IdMap<NameId, VecDeque<Slice>>;
 
 /// Queues of one posting thread: peer NIC path → slices.
 #[derive(Default)]
 pub struct Worker {
     pub pass: Mutex<PassScratch>,
-    queues: Mutex<HashMap<Arc<str>, VecDeque<Slice>>>,
+    queues: Mutex<PathQueues>,
     /// Set by every push and wake-up.
     pub signal: Signal,
     /// Slices wait for QP or CQ room: completions wake this thread.
@@ -97,11 +103,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn push(&self, s: Slice) {
-        self.queues
-            .lock()
-            .entry(s.peer_path.clone())
-            .or_default()
-            .push_back(s);
+        self.queues.lock().entry(s.path).or_default().push_back(s);
         self.wake();
     }
 
@@ -119,10 +121,10 @@ impl Worker {
         let mut it = v.into_iter().peekable();
         while let Some(first) = it.next() {
             // One map lookup per run of slices to the same peer path.
-            let e = q.entry(first.peer_path.clone()).or_default();
-            let path = first.peer_path.clone();
+            let path = first.path;
+            let e = q.entry(path).or_default();
             e.push_back(first);
-            while let Some(s) = it.next_if(|s| Arc::ptr_eq(&s.peer_path, &path)) {
+            while let Some(s) = it.next_if(|s| s.path == path) {
                 e.push_back(s);
             }
         }
@@ -147,7 +149,7 @@ impl Worker {
     }
 
     /// Start a pass: clear the signal, then list the paths with slices.
-    pub fn begin_pass(&self, out: &mut Vec<Arc<str>>) {
+    pub fn begin_pass(&self, out: &mut Vec<NameId>) {
         self.signal.take();
         out.clear();
         out.extend(
@@ -155,17 +157,17 @@ impl Worker {
                 .lock()
                 .iter()
                 .filter(|(_, v)| !v.is_empty())
-                .map(|(k, _)| k.clone()),
+                .map(|(k, _)| *k),
         );
     }
 
     /// Take the slices queued for `path`.
-    pub fn take(&self, path: &str) -> Option<VecDeque<Slice>> {
-        self.queues.lock().remove(path)
+    pub fn take(&self, path: NameId) -> Option<VecDeque<Slice>> {
+        self.queues.lock().remove(&path)
     }
 
     /// Put slices that could not go yet back in front of newer ones.
-    pub fn put_back(&self, path: Arc<str>, mut v: VecDeque<Slice>) {
+    pub fn put_back(&self, path: NameId, mut v: VecDeque<Slice>) {
         if v.is_empty() {
             return;
         }
@@ -203,13 +205,6 @@ impl Worker {
             self.signal.notify();
         }
     }
-}
-
-/// FNV-1a of a peer NIC path: picks its posting thread.
-pub fn path_hash(peer_path: &str) -> u64 {
-    peer_path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 #[cfg(test)]

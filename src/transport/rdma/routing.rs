@@ -2,16 +2,16 @@
 //! what happens when an attempt fails (retry on another route or fail).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::name;
 use crate::metadata::SegmentId;
 
 use super::memory::MemoryTable;
+use super::names::NameId;
 use super::selection::{select_device, select_peer_device};
 use super::shared::Shared;
-use super::worker::{self, Slice};
+use super::worker::Slice;
 
 impl Shared {
     /// Whether a rail of the peer other than `path` is usable now.
@@ -35,7 +35,7 @@ impl Shared {
         let Some((bi, _)) = desc.find_buffer(s.dest, s.length) else {
             return false;
         };
-        let Some(local) = self.pick_local(&s.location, s.retry) else {
+        let Some(local) = self.pick_local(&self.locations.get(s.location), s.retry) else {
             return false;
         };
         let lkey = match self.memory.read().find(s.source) {
@@ -57,7 +57,9 @@ impl Shared {
         s.local = local;
         s.lkey = lkey;
         s.rkey = rkey;
-        s.peer_path = Arc::from(name::nic_path(server, &devices[pi].name));
+        s.path = self
+            .paths
+            .intern(&name::nic_path(server, &devices[pi].name));
         true
     }
 
@@ -113,7 +115,7 @@ impl Shared {
 
     pub(super) fn enqueue(&self, s: Slice) {
         let cw = &self.workers[s.local];
-        cw.worker_for(&s.peer_path).push(s);
+        cw.worker_for(self.paths.hash(s.path)).push(s);
     }
 
     /// Consume one attempt; route again or fail when the budget is spent.
@@ -123,7 +125,7 @@ impl Shared {
         if s.retry >= self.cfg.retry_cnt {
             crate::warn_limited!(
                 "slice to {} failed after {} attempts ({why})",
-                s.peer_path,
+                self.paths.get(s.path),
                 s.retry
             );
             return self.fail_slice(s);
@@ -131,7 +133,7 @@ impl Shared {
         if self.route(&mut s) {
             self.enqueue(s);
         } else {
-            crate::warn_limited!("slice to {}: no route left ({why})", s.peer_path);
+            crate::warn_limited!("slice to {}: no route left ({why})", self.paths.get(s.path));
             self.fail_slice(s);
         }
     }
@@ -159,7 +161,7 @@ pub(super) struct FirstRoute {
 /// Peer NIC paths of one target segment, computed once per submit call.
 pub(super) struct PeerRoutes {
     pub(super) target_id: SegmentId,
-    pub(super) paths: Vec<Arc<str>>,
+    pub(super) paths: Vec<NameId>,
     pub(super) hashes: Vec<u64>,
     pub(super) usable: Vec<bool>,
 }
@@ -167,17 +169,18 @@ pub(super) struct PeerRoutes {
 impl PeerRoutes {
     pub(super) fn new(sh: &Shared, target_id: SegmentId, desc: &SegmentDesc) -> Self {
         let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
-        let paths: Vec<Arc<str>> = desc
+        let names: Vec<String> = desc
             .devices
             .as_deref()
             .unwrap_or(&[])
             .iter()
-            .map(|d| Arc::from(name::nic_path(server, &d.name)))
+            .map(|d| name::nic_path(server, &d.name))
             .collect();
+        let paths: Vec<NameId> = names.iter().map(|p| sh.paths.intern(p)).collect();
         PeerRoutes {
             target_id,
-            hashes: paths.iter().map(|p| worker::path_hash(p)).collect(),
-            usable: paths.iter().map(|p| sh.rails.usable(p)).collect(),
+            hashes: paths.iter().map(|&p| sh.paths.hash(p)).collect(),
+            usable: names.iter().map(|p| sh.rails.usable(p)).collect(),
             paths,
         }
     }

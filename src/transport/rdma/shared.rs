@@ -17,6 +17,7 @@ use super::context::RdmaContext;
 use super::endpoint::GENERATION_STRIDE;
 use super::endpoint_driver::{self, Endpoint};
 use super::memory::MemoryTable;
+use super::names::Names;
 use super::rail::RailBook;
 use super::stats::Counters;
 use super::worker::{ContextWorkers, Slice};
@@ -34,6 +35,9 @@ pub struct Shared {
     pub rails: RailBook,
     /// Peers found gone by a probe or a refused handshake.
     pub liveness: liveness::PeerLiveness,
+    /// Peer NIC paths and buffer locations slices refer to by id.
+    pub(super) paths: Names,
+    pub(super) locations: Names,
     pub(super) next_generation: AtomicU64,
     pub(super) me: Weak<Shared>,
 }

@@ -3,11 +3,11 @@
 //! lock and one wake-up per posting thread per call).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::transport::Submission;
 
+use super::names::NameId;
 use super::routing::PeerRoutes;
 use super::shared::Shared;
 use super::slicing::{cut, CutError};
@@ -18,9 +18,10 @@ impl Shared {
         let sh = self;
         // Cut everything first: an unregistered source refuses the call.
         let mut cuts = Vec::with_capacity(subs.len());
-        let mut locations: Vec<Arc<str>> = Vec::new();
         {
             let mem = sh.memory.read();
+            // Location ids of this call (buffers of a batch share a few).
+            let mut locations: Vec<(&str, NameId)> = Vec::new();
             for s in &subs {
                 let r = s.request;
                 let pieces = cut(
@@ -46,17 +47,15 @@ impl Shared {
                     }
                     other => {
                         let name = mem.find(r.source).map_or("*", |m| m.buf.location.as_str());
-                        // One shared string per distinct location per call,
-                        // not one allocation per request.
-                        let location = match locations.iter().find(|l| &***l == name) {
-                            Some(l) => l.clone(),
+                        let location = match locations.iter().find(|(l, _)| *l == name) {
+                            Some((_, id)) => *id,
                             None => {
-                                let l: Arc<str> = Arc::from(name);
-                                locations.push(l.clone());
-                                l
+                                let id = sh.locations.intern(name);
+                                locations.push((name, id));
+                                id
                             }
                         };
-                        cuts.push((other, location));
+                        cuts.push((other, location, sh.pick_local(name, 0)));
                     }
                 }
             }
@@ -73,7 +72,7 @@ impl Shared {
         let mut routes: Vec<PeerRoutes> = Vec::new();
         // One read of the memory table for the whole call.
         let mem = sh.memory.read();
-        for (s, (pieces, location)) in subs.into_iter().zip(cuts) {
+        for (s, (pieces, location, local)) in subs.into_iter().zip(cuts) {
             let r = s.request;
             let pieces = match pieces {
                 Ok(p) => p,
@@ -99,7 +98,6 @@ impl Shared {
                 }
             };
             let pr = &routes[ri];
-            let local = sh.pick_local(&location, 0);
             for p in pieces {
                 let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
                 // Routed before the slice exists: each shared string is
@@ -118,11 +116,11 @@ impl Shared {
                     length: p.len,
                     dest,
                     target_id: r.target_id,
-                    location: location.clone(),
+                    location,
                     retry: 0,
                     local: to.local,
                     lkey: to.lkey,
-                    peer_path: pr.paths[to.peer].clone(),
+                    path: pr.paths[to.peer],
                     rkey: to.rkey,
                 });
             }

@@ -33,7 +33,7 @@ pub fn sweep(sh: &Shared, cw: &ContextWorkers) {
                     sh.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                     crate::warn_limited!(
                         "slice to {}: no completion within {limit:?}; QP to ERR, waiting for its flush",
-                        f.slice.peer_path
+                        sh.paths.get(f.slice.path)
                     );
                     if !retire.iter().any(|e| Arc::ptr_eq(e, &f.ep)) {
                         retire.push(f.ep.clone());
@@ -52,7 +52,7 @@ pub fn sweep(sh: &Shared, cw: &ContextWorkers) {
     for f in unflushed {
         log::error!(
             "slice to {}: QP in ERR but no flush completion within {grace:?}; slice failed, QP kept until shutdown",
-            f.slice.peer_path
+            sh.paths.get(f.slice.path)
         );
         sh.counters
             .timeouts_unflushed

@@ -6,24 +6,26 @@
 //! deadline its parked slices have; nothing re-polls on a timer.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use crate::id_map::IdMap;
+
 use super::context::RdmaContext;
 use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
 use super::idle::{earliest, Idle, Sweep};
+use super::names::NameId;
 use super::poll::{poll_once, PollBufs};
 use super::queues::Signal;
 use super::Shared;
 
 use super::queues::PassScratch;
-pub use super::queues::{path_hash, Slice, Worker};
+pub use super::queues::{Slice, Worker};
 
 /// A posted WR: the slice, the endpoint and QP it went out on.
 pub struct Inflight {
@@ -37,29 +39,8 @@ pub struct Inflight {
     pub timed_out: Option<Instant>,
 }
 
-/// Hasher for WR ids: they are unique sequential counters, so a single
-/// multiply spreads them well enough; SipHash cost ~20% of a slice's CPU.
-#[derive(Default)]
-pub struct WrIdHasher(u64);
-
-impl Hasher for WrIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_u64(&mut self, id: u64) {
-        // Fibonacci hashing: the high bits (used by hashbrown's control
-        // bytes) and the low bits (bucket index) both vary with `id`.
-        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32);
-    }
-}
-
 /// In-flight WRs of one context, by WR id.
-pub type InflightMap = HashMap<u64, Inflight, BuildHasherDefault<WrIdHasher>>;
+pub type InflightMap = IdMap<u64, Inflight>;
 
 /// Everything the threads of one context share.
 pub struct ContextWorkers {
@@ -125,9 +106,9 @@ impl ContextWorkers {
         self.with_backoff(peer, |b| b.on_connected(now));
     }
 
-    /// The posting thread that owns `peer_path`.
-    pub fn worker_for(&self, peer_path: &str) -> &Arc<Worker> {
-        &self.posters[(path_hash(peer_path) % self.posters.len() as u64) as usize]
+    /// The posting thread that owns the peer path with hash `path_hash`.
+    pub fn worker_for(&self, path_hash: u64) -> &Arc<Worker> {
+        &self.posters[(path_hash % self.posters.len() as u64) as usize]
     }
 
     pub fn wake_all(&self) {
@@ -271,15 +252,16 @@ fn process_peer(
     sh: &Arc<Shared>,
     cw: &Arc<ContextWorkers>,
     me: &Worker,
-    path: Arc<str>,
+    id: NameId,
     wrs: &mut Vec<WorkRequest>,
 ) -> Step {
-    let Some(mut slices) = me.take(&path) else {
+    let Some(mut slices) = me.take(id) else {
         return Step::Empty;
     };
     if slices.is_empty() {
         return Step::Empty;
     }
+    let path = sh.paths.get(id);
     if !cw.ctx.is_active() {
         // Device down: move the slices to another context, no retry consumed.
         sh.retire_context_endpoints(&cw.ctx, "local device down");
@@ -318,7 +300,7 @@ fn process_peer(
             // Room freed from here on wakes us if the slices do not all go.
             me.want_room();
             let posted = post_slices(sh, cw, &ep, &mut slices, wrs);
-            me.put_back(path, slices);
+            me.put_back(id, slices);
             if posted {
                 Step::Progress
             } else {
@@ -327,12 +309,12 @@ fn process_peer(
         }
         // Handshake or ready-ACK wait: its end wakes us, or its deadline.
         Gate::Wait => {
-            me.put_back(path, slices);
+            me.put_back(id, slices);
             Step::Parked(deadline)
         }
         // An attempt is already under way: its end wakes us.
         Gate::Connect if !ep.begin_handshake() => {
-            me.put_back(path, slices);
+            me.put_back(id, slices);
             Step::Parked(None)
         }
         Gate::Connect => match cw.handshake_permit(&path, Instant::now()) {
@@ -340,14 +322,14 @@ fn process_peer(
                 sh.counters
                     .handshake_attempts
                     .fetch_add(1, Ordering::Relaxed);
-                me.put_back(path, slices);
+                me.put_back(id, slices);
                 sh.start_handshake(cw.clone(), ep);
                 Step::Progress
             }
             // Backing off: the slices wait, no retry consumed.
             BackoffDecision::WaitUntil(until) => {
                 ep.end_handshake();
-                me.put_back(path, slices);
+                me.put_back(id, slices);
                 Step::Parked(Some(until))
             }
             // Too many handshakes to this peer lately: do not wait out the
@@ -419,9 +401,12 @@ fn post_slices(
         {
             let mut infl = cw.inflight.lock();
             let now = Instant::now();
-            for _ in 0..n {
+            // One atomic per batch: the counter's line is shared with the
+            // polling thread's.
+            let n = n.min(slices.len());
+            let base = cw.next_wr_id.fetch_add(n as u64, Ordering::Relaxed);
+            for wr_id in base..base + n as u64 {
                 let Some(s) = slices.pop_front() else { break };
-                let wr_id = cw.next_wr_id.fetch_add(1, Ordering::Relaxed);
                 wrs.push(WorkRequest {
                     wr_id,
                     opcode: s.opcode,

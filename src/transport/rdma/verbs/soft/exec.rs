@@ -4,7 +4,8 @@
 //! `retry_cnt` times, then completes `RetryExceeded` and moves its QP to ERR;
 //! later WRs of the QP wait behind it, as on an RC connection. A QP waiting
 //! for its timer costs nothing until then (the executor sleeps until the
-//! earliest timer or a new post).
+//! earliest timer or a new post, after polling for `SPIN` past its last
+//! work, as a NIC would never sleep).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -18,6 +19,10 @@ use crate::transport::rdma::verbs::types::*;
 /// Longest the executor sleeps without being woken.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
+/// After work, poll for more this long before sleeping (a NIC does not
+/// sleep: a post right after a completion should not pay a wake-up).
+const SPIN: Duration = Duration::from_micros(50);
+
 pub(crate) fn start(fabric: Weak<Fabric>) {
     let spawned = std::thread::Builder::new()
         .name("te-soft-rdma".into())
@@ -30,11 +35,17 @@ pub(crate) fn start(fabric: Weak<Fabric>) {
 fn run(weak: Weak<Fabric>) {
     // QPs whose head WR is stalled, with the instant to look at them again.
     let mut waiting: Vec<(Instant, Arc<QpShared>)> = Vec::new();
+    let mut last_work = Instant::now();
     loop {
         let Some(fabric) = weak.upgrade() else { return };
         let mut batch = {
             let mut runnable = fabric.runnable.lock();
-            if runnable.is_empty() {
+            if runnable.is_empty() && last_work.elapsed() < SPIN {
+                // Spinning: due timers below are still served.
+                drop(runnable);
+                std::thread::yield_now();
+                runnable = fabric.runnable.lock();
+            } else if runnable.is_empty() {
                 let now = Instant::now();
                 let next = waiting.iter().map(|(t, _)| *t).min();
                 let wait = next.map_or(IDLE_WAIT, |t| {
@@ -52,6 +63,9 @@ fn run(weak: Weak<Fabric>) {
         batch.extend(due.into_iter().map(|(_, qp)| qp));
         batch.sort_by_key(|qp| qp.qpn);
         batch.dedup_by_key(|qp| qp.qpn);
+        if !batch.is_empty() {
+            last_work = Instant::now();
+        }
         for qp in batch {
             // A QP already waiting is re-examined now (e.g. moved to ERR).
             waiting.retain(|(_, w)| w.qpn != qp.qpn);
