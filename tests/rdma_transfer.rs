@@ -171,6 +171,17 @@ fn bad_addresses_fail_without_posting() {
     let st = wait_batch(&a, batch, 1, T);
     assert_eq!(st[0].status, TaskStatus::Failed);
     a.free_batch_id(batch).unwrap();
+    // A refused call fails only its own tasks, not those the batch held.
+    let batch = a.allocate_batch_id(2);
+    let good = req(Opcode::Write, local.addr(), seg, remote.addr(), 4096);
+    a.submit_transfer(batch, &[good], None).unwrap();
+    assert_eq!(wait_batch(&a, batch, 1, T)[0].status, TaskStatus::Completed);
+    let bad = req(Opcode::Write, stray.addr(), seg, remote.addr(), 4096);
+    assert!(a.submit_transfer(batch, &[bad], None).is_err());
+    let st = wait_batch(&a, batch, 2, T);
+    assert_eq!(st[0].status, TaskStatus::Completed);
+    assert_eq!(st[1].status, TaskStatus::Failed);
+    a.free_batch_id(batch).unwrap();
     a.shutdown();
     b.shutdown();
 }

@@ -52,8 +52,8 @@ impl Batch {
         self.len() == 0
     }
 
-    pub fn push_tasks(&self, tasks: &[Arc<Task>]) {
-        self.tasks.write().extend(tasks.iter().cloned());
+    pub fn push_tasks(&self, tasks: impl Iterator<Item = Arc<Task>>) {
+        self.tasks.write().extend(tasks);
     }
 
     /// The tasks, read-locked (a status poll clones no `Arc`). Do not call

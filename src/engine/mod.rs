@@ -443,8 +443,8 @@ impl TransferEngine {
                 },
             ));
         }
-        let tasks: Vec<Arc<Task>> = routed.iter().map(|(_, s)| s.task.clone()).collect();
-        batch.push_tasks(&tasks);
+        let first_task = batch.len();
+        batch.push_tasks(routed.iter().map(|(_, s)| s.task.clone()));
         if let (Some((name, msg)), Some(first)) = (notify, requests.first()) {
             batch.set_notify(PendingNotify {
                 target: first.target_id,
@@ -452,23 +452,33 @@ impl TransferEngine {
                 msg,
             });
         }
-        // Hand each transport its share, keeping request order within it.
+        // Hand each transport its share, keeping request order within it;
+        // `group_of[i]` remembers where request i went.
         let mut groups: Vec<(Arc<dyn Transport>, Vec<Submission>)> = Vec::new();
+        let mut group_of: Vec<usize> = Vec::with_capacity(routed.len());
         for (t, s) in routed {
-            match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, &t)) {
-                Some((_, v)) => v.push(s),
-                None => groups.push((t, vec![s])),
+            match groups.iter().position(|(g, _)| Arc::ptr_eq(g, &t)) {
+                Some(g) => {
+                    groups[g].1.push(s);
+                    group_of.push(g);
+                }
+                None => {
+                    group_of.push(groups.len());
+                    groups.push((t, vec![s]));
+                }
             }
         }
         let mut first_err = None;
-        for (t, subs) in groups {
-            let tasks: Vec<Arc<Task>> = subs.iter().map(|s| s.task.clone()).collect();
+        for (g, (t, subs)) in groups.into_iter().enumerate() {
             if let Err(e) = t.submit(subs) {
                 log::error!(
                     "submitTransfer: {} transport refused the requests: {e}",
                     t.protocol()
                 );
-                for task in tasks {
+                // An `Err` means none of them started: fail them all.
+                let tasks = batch.tasks();
+                let ours = tasks[first_task..].iter().zip(&group_of);
+                for (task, _) in ours.filter(|(_, &og)| og == g) {
                     task.fail_all();
                 }
                 first_err.get_or_insert(e);

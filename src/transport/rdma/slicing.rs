@@ -67,8 +67,25 @@ pub fn cut(
     local_end: impl Fn(u64) -> Option<u64>,
     remote_end: impl Fn(u64) -> Option<u64>,
 ) -> Result<Vec<Piece>, CutError> {
+    let mut out = Vec::new();
+    cut_into(
+        params, source, target, length, local_end, remote_end, &mut out,
+    )?;
+    Ok(out)
+}
+
+/// `cut`, appending to `out` (one buffer for a whole submit call). On an
+/// error, `out` may hold some of this request's pieces.
+pub fn cut_into(
+    params: SliceParams,
+    source: u64,
+    target: u64,
+    length: u64,
+    local_end: impl Fn(u64) -> Option<u64>,
+    remote_end: impl Fn(u64) -> Option<u64>,
+    out: &mut Vec<Piece>,
+) -> Result<(), CutError> {
     let block = params.slice_size.max(1);
-    let mut out = Vec::with_capacity((length / block + 1) as usize);
     let mut offset = 0u64;
     while offset < length {
         let remaining = length - offset;
@@ -93,7 +110,7 @@ pub fn cut(
         out.push(Piece { offset, len });
         offset += len;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

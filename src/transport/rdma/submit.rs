@@ -10,21 +10,25 @@ use crate::transport::Submission;
 use super::names::NameId;
 use super::routing::PeerRoutes;
 use super::shared::Shared;
-use super::slicing::{cut, CutError};
+use super::slicing::{cut_into, CutError, Piece};
 use super::worker::{self, Slice};
 
 impl Shared {
     pub(super) fn submit(&self, subs: Vec<Submission>) -> Result<()> {
         let sh = self;
         // Cut everything first: an unregistered source refuses the call.
+        // One read of the memory table for the whole call.
+        let mem = sh.memory.read();
+        // Request i's pieces are `all[cuts[i].0]`: one buffer per call.
+        let mut all: Vec<Piece> = Vec::with_capacity(subs.len());
         let mut cuts = Vec::with_capacity(subs.len());
         {
-            let mem = sh.memory.read();
             // Location ids of this call (buffers of a batch share a few).
             let mut locations: Vec<(&str, NameId)> = Vec::new();
             for s in &subs {
                 let r = s.request;
-                let pieces = cut(
+                let start = all.len();
+                let pieces = cut_into(
                     sh.cfg.slice,
                     r.source,
                     r.target_offset,
@@ -37,7 +41,12 @@ impl Shared {
                             .find(|b| a >= b.addr && a < b.end())
                             .map(|b| b.end())
                     },
-                );
+                    &mut all,
+                )
+                .map(|()| start..all.len());
+                if pieces.is_err() {
+                    all.truncate(start);
+                }
                 match pieces {
                     Err(CutError::LocalNotRegistered(off)) => {
                         return Err(Error::AddressNotRegistered(format!(
@@ -70,12 +79,10 @@ impl Shared {
             .map(|_| Vec::new())
             .collect();
         let mut routes: Vec<PeerRoutes> = Vec::new();
-        // One read of the memory table for the whole call.
-        let mem = sh.memory.read();
         for (s, (pieces, location, local)) in subs.into_iter().zip(cuts) {
             let r = s.request;
             let pieces = match pieces {
-                Ok(p) => p,
+                Ok(range) => &all[range],
                 Err(e) => {
                     log::error!(
                         "request to segment {} [{:#x}, +{}) is outside its buffers: {e:?}",
@@ -100,8 +107,8 @@ impl Shared {
             let pr = &routes[ri];
             for p in pieces {
                 let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
-                // Routed before the slice exists: each shared string is
-                // cloned once per slice (refcounts other threads touch).
+                // Routed before the slice exists; the slice holds ids, not
+                // shared strings (no refcounts other threads touch).
                 let Some(to) = sh.route_first((source, dest, p.len), &s.target, pr, local, &mem)
                 else {
                     log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
