@@ -95,8 +95,13 @@ impl TcpConfig {
 /// One event loop per core, at most four: enough to keep memory copies
 /// parallel, few enough that thousands of peers cost no threads.
 fn default_server_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 4)
+    // Read once per process: the std call parses /proc/self/cgroup and
+    // mountinfo each time (a tenth of a fresh engine's creation).
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    cores.clamp(1, 4)
 }
