@@ -260,25 +260,13 @@ impl TransferEngine {
     // ---- segments -----------------------------------------------------------
 
     pub fn open_segment(&self, name: &str) -> Result<SegmentId> {
-        let id = self.metadata.open_segment(name)?;
-        self.segment_opened(id);
-        Ok(id)
+        self.metadata.open_segment(name)
     }
 
     /// `openSegmentNoCache`: refresh `name` if cached, then open it.
     pub fn open_segment_no_cache(&self, name: &str) -> Result<SegmentId> {
         self.metadata.sync_segment_cache(Some(name));
-        self.open_segment(name)
-    }
-
-    /// Let the segment's transport start connecting (TCP: the first lane).
-    fn segment_opened(&self, id: SegmentId) {
-        let Some(desc) = self.metadata.segment_desc(id) else {
-            return;
-        };
-        if let Some(t) = self.transport_by_protocol(&desc.protocol) {
-            t.segment_opened(&desc);
-        }
+        self.metadata.open_segment(name)
     }
 
     pub fn close_segment(&self, _id: SegmentId) -> Result<()> {

@@ -61,11 +61,6 @@ pub trait Transport: Send + Sync {
     /// FAILED tasks. An `Err` means nothing of this call was started.
     fn submit(&self, subs: Vec<Submission>) -> Result<()>;
 
-    /// `target` was just opened: a transport may start connecting to it in
-    /// the background, so the first transfer finds a connection. Never
-    /// blocks.
-    fn segment_opened(&self, _target: &Arc<SegmentDesc>) {}
-
     /// Answer a Connection (type 0) handshake. TCP answers an empty desc.
     fn on_connection(&self, _req: &HandShakeDesc) -> HandShakeDesc {
         HandShakeDesc::default()

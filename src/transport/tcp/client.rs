@@ -1,6 +1,5 @@
 //! The initiator side: routes each request to its peer's FIFO. `submit`
-//! only enqueues (or sends a small request on an idle connection); lanes
-//! do all connecting, from `openSegment` on (`warm`).
+//! only enqueues; lanes do all network work.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -77,30 +76,17 @@ impl TcpClient {
                     if let Some(r) = run.take() {
                         Self::hand_over(r.1, r.2);
                     }
-                    let key = self.key_of(&s.target);
+                    let key = PeerKey {
+                        name: s.target.name.clone(),
+                        port: s.target.tcp_data_port,
+                        v2: s.target.tcp_proto_version >= 2 && !self.cfg.force_v1,
+                    };
                     run = Some((s.target, self.peer(key), vec![job]));
                 }
             }
         }
         if let Some(r) = run {
             Self::hand_over(r.1, r.2);
-        }
-    }
-
-    /// `openSegment`: start the peer's first lane now, which connects at
-    /// once, so the first request finds an idle connection (short path).
-    pub fn warm(&self, target: &SegmentDesc) {
-        if target.tcp_data_port == 0 || self.stop.load(Ordering::Acquire) {
-            return;
-        }
-        let _ = self.peer(self.key_of(target));
-    }
-
-    fn key_of(&self, target: &SegmentDesc) -> PeerKey {
-        PeerKey {
-            name: target.name.clone(),
-            port: target.tcp_data_port,
-            v2: target.tcp_proto_version >= 2 && !self.cfg.force_v1,
         }
     }
 

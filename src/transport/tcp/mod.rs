@@ -117,10 +117,6 @@ impl Transport for TcpTransport {
         Ok(())
     }
 
-    fn segment_opened(&self, target: &Arc<SegmentDesc>) {
-        self.client.warm(target);
-    }
-
     fn links(&self) -> serde_json::Value {
         serde_json::json!({
             "protocol": "tcp",

@@ -143,16 +143,7 @@ impl Peer {
     }
 
     fn lane_loop(self: &Arc<Self>) {
-        // Connect before the first request arrives: a lane starts when the
-        // segment is opened or work waits, and either way a request soon
-        // needs the connection (a failure here is retried with the work).
-        let mut conn: Option<ConnHandle> = match self.open() {
-            Ok(c) => Some(c),
-            Err(why) => {
-                log::debug!("tcp: early connect to {:?} failed: {why}", self.key);
-                None
-            }
-        };
+        let mut conn: Option<ConnHandle> = None;
         let depth = self.cfg.pipeline_depth.max(1);
         loop {
             // Take only what the connection can pipeline now, so queued work
