@@ -303,3 +303,31 @@ fn report_loopback_throughput() {
     client.shutdown();
     server.shutdown();
 }
+
+#[test]
+fn an_idle_peer_costs_no_lane_thread_and_comes_back() {
+    let server = transport(TcpConfig::default());
+    let client = transport(TcpConfig {
+        lane_idle: Duration::from_millis(200),
+        ..TcpConfig::default()
+    });
+    let mut dst = Guarded::new(8192, 0);
+    register(&server, dst.addr(), 8192);
+    let tgt = target(server.data_port(), 2);
+    for round in 0..2u64 {
+        let src = pattern(8192, round + 7);
+        dst.data_mut().fill(0);
+        let t = submit(&client, &tgt, true, src.as_ptr() as u64, dst.addr(), 8192);
+        assert_eq!(wait(&t, LIMIT), TaskStatus::Completed, "round {round}");
+        assert!(dst.data() == &src[..], "round {round}: target bytes differ");
+        assert!(client.lane_threads() >= 1);
+        // Idle past `lane_idle`: the connection closes and the lane ends.
+        let deadline = Instant::now() + LIMIT;
+        while client.lane_threads() > 0 {
+            assert!(Instant::now() < deadline, "lane still running when idle");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    client.shutdown();
+    server.shutdown();
+}

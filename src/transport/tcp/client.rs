@@ -129,6 +129,11 @@ impl TcpClient {
         self.short_sends.load(Ordering::Relaxed)
     }
 
+    /// Lane threads running over all peers (diagnostics, tests).
+    pub fn lane_threads(&self) -> usize {
+        self.peers.lock().values().map(|p| p.live_lanes()).sum()
+    }
+
     /// Number of peers with lanes (diagnostics).
     pub fn peer_count(&self) -> usize {
         self.peers.lock().len()

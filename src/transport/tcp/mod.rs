@@ -76,6 +76,11 @@ impl TcpTransport {
         self.client.short_path_sends()
     }
 
+    /// Lane threads running (a peer idle for `lane_idle` has none).
+    pub fn lane_threads(&self) -> usize {
+        self.client.lane_threads()
+    }
+
     /// Connections the data server closed for silence or stalls.
     pub fn reclaimed_data_connections(&self) -> usize {
         self.server.reclaimed_connections()
@@ -122,6 +127,7 @@ impl Transport for TcpTransport {
             "protocol": "tcp",
             "tcp_data_port": self.data_port(),
             "peers": self.client.peer_count(),
+            "lane_threads": self.client.lane_threads(),
             "short_path_sends": self.client.short_path_sends(),
         })
     }

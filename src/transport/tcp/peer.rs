@@ -5,6 +5,9 @@
 //! A peer starts with one lane and adds lanes (up to `lanes_per_peer`)
 //! while work waits in its FIFO, so a peer used one request at a time costs
 //! two threads and its first request waits for one thread spawn, not four.
+//! A lane idle for `lane_idle` closes its connection and ends its thread,
+//! so a peer not used for a minute costs no thread at all; the next push
+//! starts a lane again.
 //! Small requests skip the FIFO when a connection is idle: the submitting
 //! thread sends them itself (`push`), which saves the lane's wake-up.
 
@@ -40,10 +43,18 @@ pub struct Peer {
     /// Live connections, so shutdown can break them.
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_conn: AtomicU64,
-    lanes: Mutex<Vec<JoinHandle<()>>>,
+    lanes: Mutex<Lanes>,
     max_lanes: usize,
     /// Submissions sent on the short path (shared by the client's peers).
     short_sends: Arc<AtomicU64>,
+}
+
+/// The lane threads of a peer: `live` are running (or about to); handles
+/// of ended ones are joined at shutdown or dropped when a lane is added.
+#[derive(Default)]
+struct Lanes {
+    handles: Vec<JoinHandle<()>>,
+    live: usize,
 }
 
 /// A lane stops taking small requests once they carry this many bytes:
@@ -75,7 +86,7 @@ impl Peer {
             queue: Arc::new(JobQueue::default()),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(0),
-            lanes: Mutex::new(Vec::new()),
+            lanes: Mutex::new(Lanes::default()),
             max_lanes,
             short_sends,
         });
@@ -88,23 +99,64 @@ impl Peer {
 
     /// Start one more lane unless all are running or the peer stopped.
     fn add_lane(self: &Arc<Self>) -> std::io::Result<()> {
-        let mut lanes = self.lanes.lock();
+        self.add_lane_locked(&mut self.lanes.lock())
+    }
+
+    fn add_lane_locked(self: &Arc<Self>, lanes: &mut Lanes) -> std::io::Result<()> {
         // `shutdown` stops the queue before draining `lanes`: a lane added
         // after the drain would never be joined.
-        if lanes.len() >= self.max_lanes || self.queue.is_stopped() {
+        if lanes.live >= self.max_lanes || self.queue.is_stopped() {
             return Ok(());
         }
+        lanes.handles.retain(|h| !h.is_finished());
         let p = self.clone();
         let h = std::thread::Builder::new()
-            .name(format!("te-tcp-lane-{}", lanes.len()))
-            .spawn(move || p.lane_loop())?;
-        lanes.push(h);
+            .name(format!("te-tcp-lane-{}", lanes.live))
+            .spawn(move || {
+                if !p.lane_loop() {
+                    let mut lanes = p.lanes.lock();
+                    lanes.live = lanes.live.saturating_sub(1);
+                }
+            })?;
+        lanes.handles.push(h);
+        lanes.live += 1;
         Ok(())
     }
 
-    pub fn push(&self, jobs: Vec<Job>) {
-        if let Some(jobs) = self.send_now(jobs) {
-            self.queue.push_many(jobs);
+    /// Lane threads running now (diagnostics, tests).
+    pub fn live_lanes(&self) -> usize {
+        self.lanes.lock().live
+    }
+
+    /// An idle lane without a connection may end if no work waits. Under
+    /// the lanes lock, which `push` takes after queuing: either this sees
+    /// the work, or `push` sees one lane fewer and starts one.
+    fn lane_may_end(&self) -> bool {
+        let mut lanes = self.lanes.lock();
+        if !self.queue.is_empty() {
+            return false;
+        }
+        // Counted down here, not at thread exit, so `push` never relies
+        // on a lane that is on its way out.
+        lanes.live = lanes.live.saturating_sub(1);
+        true
+    }
+
+    pub fn push(self: &Arc<Self>, jobs: Vec<Job>) {
+        let Some(jobs) = self.send_now(jobs) else {
+            return;
+        };
+        self.queue.push_many(jobs);
+        let mut lanes = self.lanes.lock();
+        if lanes.live == 0 {
+            if let Err(e) = self.add_lane_locked(&mut lanes) {
+                drop(lanes);
+                let n = self.queue.fail_queued();
+                log::error!(
+                    "tcp: cannot start a lane for {:?}: {e}; {n} request(s) failed",
+                    self.key
+                );
+            }
         }
     }
 
@@ -136,13 +188,14 @@ impl Peer {
         for c in self.conns.lock().values() {
             c.abort();
         }
-        let lanes: Vec<JoinHandle<()>> = self.lanes.lock().drain(..).collect();
+        let lanes: Vec<JoinHandle<()>> = self.lanes.lock().handles.drain(..).collect();
         for h in lanes {
             let _ = h.join();
         }
     }
 
-    fn lane_loop(self: &Arc<Self>) {
+    /// Returns true if the lane ended idle (`lane_may_end` counted it out).
+    fn lane_loop(self: &Arc<Self>) -> bool {
         let mut conn: Option<ConnHandle> = None;
         let depth = self.cfg.pipeline_depth.max(1);
         loop {
@@ -161,6 +214,9 @@ impl Peer {
                     let idle = self.cfg.lane_idle;
                     if conn.as_ref().is_some_and(|c| c.conn.retire_if_idle(idle)) {
                         self.drop_conn(&mut conn);
+                    }
+                    if conn.is_none() && self.lane_may_end() {
+                        return true;
                     }
                     continue;
                 }
@@ -211,6 +267,7 @@ impl Peer {
             }
         }
         self.drop_conn(&mut conn);
+        false
     }
 
     fn drop_conn(&self, conn: &mut Option<ConnHandle>) {
