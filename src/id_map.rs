@@ -14,15 +14,24 @@ impl Hasher for IdHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x100_0000_01b3);
-        }
+        self.0 = fnv_fold(self.0, bytes);
     }
     fn write_u64(&mut self, id: u64) {
         // Fibonacci hashing: the high bits (used by hashbrown's control
         // bytes) and the low bits (bucket index) both vary with `id`.
         self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(32);
     }
+}
+
+/// FNV-1a of `bytes`: a stable hash of a name (picks its posting thread).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv_fold(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+fn fnv_fold(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 /// A `HashMap` keyed by self-issued ids.

@@ -12,13 +12,15 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use crate::id_map::fnv1a;
+
 /// An interned name; valid for the table that issued it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NameId(u32);
 
 impl Hash for NameId {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // One word: `IdHasher` mix it in one multiply.
+        // One word: `IdHasher` mixes it in one multiply.
         state.write_u64(self.0 as u64);
     }
 }
@@ -52,7 +54,7 @@ impl Names {
         let id = NameId(g.entries.len() as u32);
         let name: Arc<str> = Arc::from(name);
         g.entries.push(Entry {
-            hash: fnv(&name),
+            hash: fnv1a(name.as_bytes()),
             name: name.clone(),
         });
         g.ids.insert(name, id);
@@ -77,13 +79,6 @@ impl Names {
     }
 }
 
-/// FNV-1a.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,7 +92,7 @@ mod tests {
         assert_eq!(n.intern("host@mlx5_0"), a);
         assert_eq!(&*n.get(a), "host@mlx5_0");
         assert_eq!(&*n.get(b), "host@mlx5_1");
-        assert_eq!(n.hash(a), fnv("host@mlx5_0"));
+        assert_eq!(n.hash(a), fnv1a(b"host@mlx5_0"));
         assert_eq!(&*Names::default().get(b), "?");
     }
 }

@@ -58,25 +58,10 @@ pub enum CutError {
 
 /// Cut `[0, length)` of a request reading/writing `source..` locally and
 /// `target..` remotely. `local_end(addr)` / `remote_end(addr)` give the end
-/// of the region holding `addr`, or `None` if no region does.
-pub fn cut(
-    params: SliceParams,
-    source: u64,
-    target: u64,
-    length: u64,
-    local_end: impl Fn(u64) -> Option<u64>,
-    remote_end: impl Fn(u64) -> Option<u64>,
-) -> Result<Vec<Piece>, CutError> {
-    let mut out = Vec::new();
-    cut_into(
-        params, source, target, length, local_end, remote_end, &mut out,
-    )?;
-    Ok(out)
-}
-
-/// `cut`, appending to `out` (one buffer for a whole submit call). On an
+/// of the region holding `addr`, or `None` if no region does. The pieces
+/// are appended to `out` (one buffer for a whole submit call); on an
 /// error, `out` may hold some of this request's pieces.
-pub fn cut_into(
+pub fn cut(
     params: SliceParams,
     source: u64,
     target: u64,
@@ -122,18 +107,26 @@ mod tests {
         fragment_limit: 16384,
     };
 
+    /// The pieces `cut` produced, or its error.
+    fn pieces(
+        f: impl FnOnce(&mut Vec<Piece>) -> Result<(), CutError>,
+    ) -> Result<Vec<Piece>, CutError> {
+        let mut out = Vec::new();
+        f(&mut out).map(|()| out)
+    }
+
     fn any(_: u64) -> Option<u64> {
         Some(u64::MAX)
     }
 
     #[test]
     fn zero_length_gives_no_slices() {
-        assert_eq!(cut(P, 0, 0, 0, any, any).unwrap(), vec![]);
+        assert_eq!(pieces(|o| cut(P, 0, 0, 0, any, any, o)).unwrap(), vec![]);
     }
 
     #[test]
     fn tail_up_to_one_fragment_is_merged() {
-        let v = cut(P, 0x1000, 0x2000, 65536 + 16384, any, any).unwrap();
+        let v = pieces(|o| cut(P, 0x1000, 0x2000, 65536 + 16384, any, any, o)).unwrap();
         assert_eq!(
             v,
             vec![Piece {
@@ -141,7 +134,7 @@ mod tests {
                 len: 81920
             }]
         );
-        let v = cut(P, 0x1000, 0x2000, 65536 + 16385, any, any).unwrap();
+        let v = pieces(|o| cut(P, 0x1000, 0x2000, 65536 + 16385, any, any, o)).unwrap();
         assert_eq!(
             v,
             vec![
@@ -155,7 +148,7 @@ mod tests {
                 }
             ]
         );
-        let v = cut(P, 0, 0, 3 * 65536 + 100, any, any).unwrap();
+        let v = pieces(|o| cut(P, 0, 0, 3 * 65536 + 100, any, any, o)).unwrap();
         assert_eq!(v.len(), 3);
         assert_eq!(v[2].len, 65636);
         assert_eq!(v.iter().map(|p| p.len).sum::<u64>(), 3 * 65536 + 100);
@@ -183,7 +176,7 @@ mod tests {
                 None
             }
         };
-        let v = cut(P, 0x10000, 0x500000, 0x20000, local, remote).unwrap();
+        let v = pieces(|o| cut(P, 0x10000, 0x500000, 0x20000, local, remote, o)).unwrap();
         assert_eq!(
             v,
             vec![
@@ -211,16 +204,16 @@ mod tests {
     fn unregistered_or_out_of_range_is_an_error() {
         let local = |a: u64| (a < 0x2000).then_some(0x2000);
         assert_eq!(
-            cut(P, 0x1000, 0, 0x2000, local, any),
+            pieces(|o| cut(P, 0x1000, 0, 0x2000, local, any, o)),
             Err(CutError::LocalNotRegistered(0x1000))
         );
         let remote = |a: u64| (a < 0x100).then_some(0x100);
         assert_eq!(
-            cut(P, 0, 0, 0x200, any, remote),
+            pieces(|o| cut(P, 0, 0, 0x200, any, remote, o)),
             Err(CutError::RemoteOutOfRange(0x100))
         );
         assert_eq!(
-            cut(P, 0, u64::MAX, 2, any, any),
+            pieces(|o| cut(P, 0, u64::MAX, 2, any, any, o)),
             Err(CutError::RemoteOutOfRange(0))
         );
     }

@@ -10,7 +10,7 @@ use crate::transport::Submission;
 use super::names::NameId;
 use super::routing::PeerRoutes;
 use super::shared::Shared;
-use super::slicing::{cut_into, CutError, Piece};
+use super::slicing::{cut, CutError, Piece};
 use super::worker::{self, Slice};
 
 impl Shared {
@@ -28,7 +28,7 @@ impl Shared {
             for s in &subs {
                 let r = s.request;
                 let start = all.len();
-                let pieces = cut_into(
+                let pieces = cut(
                     sh.cfg.slice,
                     r.source,
                     r.target_offset,
