@@ -92,6 +92,80 @@ fn thousands_of_idle_connections_cost_no_threads_and_peers_still_transfer() {
     server.shutdown();
 }
 
+/// An initiator busy with many peers at once, several connections each:
+/// its connections live on the shared client loops, so its threads do not
+/// grow with peers or connections, and every byte still arrives.
+#[test]
+fn an_initiator_with_many_busy_peers_costs_a_fixed_number_of_threads() {
+    let _serial = serial();
+    const PEERS: usize = 24;
+    const REQS: usize = 8;
+    const LEN: usize = 256 * 1024;
+    let one_loop = TcpConfig {
+        server_threads: 1,
+        ..TcpConfig::default()
+    };
+    let servers: Vec<_> = (0..PEERS).map(|_| transport(one_loop.clone())).collect();
+    let client_cfg = TcpConfig {
+        client_threads: 2,
+        ..TcpConfig::default()
+    };
+    let client = transport(client_cfg.clone());
+    let before = threads();
+    let mut dsts = Vec::new();
+    let mut tasks = Vec::new();
+    let srcs: Vec<Vec<u8>> = (0..REQS).map(|i| pattern(LEN, i as u64 + 40)).collect();
+    for s in &servers {
+        let dst = Guarded::new(LEN * REQS, 0);
+        register(s, dst.addr(), (LEN * REQS) as u64);
+        let tgt = target(s.data_port(), 2);
+        for (i, src) in srcs.iter().enumerate() {
+            let t = submit(
+                &client,
+                &tgt,
+                true,
+                src.as_ptr() as u64,
+                dst.addr() + (i * LEN) as u64,
+                LEN as u64,
+            );
+            tasks.push(t);
+        }
+        dsts.push(dst);
+    }
+    for t in &tasks {
+        assert_eq!(wait(t, LIMIT), TaskStatus::Completed);
+    }
+    for dst in &dsts {
+        for (i, src) in srcs.iter().enumerate() {
+            assert!(
+                dst.data()[i * LEN..(i + 1) * LEN] == src[..],
+                "bytes differ"
+            );
+        }
+        assert!(dst.guards_intact());
+    }
+    let conns = client.client_connections();
+    assert!(
+        conns > PEERS,
+        "expected several connections per busy peer, got {conns} for {PEERS} peers"
+    );
+    // Connecting threads end; what stays is the client's event loops.
+    let settled = eventually(LIMIT, || {
+        threads() == before + client_cfg.client_threads as u64
+    });
+    assert!(
+        settled,
+        "{conns} connections to {PEERS} peers: threads went from {before} to {} (want +{})",
+        threads(),
+        client_cfg.client_threads
+    );
+    assert_eq!(client.client_threads(), client_cfg.client_threads);
+    client.shutdown();
+    for s in &servers {
+        s.shutdown();
+    }
+}
+
 #[test]
 fn per_ip_cap_refuses_extra_connections_with_a_log() {
     let _serial = serial();

@@ -305,7 +305,7 @@ fn report_loopback_throughput() {
 }
 
 #[test]
-fn an_idle_peer_costs_no_lane_thread_and_comes_back() {
+fn an_idle_peer_costs_no_connection_and_comes_back() {
     let server = transport(TcpConfig::default());
     let client = transport(TcpConfig {
         lane_idle: Duration::from_millis(200),
@@ -320,11 +320,11 @@ fn an_idle_peer_costs_no_lane_thread_and_comes_back() {
         let t = submit(&client, &tgt, true, src.as_ptr() as u64, dst.addr(), 8192);
         assert_eq!(wait(&t, LIMIT), TaskStatus::Completed, "round {round}");
         assert!(dst.data() == &src[..], "round {round}: target bytes differ");
-        assert!(client.lane_threads() >= 1);
-        // Idle past `lane_idle`: the connection closes and the lane ends.
+        assert!(client.client_connections() >= 1);
+        // Idle past `lane_idle`: the connection closes.
         let deadline = Instant::now() + LIMIT;
-        while client.lane_threads() > 0 {
-            assert!(Instant::now() < deadline, "lane still running when idle");
+        while client.client_connections() > 0 {
+            assert!(Instant::now() < deadline, "connection still open when idle");
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -43,11 +43,20 @@ impl RateLimited {
 
     /// Log `msg` at warn level unless rate-limited.
     pub fn warn(&self, msg: std::fmt::Arguments<'_>) {
+        self.log(log::Level::Warn, msg);
+    }
+
+    /// Log `msg` at error level unless rate-limited.
+    pub fn error(&self, msg: std::fmt::Arguments<'_>) {
+        self.log(log::Level::Error, msg);
+    }
+
+    fn log(&self, level: log::Level, msg: std::fmt::Arguments<'_>) {
         if let Some(n) = self.allow() {
             if n > 0 {
-                log::warn!(target: self.target, "{msg} ({n} similar messages suppressed)");
+                log::log!(target: self.target, level, "{msg} ({n} similar messages suppressed)");
             } else {
-                log::warn!(target: self.target, "{msg}");
+                log::log!(target: self.target, level, "{msg}");
             }
         }
     }

@@ -1,12 +1,16 @@
 //! The initiator side: routes each request to its peer's FIFO. `submit`
-//! only enqueues; lanes do all network work.
+//! only enqueues (or, for a small request on an idle connection, sends it
+//! at once); the shared event loops do the rest of the network work.
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
+use super::client_loop::ClientLoops;
 use super::config::TcpConfig;
 use super::peer::{Peer, PeerKey};
 use super::queue::Job;
@@ -15,25 +19,97 @@ use crate::metadata::Metadata;
 use crate::task::Opcode;
 use crate::transport::Submission;
 
-/// Jobs bound for one segment, with its peer (`None`: no lanes, so they fail).
+/// Jobs bound for one segment, with its peer (`None`: no peer, so they fail).
 type Run = (Arc<SegmentDesc>, Option<Arc<Peer>>, Vec<Job>);
 
+/// What every peer of one client shares: settings, the event loops and the
+/// connecting threads.
+pub struct ClientShared {
+    pub cfg: TcpConfig,
+    pub metadata: Arc<Metadata>,
+    pub stop: AtomicBool,
+    /// Submissions sent on the short path.
+    pub short_sends: AtomicU64,
+    loops: OnceLock<Arc<ClientLoops>>,
+    /// Serialises starting the loops against shutdown.
+    loops_start: Mutex<bool>,
+    connectors: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ClientShared {
+    /// The event loops, started by the first connection.
+    pub fn start_loops(&self) -> io::Result<Arc<ClientLoops>> {
+        if let Some(l) = self.loops.get() {
+            return Ok(l.clone());
+        }
+        let shut = self.loops_start.lock();
+        if *shut {
+            return Err(io::Error::other("transport shutting down"));
+        }
+        if let Some(l) = self.loops.get() {
+            return Ok(l.clone());
+        }
+        let l = Arc::new(ClientLoops::start(
+            self.cfg.client_threads,
+            self.cfg.status_timeout,
+        )?);
+        let _ = self.loops.set(l.clone());
+        Ok(l)
+    }
+
+    /// Have loop `index` drive connection `token` (no-op before any loop ran).
+    pub fn drive(&self, index: usize, token: usize) {
+        if let Some(l) = self.loops.get() {
+            l.drive(index, token);
+        }
+    }
+
+    /// Connect on a short-lived thread (the lookup may block on a store).
+    pub fn spawn_connector(&self, peer: Arc<Peer>) -> io::Result<()> {
+        let mut g = self.connectors.lock();
+        // Checked under the lock shutdown drains, so every connector is joined.
+        if self.stop.load(Ordering::Acquire) {
+            return Err(io::Error::other("transport shutting down"));
+        }
+        g.retain(|h| !h.is_finished());
+        let h = std::thread::Builder::new()
+            .name("te-tcp-connect".into())
+            .spawn(move || peer.connect())?;
+        g.push(h);
+        Ok(())
+    }
+
+    /// Event-loop threads plus connecting threads running (diagnostics).
+    pub fn threads(&self) -> usize {
+        let loops = self.loops.get().map_or(0, |l| l.threads());
+        let connecting = self
+            .connectors
+            .lock()
+            .iter()
+            .filter(|h| !h.is_finished())
+            .count();
+        loops + connecting
+    }
+}
+
 pub struct TcpClient {
-    cfg: TcpConfig,
-    metadata: Arc<Metadata>,
-    stop: Arc<AtomicBool>,
+    shared: Arc<ClientShared>,
     peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
-    short_sends: Arc<AtomicU64>,
 }
 
 impl TcpClient {
     pub fn new(cfg: TcpConfig, metadata: Arc<Metadata>) -> TcpClient {
         TcpClient {
-            cfg,
-            metadata,
-            stop: Arc::new(AtomicBool::new(false)),
+            shared: Arc::new(ClientShared {
+                cfg,
+                metadata,
+                stop: AtomicBool::new(false),
+                short_sends: AtomicU64::new(0),
+                loops: OnceLock::new(),
+                loops_start: Mutex::new(false),
+                connectors: Mutex::new(Vec::new()),
+            }),
             peers: Mutex::new(HashMap::new()),
-            short_sends: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -50,7 +126,7 @@ impl TcpClient {
                 task.slice_succeeded(0);
                 continue;
             }
-            if self.stop.load(Ordering::Acquire) {
+            if self.shared.stop.load(Ordering::Acquire) {
                 log::warn!("tcp: request submitted after shutdown");
                 task.slice_failed();
                 continue;
@@ -79,7 +155,7 @@ impl TcpClient {
                     let key = PeerKey {
                         name: s.target.name.clone(),
                         port: s.target.tcp_data_port,
-                        v2: s.target.tcp_proto_version >= 2 && !self.cfg.force_v1,
+                        v2: s.target.tcp_proto_version >= 2 && !self.shared.cfg.force_v1,
                     };
                     run = Some((s.target, self.peer(key), vec![job]));
                 }
@@ -99,51 +175,52 @@ impl TcpClient {
 
     fn peer(&self, key: PeerKey) -> Option<Arc<Peer>> {
         let mut peers = self.peers.lock();
-        // Checked under the lock shutdown drains, so no lanes outlive it.
-        if self.stop.load(Ordering::Acquire) {
+        // Checked under the lock shutdown drains, so no peer outlives it.
+        if self.shared.stop.load(Ordering::Acquire) {
             return None;
         }
-        if let Some(p) = peers.get(&key) {
-            return Some(p.clone());
-        }
-        match Peer::start(
-            key.clone(),
-            self.cfg.clone(),
-            self.metadata.clone(),
-            self.stop.clone(),
-            self.short_sends.clone(),
-        ) {
-            Ok(p) => {
-                peers.insert(key, p.clone());
-                Some(p)
-            }
-            Err(e) => {
-                log::error!("tcp: cannot start lanes for {key:?}: {e}");
-                None
-            }
-        }
+        let p = peers.entry(key.clone()).or_insert_with(|| {
+            Arc::new(Peer::new(key, self.shared.cfg.clone(), self.shared.clone()))
+        });
+        Some(p.clone())
     }
 
     /// Submissions the submitting thread sent itself (diagnostics, tests).
     pub fn short_path_sends(&self) -> u64 {
-        self.short_sends.load(Ordering::Relaxed)
+        self.shared.short_sends.load(Ordering::Relaxed)
     }
 
-    /// Lane threads running over all peers (diagnostics, tests).
-    pub fn lane_threads(&self) -> usize {
-        self.peers.lock().values().map(|p| p.live_lanes()).sum()
+    /// Open data connections over all peers (diagnostics, tests).
+    pub fn connections(&self) -> usize {
+        self.peers.lock().values().map(|p| p.connections()).sum()
     }
 
-    /// Number of peers with lanes (diagnostics).
+    /// Client threads running: event loops and connecting threads. Does
+    /// not grow with the number of peers.
+    pub fn threads(&self) -> usize {
+        self.shared.threads()
+    }
+
+    /// Number of peers seen (diagnostics).
     pub fn peer_count(&self) -> usize {
         self.peers.lock().len()
     }
 
+    /// Fail queued work, join the connecting threads, then stop the loops,
+    /// which fail what is in flight.
     pub fn shutdown(&self) {
-        self.stop.store(true, Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
         let peers: Vec<Arc<Peer>> = self.peers.lock().drain().map(|(_, p)| p).collect();
-        for p in peers {
-            p.shutdown();
+        for p in &peers {
+            p.queue.stop();
+        }
+        let connectors: Vec<JoinHandle<()>> = self.shared.connectors.lock().drain(..).collect();
+        for h in connectors {
+            let _ = h.join();
+        }
+        *self.shared.loops_start.lock() = true;
+        if let Some(l) = self.shared.loops.get() {
+            l.shutdown();
         }
     }
 }

@@ -1,19 +1,21 @@
-//! A receive buffer for small frames: one `recv` picks up many request
-//! headers or status frames at once instead of one syscall per frame.
-//! Payload bytes that arrived along with them are copied out; the rest of a
-//! payload goes straight from the socket into its memory.
+//! A receive buffer for small frames: one `recv` picks up many status frames
+//! (and the small READ bodies behind them) at once instead of one syscall
+//! per frame. Non-blocking: a fill that finds nothing says `WouldBlock`.
+//! The buffer is allocated on first use and given back while a connection
+//! is quiet, so thousands of idle connections cost no buffers.
 
 use std::io;
 use std::os::fd::RawFd;
 
 use super::sock::{self, IoSpan};
 
-/// Default capacity: holds a pipeline of small answers or headers, and
-/// bounds the extra copy a large payload's first bytes may take.
+/// Default capacity: holds a pipeline of small answers, and bounds the
+/// extra copy a large payload's first bytes may take.
 pub const INBUF_CAP: usize = 64 * 1024;
 
 pub struct InBuf {
-    buf: Box<[u8]>,
+    cap: usize,
+    buf: Vec<u8>,
     start: usize,
     end: usize,
 }
@@ -21,7 +23,8 @@ pub struct InBuf {
 impl InBuf {
     pub fn new(cap: usize) -> InBuf {
         InBuf {
-            buf: vec![0u8; cap.max(64)].into_boxed_slice(),
+            cap: cap.max(64),
+            buf: Vec::new(),
             start: 0,
             end: 0,
         }
@@ -35,15 +38,23 @@ impl InBuf {
         self.start == self.end
     }
 
-    /// One `recv` appending whatever the socket has (at least one byte).
-    /// EOF is `UnexpectedEof`.
-    pub fn fill(&mut self, fd: RawFd) -> io::Result<usize> {
-        self.fill_max(fd, usize::MAX)
+    /// Give the memory back if nothing is buffered.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
     }
 
-    /// `fill`, taking at most `max` bytes (at least 1): lets a reader that
-    /// expects a large payload next stop at the frame in front of it.
+    /// One non-blocking `recv` appending whatever the socket has, at most
+    /// `max` bytes (at least 1): lets a reader that expects a large payload
+    /// next stop at the frame in front of it. `WouldBlock` when nothing
+    /// waits, `UnexpectedEof` at EOF.
     pub fn fill_max(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; self.cap];
+        }
         if self.is_empty() {
             self.start = 0;
             self.end = 0;
@@ -57,17 +68,9 @@ impl InBuf {
             len: (self.buf.len() - self.end).min(max.max(1)),
         };
         // SAFETY: the span is the free tail of our own buffer.
-        let n = unsafe { sock::recv_some(fd, &[span])? };
+        let n = unsafe { sock::recv_nb(fd, &[span])? };
         self.end += n;
         Ok(n)
-    }
-
-    /// Receive until at least `n` bytes are buffered (`n` <= capacity).
-    pub fn fill_to(&mut self, fd: RawFd, n: usize) -> io::Result<()> {
-        while self.len() < n {
-            self.fill(fd)?;
-        }
-        Ok(())
     }
 
     /// The next `N` buffered bytes; `None` when fewer are buffered.
@@ -81,27 +84,17 @@ impl InBuf {
         Some(b)
     }
 
-    /// Fill `dst` with the next `dst.len` bytes of the stream: buffered
-    /// bytes first, then straight from the socket.
+    /// Move up to `dst.len` buffered bytes into `dst`; returns how many.
     ///
     /// # Safety
     /// `dst` must be writable memory for its whole length during the call.
-    pub unsafe fn read_into(&mut self, fd: RawFd, dst: IoSpan) -> io::Result<()> {
+    pub unsafe fn copy_out(&mut self, dst: IoSpan) -> usize {
         let n = self.len().min(dst.len);
         // SAFETY: `n` bytes are buffered and fit in `dst` (caller's promise);
         // our buffer never overlaps caller memory.
         unsafe { std::ptr::copy_nonoverlapping(self.buf[self.start..].as_ptr(), dst.ptr, n) };
         self.start += n;
-        if n == dst.len {
-            return Ok(());
-        }
-        let rest = IoSpan {
-            // SAFETY: `n < dst.len`, so the pointer stays inside `dst`.
-            ptr: unsafe { dst.ptr.add(n) },
-            len: dst.len - n,
-        };
-        // SAFETY: `rest` lies inside `dst` (see above).
-        unsafe { sock::recv_all(fd, &[rest]) }
+        n
     }
 }
 
@@ -112,35 +105,49 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn frames_and_payload_across_buffer_and_socket() {
+    fn frames_and_payload_without_blocking() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut tx = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (rx, _) = l.accept().unwrap();
-        // Two 8-byte frames then a 200-byte payload, with a 64-byte buffer:
-        // the payload is partly buffered, partly read directly.
+        let fd = rx.as_raw_fd();
+        let mut b = InBuf::new(64);
+        // Nothing sent yet: a fill says so instead of waiting.
+        assert_eq!(
+            b.fill_max(fd, usize::MAX).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         let mut msg = Vec::new();
         msg.extend_from_slice(&1u64.to_le_bytes());
         msg.extend_from_slice(&2u64.to_le_bytes());
-        msg.extend((0..200u32).map(|i| i as u8));
+        msg.extend((0..40u32).map(|i| i as u8));
         tx.write_all(&msg).unwrap();
-        let mut b = InBuf::new(64);
-        b.fill_to(rx.as_raw_fd(), 16).unwrap();
+        while b.len() < msg.len() {
+            match b.fill_max(fd, usize::MAX) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
         assert_eq!(b.take::<8>(), Some(1u64.to_le_bytes()));
         assert_eq!(b.take::<8>(), Some(2u64.to_le_bytes()));
-        let mut dst = vec![0u8; 200];
+        let mut dst = vec![0u8; 50];
         let span = IoSpan {
             ptr: dst.as_mut_ptr(),
             len: dst.len(),
         };
         // SAFETY: `dst` is a live Vec of `span.len` bytes.
-        unsafe { b.read_into(rx.as_raw_fd(), span).unwrap() };
-        assert!(dst.iter().enumerate().all(|(i, &v)| v == i as u8));
+        assert_eq!(unsafe { b.copy_out(span) }, 40);
+        assert!(dst[..40].iter().enumerate().all(|(i, &v)| v == i as u8));
         assert!(b.is_empty());
+        b.release();
         assert_eq!(b.take::<1>(), None);
         drop(tx);
-        assert_eq!(
-            b.fill(rx.as_raw_fd()).unwrap_err().kind(),
-            io::ErrorKind::UnexpectedEof
-        );
+        let eof = loop {
+            match b.fill_max(fd, usize::MAX) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                r => break r,
+            }
+        };
+        assert_eq!(eof.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 }

@@ -2,15 +2,17 @@
 //!
 //! * `wire`: header and status-frame codec.
 //! * `server` + `server_conn`: event loops serving peers' requests against `regions`.
-//! * `client` → `peer` → `conn`: per-peer FIFO, persistent pipelined lanes.
+//! * `client` → `peer` → `client_conn`: per-peer FIFO and persistent
+//!   pipelined connections, driven by the shared `client_loop` threads.
 //!
 //! Caveat (as upstream): memory must not be freed or unregistered while
 //! transfers into or out of it may still run; the transport validates
 //! addresses per request but cannot stop bytes already on their way.
 
 pub mod client;
+pub mod client_conn;
+pub mod client_loop;
 pub mod config;
-pub mod conn;
 pub mod inbuf;
 pub mod peer;
 pub mod queue;
@@ -76,9 +78,16 @@ impl TcpTransport {
         self.client.short_path_sends()
     }
 
-    /// Lane threads running (a peer idle for `lane_idle` has none).
-    pub fn lane_threads(&self) -> usize {
-        self.client.lane_threads()
+    /// Open client data connections over all peers (a peer idle for
+    /// `lane_idle` has none).
+    pub fn client_connections(&self) -> usize {
+        self.client.connections()
+    }
+
+    /// Client threads: the event loops plus connects under way. Does not
+    /// grow with the number of peers.
+    pub fn client_threads(&self) -> usize {
+        self.client.threads()
     }
 
     /// Connections the data server closed for silence or stalls.
@@ -127,7 +136,8 @@ impl Transport for TcpTransport {
             "protocol": "tcp",
             "tcp_data_port": self.data_port(),
             "peers": self.client.peer_count(),
-            "lane_threads": self.client.lane_threads(),
+            "client_connections": self.client.connections(),
+            "client_threads": self.client.threads(),
             "short_path_sends": self.client.short_path_sends(),
         })
     }

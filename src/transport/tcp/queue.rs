@@ -1,11 +1,9 @@
-//! One request on its way to a peer, and the per-peer FIFO the lanes pull
-//! from.
+//! One request on its way to a peer, and the per-peer FIFO its connections
+//! pull from.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
-
-use parking_lot::{Condvar, Mutex};
 
 use crate::task::Task;
 
@@ -30,29 +28,15 @@ impl Job {
     }
 }
 
-/// What `next_batch` hands a lane.
-pub enum Batch {
-    Jobs(Vec<Job>),
-    Idle,
-    Stop,
-}
-
-pub enum Next {
-    Job(Job),
-    /// Nothing arrived within the idle period.
-    Idle,
-    /// The transport is shutting down.
-    Stop,
-}
-
 struct Inner {
     jobs: VecDeque<Job>,
     stopped: bool,
 }
 
+/// A peer's FIFO. Connections pull from it when they have room; nobody
+/// blocks on it (pushers wake a connection instead, see `Peer::kick`).
 pub struct JobQueue {
     inner: Mutex<Inner>,
-    cv: Condvar,
 }
 
 impl Default for JobQueue {
@@ -62,7 +46,6 @@ impl Default for JobQueue {
                 jobs: VecDeque::new(),
                 stopped: false,
             }),
-            cv: Condvar::new(),
         }
     }
 }
@@ -73,8 +56,7 @@ impl JobQueue {
         self.push_many(vec![job]);
     }
 
-    /// Enqueue several jobs under one lock and one wake-up: the woken lane
-    /// wakes the next one if work is left (see `next_batch`).
+    /// Enqueue several jobs under one lock.
     pub fn push_many(&self, jobs: Vec<Job>) {
         let mut g = self.inner.lock();
         if g.stopped {
@@ -83,8 +65,6 @@ impl JobQueue {
             return;
         }
         g.jobs.extend(jobs);
-        drop(g);
-        self.cv.notify_one();
     }
 
     /// Put jobs that never reached the peer back at the head, in order.
@@ -98,48 +78,20 @@ impl JobQueue {
         for j in jobs.into_iter().rev() {
             g.jobs.push_front(j);
         }
-        drop(g);
-        self.cv.notify_all();
     }
 
-    pub fn next(&self, idle: Duration) -> Next {
-        match self.next_batch(1, 0, idle) {
-            Batch::Jobs(mut v) => match v.pop() {
-                Some(j) => Next::Job(j),
-                None => Next::Idle,
-            },
-            Batch::Idle => Next::Idle,
-            Batch::Stop => Next::Stop,
-        }
-    }
-
-    /// Up to `max_jobs` jobs (at least one), stopping early once they carry
-    /// `max_bytes`: many small requests go out in one send, while large
-    /// ones still spread over the lanes.
-    pub fn next_batch(&self, max_jobs: usize, max_bytes: u64, idle: Duration) -> Batch {
+    /// Up to `max_jobs` jobs, stopping early once they carry `max_bytes`
+    /// (a first job larger than that still comes): many small requests go
+    /// out in one send, while large ones spread over the connections.
+    pub fn take(&self, max_jobs: usize, max_bytes: u64, out: &mut Vec<Job>) {
         let mut g = self.inner.lock();
-        loop {
-            if g.stopped {
-                return Batch::Stop;
-            }
-            if !g.jobs.is_empty() {
-                let mut out = Vec::new();
-                let mut bytes = 0u64;
-                while out.len() < max_jobs.max(1) && (out.is_empty() || bytes < max_bytes) {
-                    let Some(j) = g.jobs.pop_front() else { break };
-                    bytes += j.len;
-                    out.push(j);
-                }
-                let more = !g.jobs.is_empty();
-                drop(g);
-                if more {
-                    self.cv.notify_one();
-                }
-                return Batch::Jobs(out);
-            }
-            if self.cv.wait_for(&mut g, idle).timed_out() && g.jobs.is_empty() {
-                return if g.stopped { Batch::Stop } else { Batch::Idle };
-            }
+        let mut bytes = 0u64;
+        let mut n = 0;
+        while n < max_jobs && (n == 0 || bytes < max_bytes) {
+            let Some(j) = g.jobs.pop_front() else { break };
+            bytes += j.len;
+            n += 1;
+            out.push(j);
         }
     }
 
@@ -159,11 +111,10 @@ impl JobQueue {
         n
     }
 
-    /// Refuse new work, fail what is queued and wake every lane.
+    /// Refuse new work and fail what is queued.
     pub fn stop(&self) {
         self.inner.lock().stopped = true;
         self.fail_queued();
-        self.cv.notify_all();
     }
 }
 
@@ -193,6 +144,12 @@ mod tests {
         )
     }
 
+    fn take(q: &JobQueue, max_jobs: usize, max_bytes: u64) -> Vec<u64> {
+        let mut v = Vec::new();
+        q.take(max_jobs, max_bytes, &mut v);
+        v.iter().map(|j| j.len).collect()
+    }
+
     #[test]
     fn fifo_requeue_and_stop() {
         let q = JobQueue::default();
@@ -201,19 +158,15 @@ mod tests {
         let (c, tc) = job(3);
         q.push(a);
         q.push(b);
-        let Next::Job(first) = q.next(Duration::from_millis(1)) else {
-            panic!("expected a job")
-        };
-        assert_eq!(first.len, 1);
-        q.requeue_front(vec![first]);
-        let Next::Job(again) = q.next(Duration::from_millis(1)) else {
-            panic!("expected a job")
-        };
-        assert_eq!(again.len, 1);
+        let mut first = Vec::new();
+        q.take(1, 0, &mut first);
+        assert_eq!(first[0].len, 1);
+        q.requeue_front(first);
+        assert_eq!(take(&q, 1, 0), [1]);
         q.push(c);
         q.stop();
         assert_eq!(tc.status(), TaskStatus::Failed);
-        assert!(matches!(q.next(Duration::from_millis(1)), Next::Stop));
+        assert!(q.is_empty() && q.is_stopped());
         let (d, td) = job(4);
         q.push(d);
         assert_eq!(td.status(), TaskStatus::Failed);
@@ -223,25 +176,13 @@ mod tests {
     fn batches_stop_at_count_or_bytes() {
         let q = JobQueue::default();
         q.push_many((1..=6).map(|i| job(i * 10).0).collect());
-        let Batch::Jobs(a) = q.next_batch(2, 1000, Duration::from_millis(1)) else {
-            panic!("expected jobs")
-        };
-        assert_eq!(a.iter().map(|j| j.len).collect::<Vec<_>>(), [10, 20]);
+        assert_eq!(take(&q, 2, 1000), [10, 20]);
         // 30 + 40 reach 60 bytes: the batch ends there.
-        let Batch::Jobs(b) = q.next_batch(10, 60, Duration::from_millis(1)) else {
-            panic!("expected jobs")
-        };
-        assert_eq!(b.iter().map(|j| j.len).collect::<Vec<_>>(), [30, 40]);
+        assert_eq!(take(&q, 10, 60), [30, 40]);
         // A single job larger than the byte budget still goes out.
-        let Batch::Jobs(c) = q.next_batch(10, 1, Duration::from_millis(1)) else {
-            panic!("expected jobs")
-        };
-        assert_eq!(c.iter().map(|j| j.len).collect::<Vec<_>>(), [50]);
-    }
-
-    #[test]
-    fn idle_when_empty() {
-        let q = JobQueue::default();
-        assert!(matches!(q.next(Duration::from_millis(5)), Next::Idle));
+        assert_eq!(take(&q, 10, 1), [50]);
+        assert_eq!(take(&q, 0, 1000), [] as [u64; 0]);
+        assert_eq!(take(&q, 10, 1000), [60]);
+        assert_eq!(take(&q, 10, 1000), [] as [u64; 0]);
     }
 }

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -168,25 +167,6 @@ struct EventLoop {
     next_loop: usize,
 }
 
-fn tune(s: &mio::net::TcpStream, buf: usize) {
-    let _ = s.set_nodelay(true);
-    if buf > 0 {
-        let v = buf.min(i32::MAX as usize) as libc::c_int;
-        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-            // SAFETY: passes a pointer to a live c_int of the stated size.
-            unsafe {
-                libc::setsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &v as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-    }
-}
-
 impl EventLoop {
     fn new(
         index: usize,
@@ -288,7 +268,7 @@ impl EventLoop {
     }
 
     fn adopt(&mut self, (mut stream, peer, ticket): Incoming) {
-        tune(&stream, self.shared.cfg.socket_buffer);
+        super::sock::tune(&stream, self.shared.cfg.socket_buffer);
         let token = self.next_token;
         self.next_token += 1;
         if let Err(e) = self.poll.registry().register(

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -21,35 +21,6 @@ pub struct IoSpan {
 
 fn last_err() -> io::Error {
     io::Error::last_os_error()
-}
-
-/// The socket timeouts `tune` sets are this fraction of the I/O timeout; a
-/// call fails only after this many consecutive ticks without a byte moving.
-/// The kernel re-arms `SO_RCVTIMEO` per call (and a `MSG_WAITALL` receive
-/// that got some bytes returns only at the end of its tick), so counting
-/// quiet ticks bounds "no progress for the timeout" by 1 + 1/STALL_TICKS of
-/// it, where one socket timeout per call allowed up to twice.
-pub const STALL_TICKS: u32 = 10;
-
-/// Handle a failed call: `Ok(())` to retry (EINTR, or a quiet tick while
-/// fewer than `STALL_TICKS` passed in a row), else the error to return.
-fn retry_or_fail(e: io::Error, quiet: &mut u32) -> io::Result<()> {
-    match e.kind() {
-        io::ErrorKind::Interrupted => Ok(()),
-        // A timed-out blocking socket call shows up as EAGAIN.
-        io::ErrorKind::WouldBlock => {
-            *quiet += 1;
-            if *quiet >= STALL_TICKS {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "socket timeout: no progress within the I/O timeout",
-                ))
-            } else {
-                Ok(())
-            }
-        }
-        _ => Err(e),
-    }
 }
 
 /// Drop the first `n` bytes from `spans` (after a partial transfer).
@@ -119,64 +90,35 @@ fn peer_closed() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed the connection")
 }
 
-/// Send every byte of `spans`, in order, in as few syscalls as the kernel
-/// allows (one `sendmsg` for a small header+body).
+/// One non-blocking `sendmsg` of (up to `MAX_IOV` of) `spans`: the bytes the
+/// kernel took, or `WouldBlock` when the socket buffer is full.
 ///
 /// # Safety
 /// Each span must be readable memory for its whole length for the duration
 /// of the call.
-pub unsafe fn send_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
-    let mut spans: Vec<IoSpan> = spans.iter().copied().filter(|s| s.len > 0).collect();
-    let mut quiet = 0;
-    while !spans.is_empty() {
+pub unsafe fn send_nb(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
+    loop {
         // SAFETY: the spans are readable per the caller.
-        match unsafe { msg_once(fd, &spans, true, libc::MSG_NOSIGNAL) } {
-            Ok(n) => {
-                quiet = 0;
-                advance(&mut spans, n);
-            }
-            Err(e) => retry_or_fail(e, &mut quiet)?,
+        match unsafe { msg_once(fd, spans, true, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) } {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
         }
     }
-    Ok(())
 }
 
-/// Receive exactly the bytes of `spans`, in order. EOF before the end is
-/// `UnexpectedEof`.
+/// One non-blocking `recvmsg` into `spans`: the bytes received (at least
+/// one), `WouldBlock` when none are waiting, `UnexpectedEof` at EOF.
 ///
 /// # Safety
 /// Each span must be writable memory for its whole length for the duration
 /// of the call.
-pub unsafe fn recv_all(fd: RawFd, spans: &[IoSpan]) -> io::Result<()> {
-    let mut spans: Vec<IoSpan> = spans.iter().copied().filter(|s| s.len > 0).collect();
-    let mut quiet = 0;
-    while !spans.is_empty() {
-        // SAFETY: the spans are writable per the caller.
-        match unsafe { msg_once(fd, &spans, false, libc::MSG_WAITALL) } {
-            Ok(0) => return Err(peer_closed()),
-            Ok(n) => {
-                quiet = 0;
-                advance(&mut spans, n);
-            }
-            Err(e) => retry_or_fail(e, &mut quiet)?,
-        }
-    }
-    Ok(())
-}
-
-/// One `recvmsg` into `spans`; returns the byte count (EOF is an error).
-///
-/// # Safety
-/// Each span must be writable memory for its whole length for the duration
-/// of the call.
-pub unsafe fn recv_some(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
-    let mut quiet = 0;
+pub unsafe fn recv_nb(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
     loop {
         // SAFETY: the spans are writable per the caller.
-        match unsafe { msg_once(fd, spans, false, 0) } {
+        match unsafe { msg_once(fd, spans, false, libc::MSG_DONTWAIT) } {
             Ok(0) => return Err(peer_closed()),
-            Ok(n) => return Ok(n),
-            Err(e) => retry_or_fail(e, &mut quiet)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
         }
     }
 }
@@ -184,28 +126,6 @@ pub unsafe fn recv_some(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
 /// Drop the first `n` bytes of `spans` (public form of the partial-I/O step).
 pub fn skip(spans: &mut Vec<IoSpan>, n: usize) {
     advance(spans, n);
-}
-
-/// Receive into a local byte array.
-pub fn recv_array<const N: usize>(fd: RawFd) -> io::Result<[u8; N]> {
-    let mut b = [0u8; N];
-    let span = IoSpan {
-        ptr: b.as_mut_ptr(),
-        len: N,
-    };
-    // SAFETY: `b` is a live local array of exactly `span.len` bytes.
-    unsafe { recv_all(fd, &[span])? };
-    Ok(b)
-}
-
-/// Send a local byte slice.
-pub fn send_bytes(fd: RawFd, b: &[u8]) -> io::Result<()> {
-    let span = IoSpan {
-        ptr: b.as_ptr() as *mut u8,
-        len: b.len(),
-    };
-    // SAFETY: `b` is borrowed for the whole call; send only reads it.
-    unsafe { send_all(fd, &[span]) }
 }
 
 /// Wait up to `timeout` for `fd` to become readable (data, EOF or error).
@@ -239,25 +159,20 @@ pub fn shutdown_fd(fd: RawFd) {
     }
 }
 
-/// NODELAY, read/write timeouts and optional buffer sizes for a data socket.
-/// A blocking call through this module fails once `io_timeout` passes with
-/// no byte moving (checked every `io_timeout / STALL_TICKS`).
-pub fn tune(s: &TcpStream, io_timeout: Duration, buf: usize) -> io::Result<()> {
-    s.set_nodelay(true)?;
-    let tick = (io_timeout / STALL_TICKS).max(Duration::from_millis(1));
-    s.set_read_timeout(Some(tick))?;
-    s.set_write_timeout(Some(tick))?;
+/// NODELAY and optional buffer sizes for a data socket (client or server).
+pub fn tune<S: AsFd>(sock: &S, buf: usize) {
+    let s = SockRef::from(sock);
+    let _ = s.set_nodelay(true);
     if buf > 0 {
         // Best effort, as `MC_TCP_*_BUF` always was: the kernel clamps it.
-        let sock = SockRef::from(s);
-        let _ = sock.set_send_buffer_size(buf);
-        let _ = sock.set_recv_buffer_size(buf);
+        let _ = s.set_send_buffer_size(buf);
+        let _ = s.set_recv_buffer_size(buf);
     }
-    Ok(())
 }
 
 /// Connect with a deadline, giving up early when `stop` is raised (so a
-/// transport shutdown never waits for a slow connect).
+/// transport shutdown never waits for a slow connect). The stream is left
+/// non-blocking, for an event loop.
 pub fn connect(addr: &SocketAddr, timeout: Duration, stop: &AtomicBool) -> io::Result<TcpStream> {
     // close-on-exec, as socket2 creates every socket on Linux.
     let sock = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
@@ -272,7 +187,6 @@ pub fn connect(addr: &SocketAddr, timeout: Duration, stop: &AtomicBool) -> io::R
         }
         Err(e) => return Err(e),
     }
-    sock.set_nonblocking(false)?;
     Ok(sock.into())
 }
 

@@ -1,0 +1,627 @@
+//! One persistent data connection to a peer as a non-blocking state
+//! machine. A client event loop (`client_loop`) drives it on readiness; a
+//! submitting thread may send a small request on it while it is idle (the
+//! short path). Either way every send and receive is one non-blocking call
+//! under the connection's lock, so settling a task never overlaps I/O on
+//! its buffer: once a task is terminal its memory is the caller's again.
+//!
+//! Requests are pipelined up to `pipeline_depth` deep and answered in FIFO
+//! order (the server handles them strictly in sequence). After any error
+//! the connection is broken for good and its requests are settled by
+//! `Fate`: a rejected or broken head request fails, the ones behind it are
+//! retried on another connection, so a bad request never takes innocent
+//! pipelined neighbours down with it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::inbuf::{InBuf, INBUF_CAP};
+use super::peer::Peer;
+use super::queue::Job;
+use super::sock::{self, IoSpan};
+use super::wire::{Header, Status, HEADER_LEN, STATUS_LEN};
+use crate::serving::RateLimited;
+
+/// READ bodies at least this large are received straight into their
+/// destination rather than through the receive buffer (no extra copy).
+const DIRECT_READ: usize = 32 * 1024;
+/// A connection stops pulling requests while this many bytes wait to be
+/// sent: enough to fill a `sendmsg`, small enough that large requests
+/// spread over the peer's connections.
+pub const BATCH_BYTES: usize = 256 * 1024;
+/// Bytes moved per `drive` before the loop serves other connections.
+const DRIVE_BUDGET: usize = 4 << 20;
+/// iovecs per `sendmsg` (far below IOV_MAX).
+const MAX_IOV: usize = 64;
+/// A connection quiet this long gives its receive buffer back.
+const BUFFER_KEEP: Duration = Duration::from_secs(1);
+
+static FAIL_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
+
+/// One request's bytes on their way out.
+struct Out {
+    header: [u8; HEADER_LEN],
+    body_addr: u64,
+    /// 0 for a READ.
+    body_len: usize,
+    sent: usize,
+    /// A v1 WRITE: no answer, done once its bytes are handed over.
+    unanswered: Option<Job>,
+}
+
+impl Out {
+    fn total(&self) -> usize {
+        HEADER_LEN + self.body_len
+    }
+}
+
+struct State {
+    out: VecDeque<Out>,
+    unsent: usize,
+    /// Requests sent (or being sent) whose answer is still to come.
+    inflight: VecDeque<Job>,
+    /// v1 WRITEs in `out`: they count against the depth too.
+    unanswered: usize,
+    inb: InBuf,
+    /// The front request's status frame, as far as it arrived.
+    status: [u8; STATUS_LEN],
+    status_got: usize,
+    /// Bytes of the front READ's body received.
+    body_got: usize,
+    broken: bool,
+    /// Last byte moved either way, or when work arrived on an idle
+    /// connection: the stall clock.
+    last_progress: Instant,
+    /// Last time requests were handed to this connection (idle close).
+    last_used: Instant,
+    scratch: Vec<Job>,
+}
+
+/// What happens to a connection's requests when it ends.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Fate {
+    /// Closed by our side (shutdown, idle): everything in flight fails.
+    FailAll,
+    /// The head request failed; those behind it are retried on another
+    /// connection. The server works strictly in order and stops at the
+    /// failure, and a repeated READ/WRITE of the same range is idempotent.
+    RetryBehindHead,
+    /// The peer stopped moving bytes: fail in-flight and queued work.
+    PeerDead,
+}
+
+enum Fail {
+    Rejected,
+    Broken(String),
+}
+
+/// What `drive` tells the loop.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Drive {
+    /// Waiting for readiness (or for work).
+    Blocked,
+    /// The byte budget ran out with work left: drive again soon.
+    More,
+    /// Broken or retired: deregister and forget it.
+    Closed,
+}
+
+/// Jobs to settle once the connection's lock is dropped.
+#[derive(Default)]
+struct Settle {
+    ok: Vec<Job>,
+    failed: Vec<Job>,
+    retry: Vec<Job>,
+    fail_queue: bool,
+}
+
+impl Settle {
+    fn apply(self, peer: &Peer) {
+        self.ok.into_iter().for_each(Job::succeed);
+        self.failed.into_iter().for_each(Job::fail);
+        if !self.retry.is_empty() {
+            peer.queue.requeue_front(self.retry);
+        }
+        if self.fail_queue {
+            peer.queue.fail_queued();
+        }
+    }
+}
+
+pub struct ClientConn {
+    pub peer: Arc<Peer>,
+    stream: TcpStream,
+    /// The event loop that watches this connection, and its token there.
+    pub loop_index: usize,
+    pub token: usize,
+    v2: bool,
+    depth: usize,
+    /// "segment (address)", for logs.
+    name: String,
+    state: Mutex<State>,
+    /// Found the queue empty with room to spare: a push should drive it.
+    hungry: AtomicBool,
+}
+
+impl ClientConn {
+    pub fn new(
+        peer: Arc<Peer>,
+        stream: TcpStream,
+        loop_index: usize,
+        token: usize,
+        name: String,
+    ) -> ClientConn {
+        let now = Instant::now();
+        ClientConn {
+            v2: peer.key.v2,
+            depth: peer.cfg.pipeline_depth.max(1),
+            peer,
+            stream,
+            loop_index,
+            token,
+            name,
+            state: Mutex::new(State {
+                out: VecDeque::new(),
+                unsent: 0,
+                inflight: VecDeque::new(),
+                unanswered: 0,
+                inb: InBuf::new(INBUF_CAP),
+                status: [0; STATUS_LEN],
+                status_got: 0,
+                body_got: 0,
+                broken: false,
+                last_progress: now,
+                last_used: now,
+                scratch: Vec::new(),
+            }),
+            hungry: AtomicBool::new(false),
+        }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Claim the connection for a push if it is waiting for work.
+    pub fn claim_hungry(&self) -> bool {
+        self.hungry.swap(false, Ordering::SeqCst)
+    }
+
+    /// Receive what arrived, pull queued work while there is room, send
+    /// what the socket takes. Called by the loop on readiness or when a
+    /// push claimed this connection.
+    pub fn drive(&self) -> Drive {
+        let mut settle = Settle::default();
+        let mut left_queued = false;
+        let mut g = self.state.lock();
+        if g.broken {
+            return Drive::Closed;
+        }
+        let d = match self.run(&mut g, &mut settle, &mut left_queued) {
+            Ok(d) => d,
+            Err(f) => {
+                self.fail_locked(&mut g, f, &mut settle);
+                Drive::Closed
+            }
+        };
+        drop(g);
+        settle.apply(&self.peer);
+        if left_queued {
+            self.peer.kick();
+        }
+        d
+    }
+
+    fn run(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        settle: &mut Settle,
+        left_queued: &mut bool,
+    ) -> Result<Drive, Fail> {
+        let mut budget = DRIVE_BUDGET;
+        loop {
+            let answered = self.receive(g, settle, &mut budget)?;
+            let pulled = self.pull(g, left_queued);
+            self.flush(g, settle, &mut budget)?;
+            if budget == 0 {
+                return Ok(Drive::More);
+            }
+            if answered == 0 && !pulled {
+                if !self.has_room(g) {
+                    return Ok(Drive::Blocked);
+                }
+                // Out of work with room to spare: pushers drive us from now
+                // on. Re-check the queue after saying so, so a push that
+                // came between our last take and the flag is not missed.
+                self.hungry.store(true, Ordering::SeqCst);
+                if self.peer.queue.is_empty() {
+                    return Ok(Drive::Blocked);
+                }
+                self.hungry.store(false, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn has_room(&self, g: &State) -> bool {
+        g.inflight.len() + g.unanswered < self.depth && g.unsent < BATCH_BYTES
+    }
+
+    /// Take queued requests while there is room; true if any were taken.
+    fn pull(&self, g: &mut MutexGuard<'_, State>, left_queued: &mut bool) -> bool {
+        let mut pulled = false;
+        let mut jobs = std::mem::take(&mut g.scratch);
+        while self.has_room(g) {
+            let room = self.depth - g.inflight.len() - g.unanswered;
+            let bytes = (BATCH_BYTES - g.unsent) as u64;
+            self.peer.queue.take(room, bytes, &mut jobs);
+            if jobs.is_empty() {
+                break;
+            }
+            self.enqueue(g, jobs.drain(..));
+            pulled = true;
+        }
+        g.scratch = jobs;
+        // Full with work left behind: another connection can take it.
+        if pulled && !self.has_room(g) && !self.peer.queue.is_empty() {
+            *left_queued = true;
+        }
+        pulled
+    }
+
+    /// Frame requests into the out queue; each is then settled exactly once.
+    fn enqueue(&self, g: &mut State, jobs: impl Iterator<Item = Job>) {
+        let now = Instant::now();
+        if g.inflight.is_empty() && g.out.is_empty() {
+            // The stall clock starts when work arrives, not at the last
+            // byte of the previous burst.
+            g.last_progress = now;
+        }
+        g.last_used = now;
+        for j in jobs {
+            let body_len = if j.write { j.len as usize } else { 0 };
+            let mut o = Out {
+                header: Header::new(j.write, self.v2, j.remote, j.len).encode(),
+                body_addr: j.local,
+                body_len,
+                sent: 0,
+                unanswered: None,
+            };
+            g.unsent += o.total();
+            if self.v2 || !j.write {
+                g.inflight.push_back(j);
+            } else {
+                g.unanswered += 1;
+                o.unanswered = Some(j);
+            }
+            g.out.push_back(o);
+        }
+    }
+
+    /// Send from the out queue until it is empty, the socket is full or the
+    /// budget is spent.
+    fn flush(&self, g: &mut State, settle: &mut Settle, budget: &mut usize) -> Result<(), Fail> {
+        let fd = self.fd();
+        while !g.out.is_empty() && *budget > 0 {
+            let mut iov = [IoSpan {
+                ptr: std::ptr::null_mut(),
+                len: 0,
+            }; MAX_IOV];
+            let mut k = 0;
+            for o in g.out.iter() {
+                if k + 2 > MAX_IOV {
+                    break;
+                }
+                if o.sent < HEADER_LEN {
+                    iov[k] = IoSpan {
+                        ptr: o.header[o.sent..].as_ptr() as *mut u8,
+                        len: HEADER_LEN - o.sent,
+                    };
+                    k += 1;
+                }
+                let off = o.sent.saturating_sub(HEADER_LEN);
+                if o.body_len > off {
+                    iov[k] = IoSpan {
+                        ptr: (o.body_addr + off as u64) as *mut u8,
+                        len: o.body_len - off,
+                    };
+                    k += 1;
+                }
+            }
+            // SAFETY: headers live in `g.out`, untouched during the call;
+            // bodies are the callers' source ranges, valid until their tasks
+            // are terminal (API contract), which cannot happen while we hold
+            // the lock their settlement needs.
+            let n = match unsafe { sock::send_nb(fd, &iov[..k]) } {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(Fail::Broken(format!("send: {e}"))),
+            };
+            g.last_progress = Instant::now();
+            *budget = budget.saturating_sub(n);
+            g.unsent -= n;
+            let mut n = n;
+            while n > 0 {
+                let Some(o) = g.out.front_mut() else { break };
+                let left = o.total() - o.sent;
+                if n < left {
+                    o.sent += n;
+                    break;
+                }
+                n -= left;
+                if let Some(j) = g.out.pop_front().and_then(|o| o.unanswered) {
+                    g.unanswered -= 1;
+                    settle.ok.push(j);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read answers until the socket is empty or the budget is spent;
+    /// returns how many requests completed.
+    fn receive(
+        &self,
+        g: &mut MutexGuard<'_, State>,
+        settle: &mut Settle,
+        budget: &mut usize,
+    ) -> Result<usize, Fail> {
+        let fd = self.fd();
+        let st: &mut State = g;
+        let mut answered = 0;
+        while *budget > 0 {
+            let Some(front) = st.inflight.front() else {
+                // Nothing asked: only EOF (the server closed an idle
+                // connection) or bytes nobody asked for can come.
+                return match st.inb.fill_max(fd, 1) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(answered),
+                    Err(e) => Err(Fail::Broken(e.to_string())),
+                    Ok(_) => Err(Fail::Broken("unexpected bytes from the server".into())),
+                };
+            };
+            let (write, local, len) = (front.write, front.local, front.len as usize);
+            if self.v2 && st.status_got < STATUS_LEN {
+                if st.inb.is_empty() {
+                    let r = if !write && len >= DIRECT_READ {
+                        // Status and body in one call when they come together.
+                        let spans = [
+                            IoSpan {
+                                ptr: st.status[st.status_got..].as_mut_ptr(),
+                                len: STATUS_LEN - st.status_got,
+                            },
+                            IoSpan {
+                                ptr: local as *mut u8,
+                                len,
+                            },
+                        ];
+                        // SAFETY: `status` is ours; the body is the READ's
+                        // destination, valid until the task is terminal,
+                        // which needs this lock.
+                        unsafe { sock::recv_nb(fd, &spans) }.inspect(|&n| {
+                            let s = n.min(STATUS_LEN - st.status_got);
+                            st.status_got += s;
+                            st.body_got += n - s;
+                        })
+                    } else {
+                        st.inb.fill_max(fd, usize::MAX)
+                    };
+                    match r {
+                        Ok(n) => {
+                            st.last_progress = Instant::now();
+                            *budget = budget.saturating_sub(n);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(answered),
+                        Err(e) => return Err(Fail::Broken(e.to_string())),
+                    }
+                }
+                let want = STATUS_LEN - st.status_got;
+                let span = IoSpan {
+                    ptr: st.status[st.status_got..].as_mut_ptr(),
+                    len: want,
+                };
+                // SAFETY: the span is the unfilled tail of our status array.
+                st.status_got += unsafe { st.inb.copy_out(span) };
+                if st.status_got < STATUS_LEN {
+                    continue;
+                }
+                check_status(&st.status)?;
+            }
+            if !write {
+                while st.body_got < len {
+                    let dst = IoSpan {
+                        ptr: (local + st.body_got as u64) as *mut u8,
+                        len: len - st.body_got,
+                    };
+                    if !st.inb.is_empty() {
+                        // SAFETY: `dst` is the rest of the READ's destination
+                        // (valid until the task is terminal, see above).
+                        st.body_got += unsafe { st.inb.copy_out(dst) };
+                        continue;
+                    }
+                    let direct = dst.len >= DIRECT_READ;
+                    let r = if direct {
+                        // SAFETY: as above.
+                        unsafe { sock::recv_nb(fd, &[dst]) }
+                    } else {
+                        st.inb.fill_max(fd, usize::MAX)
+                    };
+                    match r {
+                        Ok(n) => {
+                            st.last_progress = Instant::now();
+                            *budget = budget.saturating_sub(n);
+                            if direct {
+                                st.body_got += n;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(answered),
+                        Err(e) => return Err(Fail::Broken(e.to_string())),
+                    }
+                }
+            }
+            if let Some(j) = st.inflight.pop_front() {
+                settle.ok.push(j);
+            }
+            st.status_got = 0;
+            st.body_got = 0;
+            answered += 1;
+        }
+        Ok(answered)
+    }
+
+    /// The short path: send from the caller's thread if the connection is
+    /// idle right now (nothing in flight, nobody driving it, not closed by
+    /// the server), else hand the jobs back at once. Saves a loop wake-up;
+    /// the loop reads the answer.
+    pub fn try_send_idle(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+        let Some(mut g) = self.state.try_lock() else {
+            return Err(jobs);
+        };
+        if g.broken || !g.inflight.is_empty() || !g.out.is_empty() || jobs.len() > self.depth {
+            return Err(jobs);
+        }
+        // Idle yet readable: the server closed it (the loop will see).
+        if sock::poll_readable(self.fd(), Duration::ZERO).unwrap_or(true) {
+            return Err(jobs);
+        }
+        self.enqueue(&mut g, jobs.into_iter());
+        let mut settle = Settle::default();
+        let mut budget = usize::MAX;
+        let broke = match self.flush(&mut g, &mut settle, &mut budget) {
+            Ok(()) => false,
+            Err(f) => {
+                self.fail_locked(&mut g, f, &mut settle);
+                true
+            }
+        };
+        drop(g);
+        settle.apply(&self.peer);
+        if broke {
+            self.peer.conn_broke(self.loop_index, self.token);
+        }
+        Ok(())
+    }
+
+    /// The loop's periodic check: fail a stalled connection, retire an idle
+    /// one. True when the connection is done for.
+    pub fn sweep(&self, now: Instant) -> bool {
+        let mut settle = Settle::default();
+        let mut g = self.state.lock();
+        if g.broken {
+            return true;
+        }
+        let cfg = &self.peer.cfg;
+        let busy = !g.inflight.is_empty() || !g.out.is_empty();
+        let quiet = now.saturating_duration_since(g.last_progress);
+        let done = if busy && quiet >= cfg.status_timeout {
+            let what = if g.out.is_empty() {
+                "sent no answer"
+            } else {
+                "took no request bytes"
+            };
+            FAIL_LOG.warn(format_args!(
+                "tcp: {} {what} for {quiet:?} (MC_TCP_STATUS_TIMEOUT_SEC {:?}); failing its requests and the peer's queued ones",
+                self.name, cfg.status_timeout
+            ));
+            self.break_locked(&mut g, Fate::PeerDead, &mut settle);
+            true
+        } else if !busy && now.saturating_duration_since(g.last_used) >= cfg.lane_idle {
+            log::debug!("tcp: closing idle connection to {}", self.name);
+            self.break_locked(&mut g, Fate::FailAll, &mut settle);
+            true
+        } else {
+            if quiet >= BUFFER_KEEP {
+                g.inb.release();
+            }
+            false
+        };
+        drop(g);
+        settle.apply(&self.peer);
+        done
+    }
+
+    /// Close from our side (shutdown): everything in flight fails.
+    pub fn abort(&self) {
+        let mut settle = Settle::default();
+        let mut g = self.state.lock();
+        if !g.broken {
+            self.break_locked(&mut g, Fate::FailAll, &mut settle);
+        }
+        drop(g);
+        settle.apply(&self.peer);
+    }
+
+    fn fail_locked(&self, g: &mut State, f: Fail, settle: &mut Settle) {
+        match f {
+            Fail::Rejected => {
+                let (op, len) = g
+                    .inflight
+                    .front()
+                    .map(|j| (if j.write { "WRITE" } else { "READ" }, j.len))
+                    .unwrap_or(("request", 0));
+                FAIL_LOG.warn(format_args!(
+                    "tcp: {} rejected {op} of {len} bytes: address range not registered there",
+                    self.name
+                ));
+            }
+            Fail::Broken(why) if g.inflight.is_empty() && g.out.is_empty() => {
+                log::debug!("tcp: idle connection to {} ended: {why}", self.name);
+            }
+            Fail::Broken(why) => {
+                FAIL_LOG.warn(format_args!(
+                    "tcp: connection to {} failed: {why}",
+                    self.name
+                ));
+            }
+        }
+        self.break_locked(g, Fate::RetryBehindHead, settle);
+    }
+
+    /// Mark broken, stop the socket and hand every request to `settle`.
+    fn break_locked(&self, g: &mut State, fate: Fate, settle: &mut Settle) {
+        g.broken = true;
+        self.hungry.store(false, Ordering::SeqCst);
+        sock::shutdown_fd(self.fd());
+        let mut jobs: Vec<Job> = g.inflight.drain(..).collect();
+        jobs.extend(g.out.drain(..).filter_map(|o| o.unanswered));
+        g.unsent = 0;
+        g.unanswered = 0;
+        g.inb.release();
+        match fate {
+            Fate::FailAll => settle.failed.extend(jobs),
+            Fate::PeerDead => {
+                settle.failed.extend(jobs);
+                settle.fail_queue = true;
+            }
+            Fate::RetryBehindHead => {
+                // No retry cap needed: every broken connection fails its
+                // head request, so this always makes progress.
+                let mut it = jobs.into_iter();
+                settle.failed.extend(it.next());
+                settle.retry.extend(it);
+            }
+        }
+    }
+
+    /// Requests in flight (diagnostics, tests).
+    pub fn inflight(&self) -> usize {
+        self.state.lock().inflight.len()
+    }
+}
+
+fn check_status(b: &[u8; STATUS_LEN]) -> Result<(), Fail> {
+    match Status::decode(b) {
+        Some(Status::Ok) => Ok(()),
+        Some(Status::AddrRejected) => Err(Fail::Rejected),
+        Some(Status::Other(c)) => Err(Fail::Broken(format!("unknown status code {c}"))),
+        None => Err(Fail::Broken(format!(
+            "malformed status frame {:016x}",
+            u64::from_le_bytes(*b)
+        ))),
+    }
+}
