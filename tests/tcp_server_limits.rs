@@ -98,6 +98,7 @@ fn thousands_of_idle_connections_cost_no_threads_and_peers_still_transfer() {
 #[test]
 fn an_initiator_with_many_busy_peers_costs_a_fixed_number_of_threads() {
     let _serial = serial();
+    capture_logs();
     const PEERS: usize = 24;
     const REQS: usize = 8;
     const LEN: usize = 256 * 1024;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
@@ -30,38 +30,14 @@ pub struct ClientShared {
     pub stop: AtomicBool,
     /// Submissions sent on the short path.
     pub short_sends: AtomicU64,
-    loops: OnceLock<Arc<ClientLoops>>,
-    /// Serialises starting the loops against shutdown.
-    loops_start: Mutex<bool>,
+    pub loops: ClientLoops,
     connectors: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ClientShared {
-    /// The event loops, started by the first connection.
-    pub fn start_loops(&self) -> io::Result<Arc<ClientLoops>> {
-        if let Some(l) = self.loops.get() {
-            return Ok(l.clone());
-        }
-        let shut = self.loops_start.lock();
-        if *shut {
-            return Err(io::Error::other("transport shutting down"));
-        }
-        if let Some(l) = self.loops.get() {
-            return Ok(l.clone());
-        }
-        let l = Arc::new(ClientLoops::start(
-            self.cfg.client_threads,
-            self.cfg.status_timeout,
-        )?);
-        let _ = self.loops.set(l.clone());
-        Ok(l)
-    }
-
-    /// Have loop `index` drive connection `token` (no-op before any loop ran).
+    /// Have loop `index` drive connection `token`.
     pub fn drive(&self, index: usize, token: usize) {
-        if let Some(l) = self.loops.get() {
-            l.drive(index, token);
-        }
+        self.loops.drive(index, token);
     }
 
     /// Connect on a short-lived thread (the lookup may block on a store).
@@ -81,7 +57,7 @@ impl ClientShared {
 
     /// Event-loop threads plus connecting threads running (diagnostics).
     pub fn threads(&self) -> usize {
-        let loops = self.loops.get().map_or(0, |l| l.threads());
+        let loops = self.loops.threads();
         let connecting = self
             .connectors
             .lock()
@@ -101,12 +77,11 @@ impl TcpClient {
     pub fn new(cfg: TcpConfig, metadata: Arc<Metadata>) -> TcpClient {
         TcpClient {
             shared: Arc::new(ClientShared {
+                loops: ClientLoops::new(cfg.client_threads, cfg.status_timeout),
                 cfg,
                 metadata,
                 stop: AtomicBool::new(false),
                 short_sends: AtomicU64::new(0),
-                loops: OnceLock::new(),
-                loops_start: Mutex::new(false),
                 connectors: Mutex::new(Vec::new()),
             }),
             peers: Mutex::new(HashMap::new()),
@@ -218,9 +193,6 @@ impl TcpClient {
         for h in connectors {
             let _ = h.join();
         }
-        *self.shared.loops_start.lock() = true;
-        if let Some(l) = self.shared.loops.get() {
-            l.shutdown();
-        }
+        self.shared.loops.shutdown();
     }
 }

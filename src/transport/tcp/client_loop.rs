@@ -1,7 +1,7 @@
 //! The client's event loops: `MC_TCP_CLIENT_THREADS` threads (readiness I/O
 //! on `mio`, edge-triggered) drive every data connection to every peer, so
 //! an initiator talking to a thousand targets costs descriptors, not
-//! threads. They start with the first connection.
+//! threads. Each starts with its first connection.
 //!
 //! Other threads reach a loop through its inbox: `Adopt` a new connection
 //! (dealt round-robin), `Drive` one that a push claimed or that broke on
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,68 +36,74 @@ struct Slot {
 }
 
 pub struct ClientLoops {
-    slots: Vec<Arc<Slot>>,
+    /// Loop i's inbox and waker, once loop i runs.
+    slots: Vec<OnceLock<Arc<Slot>>>,
     stop: Arc<AtomicBool>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Running loops; `None` once shut down (no loop starts after that).
+    threads: Mutex<Option<Vec<JoinHandle<()>>>>,
+    sweep_every: Duration,
     next_loop: AtomicUsize,
     next_token: AtomicUsize,
 }
 
 impl ClientLoops {
-    pub fn start(loops: usize, status_timeout: Duration) -> io::Result<ClientLoops> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut slots = Vec::new();
-        let mut polls = Vec::new();
-        for _ in 0..loops.max(1) {
-            let poll = Poll::new()?;
-            let waker = Waker::new(poll.registry(), WAKER)?;
-            slots.push(Arc::new(Slot {
-                inbox: Mutex::new(Vec::new()),
-                waker,
-            }));
-            polls.push(poll);
-        }
-        let sweep_every =
-            (status_timeout / 20).clamp(Duration::from_millis(5), Duration::from_millis(500));
-        let me = ClientLoops {
-            slots,
-            stop,
-            threads: Mutex::new(Vec::new()),
+    /// Up to `loops` loops, each started when it gets its first connection
+    /// (a process that only serves, or talks to one peer, runs fewer).
+    pub fn new(loops: usize, status_timeout: Duration) -> ClientLoops {
+        ClientLoops {
+            slots: (0..loops.max(1)).map(|_| OnceLock::new()).collect(),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Mutex::new(Some(Vec::new())),
+            sweep_every: (status_timeout / 20)
+                .clamp(Duration::from_millis(5), Duration::from_millis(500)),
             next_loop: AtomicUsize::new(0),
             next_token: AtomicUsize::new(1),
-        };
-        for (i, poll) in polls.into_iter().enumerate() {
-            let l = EventLoop {
-                poll,
-                slot: me.slots[i].clone(),
-                stop: me.stop.clone(),
-                conns: HashMap::new(),
-                pending: Vec::new(),
-                sweep_every,
-            };
-            match std::thread::Builder::new()
-                .name(format!("te-tcp-client-{i}"))
-                .spawn(move || l.run())
-            {
-                Ok(h) => me.threads.lock().push(h),
-                Err(e) => {
-                    me.shutdown();
-                    return Err(e);
-                }
-            }
         }
-        log::debug!("tcp client: {} event loop(s) started", me.slots.len());
-        Ok(me)
     }
 
+    /// Loop threads running.
     pub fn threads(&self) -> usize {
-        self.threads.lock().len()
+        self.threads.lock().as_ref().map_or(0, |t| t.len())
     }
 
-    /// The loop and token for a new connection.
-    pub fn place(&self) -> (usize, usize) {
+    /// The loop and token for a new connection, starting that loop if it
+    /// does not run yet.
+    pub fn place(&self) -> io::Result<(usize, usize)> {
         let i = self.next_loop.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        (i, self.next_token.fetch_add(1, Ordering::Relaxed))
+        if self.slots[i].get().is_none() {
+            self.start(i)?;
+        }
+        Ok((i, self.next_token.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    fn start(&self, i: usize) -> io::Result<()> {
+        let mut threads = self.threads.lock();
+        let Some(threads) = threads.as_mut() else {
+            return Err(io::Error::other("transport shutting down"));
+        };
+        if self.slots[i].get().is_some() {
+            return Ok(());
+        }
+        let poll = Poll::new()?;
+        let slot = Arc::new(Slot {
+            inbox: Mutex::new(Vec::new()),
+            waker: Waker::new(poll.registry(), WAKER)?,
+        });
+        let l = EventLoop {
+            poll,
+            slot: slot.clone(),
+            stop: self.stop.clone(),
+            conns: HashMap::new(),
+            pending: Vec::new(),
+            sweep_every: self.sweep_every,
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("te-tcp-client-{i}"))
+            .spawn(move || l.run())?;
+        threads.push(h);
+        let _ = self.slots[i].set(slot);
+        log::debug!("tcp client: event loop {i} started");
+        Ok(())
     }
 
     pub fn adopt(&self, conn: Arc<ClientConn>) {
@@ -110,7 +116,7 @@ impl ClientLoops {
     }
 
     fn post(&self, index: usize, msg: Msg) {
-        let Some(slot) = self.slots.get(index) else {
+        let Some(slot) = self.slots.get(index).and_then(|s| s.get()) else {
             return;
         };
         let mut inbox = slot.inbox.lock();
@@ -125,11 +131,14 @@ impl ClientLoops {
 
     /// Stop the loops; each fails what its connections had in flight.
     pub fn shutdown(&self) {
+        let Some(threads) = self.threads.lock().take() else {
+            return;
+        };
         self.stop.store(true, Ordering::Release);
-        for s in &self.slots {
+        for s in self.slots.iter().filter_map(|s| s.get()) {
             let _ = s.waker.wake();
         }
-        for h in self.threads.lock().drain(..) {
+        for h in threads {
             let _ = h.join();
         }
     }

@@ -144,11 +144,10 @@ impl Peer {
             Ok(s) => s,
             Err(why) => return self.connect_failed(&why),
         };
-        let loops = match self.client.start_loops() {
-            Ok(l) => l,
-            Err(e) => return self.connect_failed(&format!("cannot start event loops: {e}")),
+        let (index, token) = match self.client.loops.place() {
+            Ok(p) => p,
+            Err(e) => return self.connect_failed(&format!("cannot start an event loop: {e}")),
         };
-        let (index, token) = loops.place();
         let conn = Arc::new(ClientConn::new(
             self.clone(),
             stream.0,
@@ -160,7 +159,7 @@ impl Peer {
         links.connecting -= 1;
         links.conns.push(conn.clone());
         drop(links);
-        loops.adopt(conn);
+        self.client.loops.adopt(conn);
     }
 
     /// A connect failed: queued work fails unless another connection to
