@@ -1,7 +1,8 @@
 //! One TCP target against many initiator engines in several processes: each
 //! initiator opens the target's segment, WRITEs 64 KiB to its own slot and
-//! READs it back (verified), then all hold their lanes open while the target
-//! reports its threads, RSS and open descriptors.
+//! READs it back (verified), then all hold their connections open while the
+//! target reports its threads, RSS and open descriptors (and the initiator
+//! processes their threads).
 //!
 //! `cargo run --release --example many_peers [engines] [processes]`
 //! (default 200 engines in 4 processes; the issue's target is 1,000).
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use transfer_engine::{Opcode, TaskStatus, TransferEngine, TransferRequest};
 
 /// Bytes each initiator writes and reads back: four 256 KiB requests, so
-/// each of the default 4 lanes takes one and connects.
+/// each of the default 4 connections per peer takes one.
 const SLOT: usize = 1 << 20;
 /// Slots per child process: a child's initiators run one after another, so
 /// slots never collide.
@@ -119,9 +120,13 @@ fn child(target: &str, remote: u64, first: usize, count: usize, slot0: usize) {
             }
         }
     }
-    println!("ok {} failed {failed}", held.len());
+    println!(
+        "ok {} failed {failed} threads {}",
+        held.len(),
+        status_field("Threads:")
+    );
     std::io::stdout().flush().ok();
-    // Hold every engine (and its lanes) until the parent has measured.
+    // Hold every engine (and its connections) until the parent has measured.
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line);
 }
@@ -173,7 +178,7 @@ fn main() {
             .expect("spawn child");
         kids.push(c);
     }
-    let (mut ok, mut failed) = (0usize, 0usize);
+    let (mut ok, mut failed, mut kid_threads) = (0usize, 0usize, 0u64);
     for k in kids.iter_mut() {
         let mut line = String::new();
         BufReader::new(k.stdout.as_mut().expect("stdout"))
@@ -182,6 +187,7 @@ fn main() {
         let w: Vec<&str> = line.split_whitespace().collect();
         ok += w.get(1).and_then(|v| v.parse().ok()).unwrap_or(0);
         failed += w.get(3).and_then(|v| v.parse().ok()).unwrap_or(0);
+        kid_threads += w.get(5).and_then(|v| v.parse().ok()).unwrap_or(0);
     }
     let took = start.elapsed();
     let (rss1, thr1, fds) = (status_field("VmRSS:"), status_field("Threads:"), open_fds());
@@ -198,6 +204,10 @@ fn main() {
         "target: threads {thr0} -> {thr1}, RSS {} -> {} MiB, open descriptors {fds}",
         rss0 / 1024,
         rss1 / 1024
+    );
+    println!(
+        "initiators: {kid_threads} threads in {procs} processes ({:.1} per engine, each with its connections open)",
+        kid_threads as f64 / engines.max(1) as f64
     );
     target.shutdown();
     // Issue 15's targets: every transfer verified, the target under 64
