@@ -379,7 +379,14 @@ impl ClientConn {
             let Some(front) = st.inflight.front() else {
                 // Nothing asked: only EOF (the server closed an idle
                 // connection) or bytes nobody asked for can come.
-                return match st.inb.fill_max(fd, 1) {
+                let mut byte = [0u8; 1];
+                let span = IoSpan {
+                    ptr: byte.as_mut_ptr(),
+                    len: 1,
+                };
+                // SAFETY: a live local byte (no receive buffer for an idle
+                // connection).
+                return match unsafe { sock::recv_nb(fd, &[span]) } {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(answered),
                     Err(e) => Err(Fail::Broken(e.to_string())),
                     Ok(_) => Err(Fail::Broken("unexpected bytes from the server".into())),
