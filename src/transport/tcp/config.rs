@@ -36,7 +36,8 @@ pub struct TcpConfig {
     /// Event-loop threads of the server (`MC_TCP_SERVER_THREADS`, up to 4).
     pub server_threads: usize,
     /// Event-loop threads driving the client's connections to every peer
-    /// (`MC_TCP_CLIENT_THREADS`, cores, up to 4).
+    /// (`MC_TCP_CLIENT_THREADS`, 4: each starts with its first connection,
+    /// so an engine runs at most as many as it has connections).
     pub client_threads: usize,
     /// SO_SNDBUF/SO_RCVBUF for data sockets; 0 keeps kernel autotuning.
     pub socket_buffer: usize,
@@ -56,7 +57,7 @@ impl Default for TcpConfig {
             max_server_connections: 16384,
             max_server_connections_per_ip: 4096,
             server_threads: default_server_threads(),
-            client_threads: default_server_threads(),
+            client_threads: 4,
             socket_buffer: 0,
         }
     }
@@ -91,18 +92,13 @@ impl TcpConfig {
                 1,
                 64,
             ) as usize,
-            client_threads: env_u64(
-                "MC_TCP_CLIENT_THREADS",
-                default_server_threads() as u64,
-                1,
-                64,
-            ) as usize,
+            client_threads: env_u64("MC_TCP_CLIENT_THREADS", 4, 1, 64) as usize,
             ..d
         }
     }
 }
 
-/// One event loop per core, at most four (server and client each): enough to keep memory copies
+/// One event loop per core, at most four: enough to keep memory copies
 /// parallel, few enough that thousands of peers cost no threads.
 fn default_server_threads() -> usize {
     // Read once per process: the std call parses /proc/self/cgroup and
