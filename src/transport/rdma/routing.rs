@@ -9,7 +9,7 @@ use crate::metadata::SegmentId;
 
 use super::memory::MemoryTable;
 use super::names::NameId;
-use super::selection::{select_device, select_peer_device};
+use super::selection::{first_pick, first_tier, select_device, select_peer_device};
 use super::shared::Shared;
 use super::worker::Slice;
 
@@ -95,17 +95,34 @@ impl Shared {
 
     /// An active local context for `location` at attempt `retry`.
     pub(super) fn pick_local(&self, location: &str, retry: u32) -> Option<usize> {
-        let by_name = |n: &str| {
-            self.contexts
-                .iter()
-                .position(|c| c.name == n)
-                .filter(|&i| self.contexts[i].is_active())
+        select_device(&self.matrix, location, retry, self.cfg.policy.round_robin)
+            .and_then(|n| self.active_context(n))
+            .or_else(|| self.pick_local_walk(location, retry))
+    }
+
+    /// `pick_local(location, 0)` with the matrix lookup done once per
+    /// location in `tier` (same random pick, no name compares per request).
+    pub(super) fn pick_local_first(&self, location: &str, tier: &LocalTier) -> Option<usize> {
+        let first = match tier.contexts.len() {
+            0 => None,
+            n => tier.contexts[first_pick(n, self.cfg.policy.round_robin)],
         };
-        if let Some(i) = select_device(&self.matrix, location, retry, self.cfg.policy.round_robin)
-            .and_then(by_name)
-        {
-            return Some(i);
-        }
+        first
+            .filter(|&i| self.contexts[i].is_active())
+            .or_else(|| self.pick_local_walk(location, 0))
+    }
+
+    fn active_context(&self, name: &str) -> Option<usize> {
+        self.contexts
+            .iter()
+            .position(|c| c.name == name)
+            .filter(|&i| self.contexts[i].is_active())
+    }
+
+    /// When the first choice for `location` is not usable: walk the
+    /// matrix's devices in retry order, then any active context.
+    fn pick_local_walk(&self, location: &str, retry: u32) -> Option<usize> {
+        let by_name = |n: &str| self.active_context(n);
         let n = self.contexts.len() as u32;
         (1..=n.max(1) + retry)
             .filter_map(|r| select_device(&self.matrix, location, retry + r, false))
@@ -144,6 +161,24 @@ impl Shared {
             self.enqueue(s);
         } else {
             self.retry_or_fail(s, "local device down");
+        }
+    }
+}
+
+/// The local contexts a first attempt for one location picks among, in
+/// matrix order (`None`: a device name no context of ours has).
+pub(super) struct LocalTier {
+    contexts: Vec<Option<usize>>,
+}
+
+impl LocalTier {
+    pub(super) fn new(sh: &Shared, location: &str) -> LocalTier {
+        let names = first_tier(&sh.matrix, location).unwrap_or(&[]);
+        LocalTier {
+            contexts: names
+                .iter()
+                .map(|n| sh.contexts.iter().position(|c| c.name == *n))
+                .collect(),
         }
     }
 }

@@ -41,7 +41,7 @@ fn seed() -> u64 {
 }
 
 /// Index in `0..n` for a first attempt (n > 0).
-fn first_pick(n: usize, round_robin: bool) -> usize {
+pub(super) fn first_pick(n: usize, round_robin: bool) -> usize {
     if round_robin {
         RR.with(|c| {
             let v = c.get();
@@ -71,20 +71,27 @@ pub fn select_device<'a>(
     retry: u32,
     round_robin: bool,
 ) -> Option<&'a str> {
-    let (pref, avail) = matrix.get(location).or_else(|| matrix.get("*"))?;
     if retry == 0 {
-        let tier = if pref.is_empty() { avail } else { pref };
+        let tier = first_tier(matrix, location)?;
         if tier.is_empty() {
             return None;
         }
         return Some(tier[first_pick(tier.len(), round_robin)].as_str());
     }
+    let (pref, avail) = matrix.get(location).or_else(|| matrix.get("*"))?;
     let n = pref.len() + avail.len();
     if n == 0 {
         return None;
     }
     let i = (retry as usize - 1) % n;
     pref.iter().chain(avail.iter()).nth(i).map(String::as_str)
+}
+
+/// The devices a first attempt for `location` picks among: the preferred
+/// ones, or the available ones when none is preferred.
+pub fn first_tier<'a>(matrix: &'a PriorityMatrix, location: &str) -> Option<&'a [String]> {
+    let (pref, avail) = matrix.get(location).or_else(|| matrix.get("*"))?;
+    Some(if pref.is_empty() { avail } else { pref })
 }
 
 /// The peer device index (into `devices[]`, and the same index into the

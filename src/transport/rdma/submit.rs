@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::transport::Submission;
 
 use super::names::NameId;
-use super::routing::PeerRoutes;
+use super::routing::{LocalTier, PeerRoutes};
 use super::shared::Shared;
 use super::slicing::{cut, CutError, Piece};
 use super::worker::{self, Slice};
@@ -23,8 +23,9 @@ impl Shared {
         let mut all: Vec<Piece> = Vec::with_capacity(subs.len());
         let mut cuts = Vec::with_capacity(subs.len());
         {
-            // Location ids of this call (buffers of a batch share a few).
-            let mut locations: Vec<(&str, NameId)> = Vec::new();
+            // Location ids and first-choice contexts of this call (buffers
+            // of a batch share a few locations).
+            let mut locations: Vec<(&str, NameId, LocalTier)> = Vec::new();
             for s in &subs {
                 let r = s.request;
                 let start = all.len();
@@ -56,15 +57,16 @@ impl Shared {
                     }
                     other => {
                         let name = mem.find(r.source).map_or("*", |m| m.buf.location.as_str());
-                        let location = match locations.iter().find(|(l, _)| *l == name) {
-                            Some((_, id)) => *id,
+                        let li = match locations.iter().position(|(l, _, _)| *l == name) {
+                            Some(i) => i,
                             None => {
                                 let id = sh.locations.intern(name);
-                                locations.push((name, id));
-                                id
+                                locations.push((name, id, LocalTier::new(sh, name)));
+                                locations.len() - 1
                             }
                         };
-                        cuts.push((other, location, sh.pick_local(name, 0)));
+                        let (_, location, tier) = &locations[li];
+                        cuts.push((other, *location, sh.pick_local_first(name, tier)));
                     }
                 }
             }
