@@ -107,7 +107,10 @@ impl Shared {
                 }
             };
             let pr = &routes[ri];
-            for p in pieces {
+            // The submission's task reference goes to the last slice; the
+            // others clone it (one refcount less per request).
+            let mut task = Some(s.task);
+            for (k, p) in pieces.iter().enumerate() {
                 let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
                 // Routed before the slice exists; the slice holds ids, not
                 // shared strings (no refcounts other threads touch).
@@ -115,11 +118,15 @@ impl Shared {
                 else {
                     log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
                     sh.counters.failed_slices.fetch_add(1, Ordering::Relaxed);
-                    s.task.slice_failed();
+                    task.iter().for_each(|t| t.slice_failed());
                     continue;
                 };
+                let last = k + 1 == pieces.len();
+                let Some(task) = (if last { task.take() } else { task.clone() }) else {
+                    break;
+                };
                 per[to.local * nposters + to.poster].push(Slice {
-                    task: s.task.clone(),
+                    task,
                     opcode: r.opcode,
                     source,
                     length: p.len,
