@@ -12,13 +12,12 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::id_map::IdMap;
-
 use super::context::RdmaContext;
 use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
 use super::idle::{earliest, Idle, Sweep};
+pub use super::inflight::{Inflight, InflightMap};
 use super::names::NameId;
 use super::poll::{poll_once, PollBufs};
 use super::queues::Signal;
@@ -26,21 +25,6 @@ use super::Shared;
 
 use super::queues::PassScratch;
 pub use super::queues::{Slice, Worker};
-
-/// A posted WR: the slice, the endpoint and QP it went out on.
-pub struct Inflight {
-    pub slice: Slice,
-    pub ep: Arc<Endpoint>,
-    pub qp: usize,
-    pub posted_at: Instant,
-    /// Past `MC_SLICE_TIMEOUT`: its QP was moved to ERR, and the slice ends
-    /// when this WR's (flush) completion arrives, never before (the NIC may
-    /// still be moving its bytes).
-    pub timed_out: Option<Instant>,
-}
-
-/// In-flight WRs of one context, by WR id.
-pub type InflightMap = IdMap<u64, Inflight>;
 
 /// Everything the threads of one context share.
 pub struct ContextWorkers {
@@ -402,9 +386,10 @@ fn post_slices(
             let mut infl = cw.inflight.lock();
             let now = Instant::now();
             // One atomic per batch: the counter's line is shared with the
-            // polling thread's.
+            // polling thread's. One endpoint hold per chain, too.
             let n = n.min(slices.len());
             let base = cw.next_wr_id.fetch_add(n as u64, Ordering::Relaxed);
+            let held = infl.hold(ep, n);
             for wr_id in base..base + n as u64 {
                 let Some(s) = slices.pop_front() else { break };
                 wrs.push(WorkRequest {
@@ -418,11 +403,11 @@ fn post_slices(
                     signaled: true,
                 });
                 posted_bytes += s.length;
-                infl.insert(
+                infl.wrs.insert(
                     wr_id,
                     Inflight {
                         slice: s,
-                        ep: ep.clone(),
+                        ep: held,
                         qp: i,
                         posted_at: now,
                         timed_out: None,
@@ -445,7 +430,7 @@ fn post_slices(
             // Unaccepted WRs go back to the queue front, in order.
             let mut infl = cw.inflight.lock();
             for w in wrs[accepted..].iter().rev() {
-                if let Some(f) = infl.remove(&w.wr_id) {
+                if let Some((f, _)) = infl.take(w.wr_id) {
                     cw.ctx.stats.finished(f.slice.length, false);
                     slices.push_front(f.slice);
                 }
