@@ -95,7 +95,12 @@ pub(crate) struct SoftCq {
 
 impl Cq for SoftCq {
     fn poll_into(&self, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize> {
-        let mut st = self.shared.state.lock();
+        // The executor holds the lock for a push: report nothing rather than
+        // park (a park and its wake-up cost both threads a syscall). A poll
+        // is a snapshot; `wait` takes the lock and sees what was pushed.
+        let Some(mut st) = self.shared.state.try_lock() else {
+            return Ok(0);
+        };
         if st.overflowed {
             return Err(verb_error(
                 "ibv_poll_cq",
