@@ -80,6 +80,7 @@ impl Shared {
         let mut per: Vec<Vec<Slice>> = (0..sh.contexts.len() * nposters)
             .map(|_| Vec::new())
             .collect();
+        let nbufs = per.len();
         let mut routes: Vec<PeerRoutes> = Vec::new();
         for (s, (pieces, location, local)) in subs.into_iter().zip(cuts) {
             let r = s.request;
@@ -106,7 +107,7 @@ impl Shared {
                     routes.len() - 1
                 }
             };
-            let pr = &routes[ri];
+            let pr = &mut routes[ri];
             // The submission's task reference goes to the last slice; the
             // others clone it (one refcount less per request).
             let mut task = Some(s.task);
@@ -125,7 +126,13 @@ impl Shared {
                 let Some(task) = (if last { task.take() } else { task.clone() }) else {
                     break;
                 };
-                per[to.local * nposters + to.poster].push(Slice {
+                let v = &mut per[to.local * nposters + to.poster];
+                if v.capacity() == 0 {
+                    // An even share of the call's slices: with one posting
+                    // thread (the usual case) the buffer never regrows.
+                    v.reserve(all.len().div_ceil(nbufs));
+                }
+                v.push(Slice {
                     task,
                     opcode: r.opcode,
                     source,
