@@ -9,7 +9,9 @@ use crate::metadata::SegmentId;
 
 use super::memory::MemoryTable;
 use super::names::NameId;
-use super::selection::{first_pick, first_tier, select_device, select_peer_device};
+use super::selection::{
+    first_pick, first_tier, select_device, select_peer_device, FirstPeer, SelectionPolicy,
+};
 use super::shared::Shared;
 use super::worker::Slice;
 
@@ -69,7 +71,7 @@ impl Shared {
         &self,
         piece: (u64, u64, u64),
         desc: &SegmentDesc,
-        pr: &PeerRoutes,
+        pr: &mut PeerRoutes,
         local: Option<usize>,
         mem: &MemoryTable,
     ) -> Option<FirstRoute> {
@@ -77,10 +79,17 @@ impl Shared {
         let local = local?;
         let (bi, _) = desc.find_buffer(dest, length)?;
         let lkey = mem.find(source)?.lkeys.get(local).copied().unwrap_or(0);
-        let local_name = &self.contexts[local].name;
-        let pi = select_peer_device(desc, bi, 0, local_name, self.cfg.policy, |i| {
-            pr.usable.get(i).copied().unwrap_or(false)
-        })?;
+        let policy = self.cfg.policy;
+        let cached = pr.first_peer(desc, bi, policy);
+        let pr = &*pr;
+        let usable = |i: usize| pr.usable.get(i).copied().unwrap_or(false);
+        let pi = match cached {
+            Some(k) => pr.firsts[k].1.pick(policy.round_robin, usable),
+            None => {
+                let local_name = &self.contexts[local].name;
+                select_peer_device(desc, bi, 0, local_name, policy, usable)
+            }
+        }?;
         let rkey = desc.buffers[bi].rkey.as_ref()?.get(pi).copied()?;
         pr.paths.get(pi)?;
         let posters = self.workers[local].posters.len() as u64;
@@ -199,7 +208,13 @@ pub(super) struct PeerRoutes {
     pub(super) paths: Vec<NameId>,
     pub(super) hashes: Vec<u64>,
     pub(super) usable: Vec<bool>,
+    /// First-attempt peer choice per buffer index, filled as slices need it.
+    firsts: Vec<(usize, FirstPeer)>,
 }
+
+/// Buffers of one target whose first-attempt choice a call keeps (a call
+/// into more distinct buffers chooses the rest without the cache).
+const FIRST_PEERS_KEPT: usize = 16;
 
 impl PeerRoutes {
     pub(super) fn new(sh: &Shared, target_id: SegmentId, desc: &SegmentDesc) -> Self {
@@ -217,6 +232,29 @@ impl PeerRoutes {
             hashes: paths.iter().map(|&p| sh.paths.hash(p)).collect(),
             usable: names.iter().map(|p| sh.rails.usable(p)).collect(),
             paths,
+            firsts: Vec::new(),
         }
+    }
+
+    /// Where in `firsts` the first-attempt choice for buffer `bi` is (none
+    /// with destination affinity: that depends on the local device).
+    fn first_peer(
+        &mut self,
+        desc: &SegmentDesc,
+        bi: usize,
+        policy: SelectionPolicy,
+    ) -> Option<usize> {
+        if policy.dest_affinity {
+            return None;
+        }
+        let i = match self.firsts.iter().position(|(b, _)| *b == bi) {
+            Some(i) => i,
+            None if self.firsts.len() < FIRST_PEERS_KEPT => {
+                self.firsts.push((bi, FirstPeer::new(desc, bi)));
+                self.firsts.len() - 1
+            }
+            None => return None,
+        };
+        Some(i)
     }
 }
