@@ -209,6 +209,11 @@ impl Worker {
         fence(Ordering::SeqCst);
     }
 
+    /// The last pass left no slice waiting for room.
+    pub fn room_not_wanted(&self) {
+        self.room_wanted.store(false, Ordering::Relaxed);
+    }
+
     /// Completions freed room (call after releasing it).
     pub fn room_freed(&self) {
         fence(Ordering::SeqCst);

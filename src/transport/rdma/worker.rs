@@ -139,8 +139,9 @@ fn run_pass(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, s: &mut Pas
     };
     me.begin_pass(&mut s.paths);
     let mut paths = std::mem::take(&mut s.paths);
+    let mut wants_room = false;
     for p in paths.drain(..) {
-        match process_peer(sh, cw, me, p, &mut s.wrs) {
+        match process_peer(sh, cw, me, p, &mut s.wrs, &mut wants_room) {
             Step::Empty => {}
             Step::Progress => pass.progressed = true,
             Step::Parked(d) => {
@@ -150,6 +151,11 @@ fn run_pass(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, s: &mut Pas
         }
     }
     s.paths = paths;
+    if !wants_room {
+        // Every posted path's slices all went: completions need not wake
+        // this thread (a futex wake-up per submit call otherwise).
+        me.room_not_wanted();
+    }
     pass
 }
 
@@ -238,6 +244,7 @@ fn process_peer(
     me: &Worker,
     id: NameId,
     wrs: &mut Vec<WorkRequest>,
+    wants_room: &mut bool,
 ) -> Step {
     let Some(mut slices) = me.take(id) else {
         return Step::Empty;
@@ -284,6 +291,7 @@ fn process_peer(
             // Room freed from here on wakes us if the slices do not all go.
             me.want_room();
             let posted = post_slices(sh, cw, &ep, &mut slices, wrs);
+            *wants_room |= !slices.is_empty();
             me.put_back(id, slices);
             if posted {
                 Step::Progress
