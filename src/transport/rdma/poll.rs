@@ -28,14 +28,15 @@ impl PollBufs {
     }
 }
 
-/// Poll the context's CQ once; returns whether completions were handled.
-pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
+/// Poll the context's CQ once; returns how many completions it handled.
+pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> usize {
     let Some(dev) = &cw.ctx.device else {
-        return false;
+        return 0;
     };
     bufs.comps.clear();
-    if dev.poll(&mut bufs.comps, 64) == 0 {
-        return false;
+    let polled = dev.poll(&mut bufs.comps, 64);
+    if polled == 0 {
+        return 0;
     }
     {
         let mut infl = cw.inflight.lock();
@@ -127,7 +128,7 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
     // May drop the last reference to an endpoint (and destroy its QPs):
     // its WRs are all done.
     bufs.eps.clear();
-    true
+    polled
 }
 
 /// Probe the peer of every endpoint whose WRs made no progress for
