@@ -460,8 +460,7 @@ impl TransferEngine {
         // `group_of[i]` remembers where request i went.
         let mut groups: Vec<(Arc<dyn Transport>, Vec<Submission>)> = Vec::new();
         let mut group_of: Vec<usize> = Vec::with_capacity(routed.len());
-        let n = routed.len();
-        for (i, (ti, s)) in routed.into_iter().enumerate() {
+        for (ti, s) in routed {
             let t = &targets[ti].2;
             match groups.iter().position(|(g, _)| Arc::ptr_eq(g, t)) {
                 Some(g) => {
@@ -470,11 +469,7 @@ impl TransferEngine {
                 }
                 None => {
                     group_of.push(groups.len());
-                    // Room for the rest of the call: a batch usually has
-                    // one transport, and growing moves every submission.
-                    let mut v = Vec::with_capacity(n - i);
-                    v.push(s);
-                    groups.push((t.clone(), v));
+                    groups.push((t.clone(), vec![s]));
                 }
             }
         }

@@ -108,10 +108,7 @@ impl Shared {
                 }
             };
             let pr = &mut routes[ri];
-            // The submission's task reference goes to the last slice; the
-            // others clone it (one refcount less per request).
-            let mut task = Some(s.task);
-            for (k, p) in pieces.iter().enumerate() {
+            for p in pieces {
                 let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
                 // Routed before the slice exists; the slice holds ids, not
                 // shared strings (no refcounts other threads touch).
@@ -119,12 +116,8 @@ impl Shared {
                 else {
                     log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
                     sh.counters.failed_slices.fetch_add(1, Ordering::Relaxed);
-                    task.iter().for_each(|t| t.slice_failed());
+                    s.task.slice_failed();
                     continue;
-                };
-                let last = k + 1 == pieces.len();
-                let Some(task) = (if last { task.take() } else { task.clone() }) else {
-                    break;
                 };
                 let v = &mut per[to.local * nposters + to.poster];
                 if v.capacity() == 0 {
@@ -133,7 +126,7 @@ impl Shared {
                     v.reserve(all.len().div_ceil(nbufs));
                 }
                 v.push(Slice {
-                    task,
+                    task: s.task.clone(),
                     opcode: r.opcode,
                     source,
                     length: p.len,
