@@ -400,7 +400,11 @@ impl TransferEngine {
             )));
         }
         // Route everything first: on a routing error no task is added.
-        let mut routed: Vec<(Arc<dyn Transport>, Submission)> = Vec::with_capacity(requests.len());
+        // Each submission with the index of its transport in `targets`
+        // (no refcount per request on the shared transport).
+        let mut routed: Vec<(usize, Submission)> = Vec::with_capacity(requests.len());
+        // One clock read per call: the tasks of a call start together.
+        let now = std::time::Instant::now();
         // Descriptor and transport per target id, looked up once per call
         // (a batch usually goes to one or a few segments).
         let mut targets: Vec<(SegmentId, Arc<SegmentDesc>, Arc<dyn Transport>)> = Vec::new();
@@ -432,10 +436,10 @@ impl TransferEngine {
                     targets.len() - 1
                 }
             };
-            let (_, target, t) = &targets[ti];
-            let task = Arc::new(Task::new(*r));
+            let target = &targets[ti].1;
+            let task = Arc::new(Task::started_at(*r, now));
             routed.push((
-                t.clone(),
+                ti,
                 Submission {
                     request: *r,
                     task,
@@ -456,15 +460,16 @@ impl TransferEngine {
         // `group_of[i]` remembers where request i went.
         let mut groups: Vec<(Arc<dyn Transport>, Vec<Submission>)> = Vec::new();
         let mut group_of: Vec<usize> = Vec::with_capacity(routed.len());
-        for (t, s) in routed {
-            match groups.iter().position(|(g, _)| Arc::ptr_eq(g, &t)) {
+        for (ti, s) in routed {
+            let t = &targets[ti].2;
+            match groups.iter().position(|(g, _)| Arc::ptr_eq(g, t)) {
                 Some(g) => {
                     groups[g].1.push(s);
                     group_of.push(g);
                 }
                 None => {
                     group_of.push(groups.len());
-                    groups.push((t, vec![s]));
+                    groups.push((t.clone(), vec![s]));
                 }
             }
         }

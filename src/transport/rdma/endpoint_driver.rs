@@ -439,9 +439,9 @@ impl Endpoint {
         r
     }
 
-    /// A WR posted on QP `i` completed.
-    pub fn completed(&self, i: usize) {
-        self.outstanding[i].fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    /// `n` WRs posted on QP `i` completed.
+    pub fn completed(&self, i: usize, n: usize) {
+        self.outstanding[i].fetch_sub(n as u32, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Progress was seen at `now_ms` (`liveness::coarse_ms`).

@@ -141,10 +141,11 @@ impl RdmaTransport {
                     sh.fail_slice(s);
                 }
             }
-            let infl: Vec<_> = cw.inflight.lock().drain().map(|(_, f)| f).collect();
+            let (infl, eps) = cw.inflight.lock().drain();
             for f in infl {
                 sh.fail_slice(f.slice);
             }
+            drop(eps);
             sh.retire_context_endpoints(&cw.ctx, "transport shutdown");
             cw.unflushed.lock().clear();
             cw.ctx.mrs.lock().clear();

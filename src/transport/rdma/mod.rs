@@ -22,6 +22,7 @@ pub mod endpoint_driver;
 pub mod events;
 mod handshake;
 mod idle;
+mod inflight;
 mod lifecycle;
 pub mod limits;
 pub mod liveness;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::device::{Completion, CompletionStatus};
 use super::endpoint_driver::Endpoint;
+use super::inflight::EpRef;
 use super::worker::{ContextWorkers, Inflight};
 use super::Shared;
 
@@ -15,24 +16,49 @@ use super::Shared;
 pub struct PollBufs {
     comps: Vec<Completion>,
     done: Vec<(Completion, Inflight)>,
+    /// The endpoints this poll's WRs went out on, per QP, with how many
+    /// completed: one reference and one counter update per endpoint and QP
+    /// per poll, not per WR.
+    eps: Vec<(EpRef, usize, Arc<Endpoint>, usize)>,
 }
 
-/// Poll the context's CQ once; returns whether completions were handled.
-pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
+impl PollBufs {
+    fn endpoint(&self, r: EpRef) -> Option<&Arc<Endpoint>> {
+        self.eps.iter().find(|e| e.0 == r).map(|e| &e.2)
+    }
+}
+
+/// Poll the context's CQ once; returns how many completions it handled.
+pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> usize {
     let Some(dev) = &cw.ctx.device else {
-        return false;
+        return 0;
     };
     bufs.comps.clear();
-    if dev.poll(&mut bufs.comps, 64) == 0 {
-        return false;
+    let polled = dev.poll(&mut bufs.comps, 64);
+    if polled == 0 {
+        return 0;
     }
     {
         let mut infl = cw.inflight.lock();
-        bufs.done.extend(
-            bufs.comps
-                .iter()
-                .filter_map(|c| infl.remove(&c.wr_id).map(|f| (*c, f))),
-        );
+        for c in &bufs.comps {
+            let Some(f) = infl.wrs.remove(&c.wr_id) else {
+                continue;
+            };
+            match bufs.eps.iter_mut().find(|e| e.0 == f.ep && e.1 == f.qp) {
+                Some(e) => e.3 += 1,
+                None => {
+                    if let Some(ep) = infl.endpoint(f.ep) {
+                        bufs.eps.push((f.ep, f.qp, ep.clone(), 1));
+                    }
+                }
+            }
+            bufs.done.push((*c, f));
+        }
+        // Never the last references: `bufs.eps` holds the endpoints until
+        // the completions are handled (outside this lock).
+        for (r, _, _, n) in &bufs.eps {
+            infl.release(*r, *n);
+        }
     }
     // One stats update per poll, before tasks can be seen complete.
     let (bytes, ok_bytes) = bufs.done.iter().fold((0, 0), |(b, ok), (c, f)| {
@@ -50,9 +76,12 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
         w.room_freed();
     }
     let now_ms = super::liveness::coarse_ms();
-    for (c, f) in bufs.done.drain(..) {
-        f.ep.touch(now_ms);
-        f.ep.completed(f.qp);
+    for (_, qp, ep, n) in &bufs.eps {
+        ep.touch(now_ms);
+        ep.completed(*qp, *n);
+    }
+    let mut done = std::mem::take(&mut bufs.done);
+    for (c, f) in done.drain(..) {
         if f.timed_out.is_some() {
             // The QP of a timed-out WR is in ERR: this is its flush (or a
             // late success). Only now may the slice end.
@@ -77,12 +106,14 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
                     .error_completions
                     .fetch_add(1, Ordering::Relaxed);
                 let path = sh.paths.get(f.slice.path);
-                if f.ep.state().connected() {
-                    // A dead connection needs a re-handshake: pace it.
-                    cw.handshake_failed(&path, Instant::now());
+                if let Some(ep) = bufs.endpoint(f.ep) {
+                    if ep.state().connected() {
+                        // A dead connection needs a re-handshake: pace it.
+                        cw.handshake_failed(&path, Instant::now());
+                    }
+                    ep.retire("work completion error");
+                    cw.ctx.forget_endpoint(&path, ep);
                 }
-                f.ep.retire("work completion error");
-                cw.ctx.forget_endpoint(&path, &f.ep);
                 // A dead local device is not the peer rail's fault.
                 let local_fault = c.status == CompletionStatus::LocalError || !cw.ctx.is_active();
                 if !local_fault {
@@ -93,7 +124,11 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
             }
         }
     }
-    true
+    bufs.done = done;
+    // May drop the last reference to an endpoint (and destroy its QPs):
+    // its WRs are all done.
+    bufs.eps.clear();
+    polled
 }
 
 /// Probe the peer of every endpoint whose WRs made no progress for

@@ -118,6 +118,19 @@ impl Worker {
     /// Queue without waking the thread (the caller runs a pass itself).
     pub fn push_quiet(&self, v: Vec<Slice>) {
         let mut q = self.queues.lock();
+        // The usual call: all to one peer path whose queue a pass emptied.
+        // The buffer becomes the queue (no move per slice, no growing).
+        if let Some(path) = v.first().map(|s| s.path) {
+            if v.iter().all(|s| s.path == path) {
+                let e = q.entry(path).or_default();
+                if e.is_empty() {
+                    *e = VecDeque::from(v);
+                } else {
+                    e.extend(v);
+                }
+                return;
+            }
+        }
         let mut it = v.into_iter().peekable();
         while let Some(first) = it.next() {
             // One map lookup per run of slices to the same peer path.
@@ -194,6 +207,11 @@ impl Worker {
     pub fn want_room(&self) {
         self.room_wanted.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
+    }
+
+    /// The last pass left no slice waiting for room.
+    pub fn room_not_wanted(&self) {
+        self.room_wanted.store(false, Ordering::Relaxed);
     }
 
     /// Completions freed room (call after releasing it).

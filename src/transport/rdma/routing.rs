@@ -9,7 +9,9 @@ use crate::metadata::SegmentId;
 
 use super::memory::MemoryTable;
 use super::names::NameId;
-use super::selection::{select_device, select_peer_device};
+use super::selection::{
+    first_pick, first_tier, select_device, select_peer_device, FirstPeer, SelectionPolicy,
+};
 use super::shared::Shared;
 use super::worker::Slice;
 
@@ -69,7 +71,7 @@ impl Shared {
         &self,
         piece: (u64, u64, u64),
         desc: &SegmentDesc,
-        pr: &PeerRoutes,
+        pr: &mut PeerRoutes,
         local: Option<usize>,
         mem: &MemoryTable,
     ) -> Option<FirstRoute> {
@@ -77,10 +79,17 @@ impl Shared {
         let local = local?;
         let (bi, _) = desc.find_buffer(dest, length)?;
         let lkey = mem.find(source)?.lkeys.get(local).copied().unwrap_or(0);
-        let local_name = &self.contexts[local].name;
-        let pi = select_peer_device(desc, bi, 0, local_name, self.cfg.policy, |i| {
-            pr.usable.get(i).copied().unwrap_or(false)
-        })?;
+        let policy = self.cfg.policy;
+        let cached = pr.first_peer(desc, bi, policy);
+        let pr = &*pr;
+        let usable = |i: usize| pr.usable.get(i).copied().unwrap_or(false);
+        let pi = match cached {
+            Some(k) => pr.firsts[k].1.pick(policy.round_robin, usable),
+            None => {
+                let local_name = &self.contexts[local].name;
+                select_peer_device(desc, bi, 0, local_name, policy, usable)
+            }
+        }?;
         let rkey = desc.buffers[bi].rkey.as_ref()?.get(pi).copied()?;
         pr.paths.get(pi)?;
         let posters = self.workers[local].posters.len() as u64;
@@ -95,17 +104,34 @@ impl Shared {
 
     /// An active local context for `location` at attempt `retry`.
     pub(super) fn pick_local(&self, location: &str, retry: u32) -> Option<usize> {
-        let by_name = |n: &str| {
-            self.contexts
-                .iter()
-                .position(|c| c.name == n)
-                .filter(|&i| self.contexts[i].is_active())
+        select_device(&self.matrix, location, retry, self.cfg.policy.round_robin)
+            .and_then(|n| self.active_context(n))
+            .or_else(|| self.pick_local_walk(location, retry))
+    }
+
+    /// `pick_local(location, 0)` with the matrix lookup done once per
+    /// location in `tier` (same random pick, no name compares per request).
+    pub(super) fn pick_local_first(&self, location: &str, tier: &LocalTier) -> Option<usize> {
+        let first = match tier.contexts.len() {
+            0 => None,
+            n => tier.contexts[first_pick(n, self.cfg.policy.round_robin)],
         };
-        if let Some(i) = select_device(&self.matrix, location, retry, self.cfg.policy.round_robin)
-            .and_then(by_name)
-        {
-            return Some(i);
-        }
+        first
+            .filter(|&i| self.contexts[i].is_active())
+            .or_else(|| self.pick_local_walk(location, 0))
+    }
+
+    fn active_context(&self, name: &str) -> Option<usize> {
+        self.contexts
+            .iter()
+            .position(|c| c.name == name)
+            .filter(|&i| self.contexts[i].is_active())
+    }
+
+    /// When the first choice for `location` is not usable: walk the
+    /// matrix's devices in retry order, then any active context.
+    fn pick_local_walk(&self, location: &str, retry: u32) -> Option<usize> {
+        let by_name = |n: &str| self.active_context(n);
         let n = self.contexts.len() as u32;
         (1..=n.max(1) + retry)
             .filter_map(|r| select_device(&self.matrix, location, retry + r, false))
@@ -148,6 +174,24 @@ impl Shared {
     }
 }
 
+/// The local contexts a first attempt for one location picks among, in
+/// matrix order (`None`: a device name no context of ours has).
+pub(super) struct LocalTier {
+    contexts: Vec<Option<usize>>,
+}
+
+impl LocalTier {
+    pub(super) fn new(sh: &Shared, location: &str) -> LocalTier {
+        let names = first_tier(&sh.matrix, location).unwrap_or(&[]);
+        LocalTier {
+            contexts: names
+                .iter()
+                .map(|n| sh.contexts.iter().position(|c| c.name == *n))
+                .collect(),
+        }
+    }
+}
+
 /// Where a first attempt goes: local context and key, peer NIC (index into
 /// `PeerRoutes::paths`) and key, posting thread.
 pub(super) struct FirstRoute {
@@ -164,7 +208,13 @@ pub(super) struct PeerRoutes {
     pub(super) paths: Vec<NameId>,
     pub(super) hashes: Vec<u64>,
     pub(super) usable: Vec<bool>,
+    /// First-attempt peer choice per buffer index, filled as slices need it.
+    firsts: Vec<(usize, FirstPeer)>,
 }
+
+/// Buffers of one target whose first-attempt choice a call keeps (a call
+/// into more distinct buffers chooses the rest without the cache).
+const FIRST_PEERS_KEPT: usize = 16;
 
 impl PeerRoutes {
     pub(super) fn new(sh: &Shared, target_id: SegmentId, desc: &SegmentDesc) -> Self {
@@ -182,6 +232,29 @@ impl PeerRoutes {
             hashes: paths.iter().map(|&p| sh.paths.hash(p)).collect(),
             usable: names.iter().map(|p| sh.rails.usable(p)).collect(),
             paths,
+            firsts: Vec::new(),
         }
+    }
+
+    /// Where in `firsts` the first-attempt choice for buffer `bi` is (none
+    /// with destination affinity: that depends on the local device).
+    fn first_peer(
+        &mut self,
+        desc: &SegmentDesc,
+        bi: usize,
+        policy: SelectionPolicy,
+    ) -> Option<usize> {
+        if policy.dest_affinity {
+            return None;
+        }
+        let i = match self.firsts.iter().position(|(b, _)| *b == bi) {
+            Some(i) => i,
+            None if self.firsts.len() < FIRST_PEERS_KEPT => {
+                self.firsts.push((bi, FirstPeer::new(desc, bi)));
+                self.firsts.len() - 1
+            }
+            None => return None,
+        };
+        Some(i)
     }
 }

@@ -41,7 +41,7 @@ fn seed() -> u64 {
 }
 
 /// Index in `0..n` for a first attempt (n > 0).
-fn first_pick(n: usize, round_robin: bool) -> usize {
+pub(super) fn first_pick(n: usize, round_robin: bool) -> usize {
     if round_robin {
         RR.with(|c| {
             let v = c.get();
@@ -71,20 +71,27 @@ pub fn select_device<'a>(
     retry: u32,
     round_robin: bool,
 ) -> Option<&'a str> {
-    let (pref, avail) = matrix.get(location).or_else(|| matrix.get("*"))?;
     if retry == 0 {
-        let tier = if pref.is_empty() { avail } else { pref };
+        let tier = first_tier(matrix, location)?;
         if tier.is_empty() {
             return None;
         }
         return Some(tier[first_pick(tier.len(), round_robin)].as_str());
     }
+    let (pref, avail) = matrix.get(location).or_else(|| matrix.get("*"))?;
     let n = pref.len() + avail.len();
     if n == 0 {
         return None;
     }
     let i = (retry as usize - 1) % n;
     pref.iter().chain(avail.iter()).nth(i).map(String::as_str)
+}
+
+/// The devices a first attempt for `location` picks among: the preferred
+/// ones, or the available ones when none is preferred.
+pub fn first_tier<'a>(matrix: &'a PriorityMatrix, location: &str) -> Option<&'a [String]> {
+    let (pref, avail) = matrix.get(location).or_else(|| matrix.get("*"))?;
+    Some(if pref.is_empty() { avail } else { pref })
 }
 
 /// The peer device index (into `devices[]`, and the same index into the
@@ -123,10 +130,63 @@ pub fn select_peer_device(
             }),
         };
     }
+    settle(choice, nkeys, usable)
+}
+
+/// A paused choice falls back to the first other usable keyed device.
+fn settle(choice: Option<usize>, nkeys: usize, usable: impl Fn(usize) -> bool) -> Option<usize> {
     match choice {
         Some(i) if usable(i) => Some(i),
         Some(i) => (0..nkeys).find(|&j| j != i && usable(j)),
         None => None,
+    }
+}
+
+/// `select_peer_device` for first attempts into one peer buffer without
+/// destination affinity, with the peer matrix lookup and the device-name
+/// compares done once (a submit call cuts many slices into few buffers).
+pub struct FirstPeer {
+    nkeys: usize,
+    /// The matrix tier as device indices (`None`: a name with no keyed
+    /// device); no tier at all when the peer published no matrix.
+    tier: Option<Vec<Option<usize>>>,
+}
+
+impl FirstPeer {
+    pub fn new(peer: &SegmentDesc, buffer: usize) -> FirstPeer {
+        let devices = peer.devices.as_deref().unwrap_or(&[]);
+        let Some(buf) = peer.buffers.get(buffer) else {
+            return FirstPeer {
+                nkeys: 0,
+                tier: None,
+            };
+        };
+        let nkeys = buf.rkey.as_ref().map_or(0, Vec::len).min(devices.len());
+        let tier = match peer.priority_matrix.as_ref().and_then(|m| m.as_ref()) {
+            Some(m) if !m.is_empty() => Some(
+                first_tier(m, &buf.name)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|n| devices[..nkeys].iter().position(|d| d.name == *n))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        FirstPeer { nkeys, tier }
+    }
+
+    /// The same choice `select_peer_device(peer, buffer, 0, _, policy, usable)`
+    /// makes when `policy.dest_affinity` is off.
+    pub fn pick(&self, round_robin: bool, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        if self.nkeys == 0 {
+            return None;
+        }
+        let choice = match &self.tier {
+            Some(t) if t.is_empty() => None,
+            Some(t) => t[first_pick(t.len(), round_robin)],
+            None => Some(first_pick(self.nkeys, round_robin)),
+        };
+        settle(choice, self.nkeys, usable)
     }
 }
 
@@ -209,6 +269,29 @@ mod tests {
             ..pol
         };
         assert_eq!(select_peer_device(&p, 0, 0, "p0", aff, |_| true), Some(0));
+    }
+
+    #[test]
+    fn first_peer_chooses_like_select_peer_device() {
+        let pol = SelectionPolicy::default();
+        let mut p = peer();
+        let f = FirstPeer::new(&p, 0);
+        assert_eq!(f.pick(false, |_| true), Some(1));
+        assert_eq!(f.pick(false, |i| i != 1), Some(0));
+        assert_eq!(f.pick(false, |_| false), None);
+        assert_eq!(FirstPeer::new(&p, 7).pick(false, |_| true), None);
+        // A tier naming a device we have no key for: no choice, as before.
+        p.priority_matrix = Some(Some(matrix(r#"{"cpu:0":[["zz"],[]]}"#)));
+        assert_eq!(FirstPeer::new(&p, 0).pick(false, |_| true), None);
+        assert_eq!(select_peer_device(&p, 0, 0, "x", pol, |_| true), None);
+        // No matrix: any keyed device.
+        p.priority_matrix = Some(None);
+        let f = FirstPeer::new(&p, 0);
+        for _ in 0..20 {
+            assert!(matches!(f.pick(false, |_| true), Some(0 | 1)));
+        }
+        p.buffers[0].rkey = Some(vec![]);
+        assert_eq!(FirstPeer::new(&p, 0).pick(false, |_| true), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::transport::Submission;
 
 use super::names::NameId;
-use super::routing::PeerRoutes;
+use super::routing::{LocalTier, PeerRoutes};
 use super::shared::Shared;
 use super::slicing::{cut, CutError, Piece};
 use super::worker::{self, Slice};
@@ -23,8 +23,9 @@ impl Shared {
         let mut all: Vec<Piece> = Vec::with_capacity(subs.len());
         let mut cuts = Vec::with_capacity(subs.len());
         {
-            // Location ids of this call (buffers of a batch share a few).
-            let mut locations: Vec<(&str, NameId)> = Vec::new();
+            // Location ids and first-choice contexts of this call (buffers
+            // of a batch share a few locations).
+            let mut locations: Vec<(&str, NameId, LocalTier)> = Vec::new();
             for s in &subs {
                 let r = s.request;
                 let start = all.len();
@@ -56,15 +57,16 @@ impl Shared {
                     }
                     other => {
                         let name = mem.find(r.source).map_or("*", |m| m.buf.location.as_str());
-                        let location = match locations.iter().find(|(l, _)| *l == name) {
-                            Some((_, id)) => *id,
+                        let li = match locations.iter().position(|(l, _, _)| *l == name) {
+                            Some(i) => i,
                             None => {
                                 let id = sh.locations.intern(name);
-                                locations.push((name, id));
-                                id
+                                locations.push((name, id, LocalTier::new(sh, name)));
+                                locations.len() - 1
                             }
                         };
-                        cuts.push((other, location, sh.pick_local(name, 0)));
+                        let (_, location, tier) = &locations[li];
+                        cuts.push((other, *location, sh.pick_local_first(name, tier)));
                     }
                 }
             }
@@ -78,6 +80,7 @@ impl Shared {
         let mut per: Vec<Vec<Slice>> = (0..sh.contexts.len() * nposters)
             .map(|_| Vec::new())
             .collect();
+        let nbufs = per.len();
         let mut routes: Vec<PeerRoutes> = Vec::new();
         for (s, (pieces, location, local)) in subs.into_iter().zip(cuts) {
             let r = s.request;
@@ -104,7 +107,7 @@ impl Shared {
                     routes.len() - 1
                 }
             };
-            let pr = &routes[ri];
+            let pr = &mut routes[ri];
             for p in pieces {
                 let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
                 // Routed before the slice exists; the slice holds ids, not
@@ -116,7 +119,13 @@ impl Shared {
                     s.task.slice_failed();
                     continue;
                 };
-                per[to.local * nposters + to.poster].push(Slice {
+                let v = &mut per[to.local * nposters + to.poster];
+                if v.capacity() == 0 {
+                    // An even share of the call's slices: with one posting
+                    // thread (the usual case) the buffer never regrows.
+                    v.reserve(all.len().div_ceil(nbufs));
+                }
+                v.push(Slice {
                     task: s.task.clone(),
                     opcode: r.opcode,
                     source,

@@ -23,10 +23,11 @@ pub fn sweep(sh: &Shared, cw: &ContextWorkers) {
     let grace = sh.cfg.flush_grace;
     let now = Instant::now();
     let mut retire: Vec<Arc<Endpoint>> = Vec::new();
-    let unflushed: Vec<Inflight> = {
+    let unflushed: Vec<(Inflight, Arc<Endpoint>)> = {
         let mut infl = cw.inflight.lock();
         let mut gone = Vec::new();
-        for (id, f) in infl.iter_mut() {
+        let mut timed_out = Vec::new();
+        for (id, f) in infl.wrs.iter_mut() {
             match f.timed_out {
                 None if now.duration_since(f.posted_at) > limit => {
                     f.timed_out = Some(now);
@@ -35,21 +36,22 @@ pub fn sweep(sh: &Shared, cw: &ContextWorkers) {
                         "slice to {}: no completion within {limit:?}; QP to ERR, waiting for its flush",
                         sh.paths.get(f.slice.path)
                     );
-                    if !retire.iter().any(|e| Arc::ptr_eq(e, &f.ep)) {
-                        retire.push(f.ep.clone());
+                    if !timed_out.contains(&f.ep) {
+                        timed_out.push(f.ep);
                     }
                 }
                 Some(t) if now.duration_since(t) > grace => gone.push(*id),
                 _ => {}
             }
         }
-        gone.into_iter().filter_map(|id| infl.remove(&id)).collect()
+        retire.extend(timed_out.iter().filter_map(|&r| infl.endpoint(r).cloned()));
+        gone.into_iter().filter_map(|id| infl.take(id)).collect()
     };
     for ep in retire {
         ep.retire("slice timeout");
         cw.ctx.forget_endpoint(&ep.peer_path, &ep);
     }
-    for f in unflushed {
+    for (f, ep) in unflushed {
         log::error!(
             "slice to {}: QP in ERR but no flush completion within {grace:?}; slice failed, QP kept until shutdown",
             sh.paths.get(f.slice.path)
@@ -59,8 +61,8 @@ pub fn sweep(sh: &Shared, cw: &ContextWorkers) {
             .fetch_add(1, Ordering::Relaxed);
         cw.ctx.stats.finished(f.slice.length, false);
         let mut keep = cw.unflushed.lock();
-        if !keep.iter().any(|e| Arc::ptr_eq(e, &f.ep)) {
-            keep.push(f.ep.clone());
+        if !keep.iter().any(|e| Arc::ptr_eq(e, &ep)) {
+            keep.push(ep);
         }
         drop(keep);
         sh.fail_slice(f.slice);

@@ -12,13 +12,12 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::id_map::IdMap;
-
 use super::context::RdmaContext;
 use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
-use super::idle::{earliest, Idle, Sweep};
+use super::idle::{self, earliest, Idle, Sweep};
+pub use super::inflight::{Inflight, InflightMap};
 use super::names::NameId;
 use super::poll::{poll_once, PollBufs};
 use super::queues::Signal;
@@ -26,21 +25,6 @@ use super::Shared;
 
 use super::queues::PassScratch;
 pub use super::queues::{Slice, Worker};
-
-/// A posted WR: the slice, the endpoint and QP it went out on.
-pub struct Inflight {
-    pub slice: Slice,
-    pub ep: Arc<Endpoint>,
-    pub qp: usize,
-    pub posted_at: Instant,
-    /// Past `MC_SLICE_TIMEOUT`: its QP was moved to ERR, and the slice ends
-    /// when this WR's (flush) completion arrives, never before (the NIC may
-    /// still be moving its bytes).
-    pub timed_out: Option<Instant>,
-}
-
-/// In-flight WRs of one context, by WR id.
-pub type InflightMap = IdMap<u64, Inflight>;
 
 /// Everything the threads of one context share.
 pub struct ContextWorkers {
@@ -155,8 +139,9 @@ fn run_pass(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, s: &mut Pas
     };
     me.begin_pass(&mut s.paths);
     let mut paths = std::mem::take(&mut s.paths);
+    let mut wants_room = false;
     for p in paths.drain(..) {
-        match process_peer(sh, cw, me, p, &mut s.wrs) {
+        match process_peer(sh, cw, me, p, &mut s.wrs, &mut wants_room) {
             Step::Empty => {}
             Step::Progress => pass.progressed = true,
             Step::Parked(d) => {
@@ -166,6 +151,11 @@ fn run_pass(sh: &Arc<Shared>, cw: &Arc<ContextWorkers>, me: &Worker, s: &mut Pas
         }
     }
     s.paths = paths;
+    if !wants_room {
+        // Every posted path's slices all went: completions need not wake
+        // this thread (a futex wake-up per submit call otherwise).
+        me.room_not_wanted();
+    }
     pass
 }
 
@@ -210,7 +200,7 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
         let pass = run_pass(&sh, &cw, &me, &mut me.pass.lock());
         let (mut progressed, mut deadline) = (pass.progressed, pass.deadline);
         if also_poll {
-            progressed |= poll_once(&sh, &cw, &mut bufs);
+            progressed |= poll_once(&sh, &cw, &mut bufs) > 0;
             let next_sweep = sweep.run_if_due(&sh, &cw);
             deadline = earliest(deadline, cw.has_inflight().then_some(next_sweep));
         }
@@ -234,11 +224,12 @@ pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
         }
         let Some(sh) = shared.upgrade() else { return };
         cw.poll_signal.take();
-        let progressed = poll_once(&sh, &cw, &mut bufs);
+        let polled = poll_once(&sh, &cw, &mut bufs);
         let next_sweep = sweep.run_if_due(&sh, &cw);
         drop(sh);
-        if progressed {
+        if polled > 0 {
             idle.reset();
+            idle::gather(&cw, polled);
         } else {
             // Nothing in flight: nothing to sweep either; posts wake us.
             let deadline = cw.has_inflight().then_some(next_sweep);
@@ -254,6 +245,7 @@ fn process_peer(
     me: &Worker,
     id: NameId,
     wrs: &mut Vec<WorkRequest>,
+    wants_room: &mut bool,
 ) -> Step {
     let Some(mut slices) = me.take(id) else {
         return Step::Empty;
@@ -300,6 +292,7 @@ fn process_peer(
             // Room freed from here on wakes us if the slices do not all go.
             me.want_room();
             let posted = post_slices(sh, cw, &ep, &mut slices, wrs);
+            *wants_room |= !slices.is_empty();
             me.put_back(id, slices);
             if posted {
                 Step::Progress
@@ -402,9 +395,10 @@ fn post_slices(
             let mut infl = cw.inflight.lock();
             let now = Instant::now();
             // One atomic per batch: the counter's line is shared with the
-            // polling thread's.
+            // polling thread's. One endpoint hold per chain, too.
             let n = n.min(slices.len());
             let base = cw.next_wr_id.fetch_add(n as u64, Ordering::Relaxed);
+            let held = infl.hold(ep, n);
             for wr_id in base..base + n as u64 {
                 let Some(s) = slices.pop_front() else { break };
                 wrs.push(WorkRequest {
@@ -418,11 +412,11 @@ fn post_slices(
                     signaled: true,
                 });
                 posted_bytes += s.length;
-                infl.insert(
+                infl.wrs.insert(
                     wr_id,
                     Inflight {
                         slice: s,
-                        ep: ep.clone(),
+                        ep: held,
                         qp: i,
                         posted_at: now,
                         timed_out: None,
@@ -445,7 +439,7 @@ fn post_slices(
             // Unaccepted WRs go back to the queue front, in order.
             let mut infl = cw.inflight.lock();
             for w in wrs[accepted..].iter().rev() {
-                if let Some(f) = infl.remove(&w.wr_id) {
+                if let Some((f, _)) = infl.take(w.wr_id) {
                     cw.ctx.stats.finished(f.slice.length, false);
                     slices.push_front(f.slice);
                 }

@@ -15,15 +15,20 @@ use crate::transport::rdma::verbs::errno::verb_error;
 use crate::transport::rdma::verbs::types::{AsyncEvent, AsyncEventKind, WorkCompletion};
 use crate::transport::rdma::verbs::Cq;
 
-/// A completion and the send-queue slot it frees when polled.
-type Entry = (WorkCompletion, Arc<AtomicUsize>);
-
 #[derive(Default)]
 struct CqState {
-    queue: VecDeque<Entry>,
+    queue: VecDeque<WorkCompletion>,
+    /// Outstanding-WR counter of each QP on this CQ, by QP number: a polled
+    /// completion frees a send-queue slot of its QP. Looked up by number
+    /// rather than carried per completion, so a completion costs no
+    /// refcount traffic between the executor and the polling thread.
+    slots: Vec<(u32, Arc<AtomicUsize>)>,
     overflowed: bool,
     /// `interrupt` was called and no `wait` has returned since.
     interrupted: bool,
+    /// Queued completions that wake a waiter (`wait_batch` raises it; a
+    /// push below it wakes nobody). 0 stands for 1.
+    wake_at: usize,
 }
 
 pub(crate) struct CqShared {
@@ -44,9 +49,19 @@ impl CqShared {
         }
     }
 
-    /// Deliver `wc`; `slot` is the QP's outstanding counter, released when
-    /// the completion is polled (or dropped on overflow).
-    pub fn push(&self, wc: WorkCompletion, slot: Arc<AtomicUsize>) {
+    /// QP `qpn` on this CQ counts its outstanding WRs in `slot`.
+    pub fn attach(&self, qpn: u32, slot: Arc<AtomicUsize>) {
+        self.state.lock().slots.push((qpn, slot));
+    }
+
+    /// QP `qpn` is destroyed: its completions still queued free nothing.
+    pub fn detach(&self, qpn: u32) {
+        self.state.lock().slots.retain(|(q, _)| *q != qpn);
+    }
+
+    /// Deliver `wc`; `slot` is its QP's outstanding counter, released when
+    /// the completion is polled (or now, when it is lost to an overflow).
+    pub fn push(&self, wc: WorkCompletion, slot: &AtomicUsize) {
         let mut st = self.state.lock();
         if st.overflowed {
             slot.fetch_sub(1, Ordering::AcqRel);
@@ -71,9 +86,12 @@ impl CqShared {
             });
             return;
         }
-        st.queue.push_back((wc, slot));
+        st.queue.push_back(wc);
+        let wake = st.queue.len() >= st.wake_at.max(1);
         drop(st);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
     }
 }
 
@@ -83,7 +101,12 @@ pub(crate) struct SoftCq {
 
 impl Cq for SoftCq {
     fn poll_into(&self, out: &mut Vec<WorkCompletion>, max: usize) -> Result<usize> {
-        let mut st = self.shared.state.lock();
+        // The executor holds the lock for a push: report nothing rather than
+        // park (a park and its wake-up cost both threads a syscall). A poll
+        // is a snapshot; `wait` takes the lock and sees what was pushed.
+        let Some(mut st) = self.shared.state.try_lock() else {
+            return Ok(0);
+        };
         if st.overflowed {
             return Err(verb_error(
                 "ibv_poll_cq",
@@ -96,10 +119,18 @@ impl Cq for SoftCq {
             ));
         }
         let n = max.min(st.queue.len());
-        out.extend(st.queue.drain(..n).map(|(wc, slot)| {
-            slot.fetch_sub(1, Ordering::AcqRel);
-            wc
-        }));
+        let start = out.len();
+        out.extend(st.queue.drain(..n));
+        // One release per run of completions of the same QP.
+        let mut polled = &out[start..];
+        while let Some(first) = polled.first() {
+            let qpn = first.qp_num;
+            let run = polled.iter().take_while(|w| w.qp_num == qpn).count();
+            if let Some((_, slot)) = st.slots.iter().find(|(q, _)| *q == qpn) {
+                slot.fetch_sub(run, Ordering::AcqRel);
+            }
+            polled = &polled[run..];
+        }
         Ok(n)
     }
 
@@ -111,6 +142,17 @@ impl Cq for SoftCq {
         if st.queue.is_empty() && !st.overflowed && !st.interrupted {
             sh.ready.wait_for(&mut st, timeout);
         }
+        st.interrupted = false;
+    }
+
+    fn wait_batch(&self, at_least: usize, timeout: Duration) {
+        let sh = &self.shared;
+        let mut st = sh.state.lock();
+        st.wake_at = at_least;
+        if st.queue.len() < at_least.max(1) && !st.overflowed && !st.interrupted {
+            sh.ready.wait_for(&mut st, timeout);
+        }
+        st.wake_at = 0;
         st.interrupted = false;
     }
 

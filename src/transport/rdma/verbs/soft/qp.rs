@@ -75,7 +75,7 @@ impl QpShared {
             qp_num: self.qpn,
             vendor_err: 0,
         };
-        self.cq.push(wc, self.outstanding.clone());
+        self.cq.push(wc, &self.outstanding);
     }
 
     /// Drop queued WRs without completions (reset/destroy).
@@ -96,12 +96,14 @@ impl SoftQp {
     pub fn create(device: Arc<SoftDevice>, cq: Arc<CqShared>, caps: QpCaps) -> SoftQp {
         let fabric = fabric();
         let qpn = fabric.alloc_qpn();
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        cq.attach(qpn, outstanding.clone());
         let shared = Arc::new(QpShared {
             qpn,
             device,
             cq,
             caps,
-            outstanding: Arc::new(AtomicUsize::new(0)),
+            outstanding,
             core: Mutex::new(QpCore {
                 state: QpState::Reset,
                 rtr: None,
@@ -326,6 +328,7 @@ impl Drop for SoftQp {
     fn drop(&mut self) {
         // ibv_destroy_qp: the QP number disappears and queued WRs vanish.
         fabric().qps.lock().remove(&self.shared.qpn);
+        self.shared.cq.detach(self.shared.qpn);
         let mut core = self.shared.core.lock();
         self.shared.discard_queue(&mut core);
         core.state = QpState::Reset;
