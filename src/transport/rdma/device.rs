@@ -80,9 +80,6 @@ pub trait Device: Send + Sync {
     fn wait_completions(&self, timeout: Duration);
     /// Wake the thread in `wait_completions` (or make its next wait return).
     fn interrupt_completions(&self);
-    /// Block up to `timeout` until `at_least` completions are waiting (a
-    /// provider without completion moderation returns at once).
-    fn gather_completions(&self, _at_least: usize, _timeout: Duration) {}
     /// The CQ failed: the device cannot be used (a plain flag, cheap).
     fn is_down(&self) -> bool;
     /// The port was ACTIVE when the device was opened.

@@ -18,17 +18,6 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 /// its completion channel: a completion a few µs away costs no wake-up.
 const SPIN: Duration = Duration::from_micros(10);
 
-/// A poll that brought back fewer completions than this, with at least
-/// twice as many WRs in flight, makes the poller wait for this many to
-/// gather (completion moderation): polling each completion as it lands
-/// costs a poll, a yield or a wake-up per WR when the NIC runs on
-/// another core.
-const GATHER: usize = 32;
-
-/// Longest wait for completions to gather: a slow WR must not hold up
-/// the completions of the others for long.
-const GATHER_WAIT: Duration = Duration::from_micros(50);
-
 /// Longest single block on the completion channel.
 const MAX_BLOCK: Duration = Duration::from_millis(100);
 
@@ -105,18 +94,6 @@ impl Idle {
         let left = deadline.map_or(MAX_BLOCK, |t| t.saturating_duration_since(now));
         dev.wait_completions(left.min(MAX_BLOCK));
         self.armed = false;
-    }
-}
-
-/// After a poll that handled `polled` completions: let more gather first
-/// when the poll was thin and many WRs are in flight (few in flight:
-/// latency first, the poller polls again at once).
-pub(super) fn gather(cw: &ContextWorkers, polled: usize) {
-    if polled >= GATHER || cw.inflight.lock().len() < 2 * GATHER {
-        return;
-    }
-    if let Some(d) = &cw.ctx.device {
-        d.gather_completions(GATHER, GATHER_WAIT);
     }
 }
 

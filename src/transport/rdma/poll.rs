@@ -28,15 +28,14 @@ impl PollBufs {
     }
 }
 
-/// Poll the context's CQ once; returns how many completions it handled.
-pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> usize {
+/// Poll the context's CQ once; returns whether completions were handled.
+pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool {
     let Some(dev) = &cw.ctx.device else {
-        return 0;
+        return false;
     };
     bufs.comps.clear();
-    let polled = dev.poll(&mut bufs.comps, 64);
-    if polled == 0 {
-        return 0;
+    if dev.poll(&mut bufs.comps, 64) == 0 {
+        return false;
     }
     {
         let mut infl = cw.inflight.lock();
@@ -128,7 +127,7 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> usize
     // May drop the last reference to an endpoint (and destroy its QPs):
     // its WRs are all done.
     bufs.eps.clear();
-    polled
+    true
 }
 
 /// Probe the peer of every endpoint whose WRs made no progress for

@@ -367,10 +367,6 @@ impl Device for VerbsDevice {
         self.cq.interrupt();
     }
 
-    fn gather_completions(&self, at_least: usize, timeout: Duration) {
-        self.cq.wait_batch(at_least, timeout);
-    }
-
     fn is_down(&self) -> bool {
         self.down.load(Ordering::Acquire)
     }

@@ -16,7 +16,7 @@ use super::context::RdmaContext;
 use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
-use super::idle::{self, earliest, Idle, Sweep};
+use super::idle::{earliest, Idle, Sweep};
 pub use super::inflight::{Inflight, InflightMap};
 use super::names::NameId;
 use super::poll::{poll_once, PollBufs};
@@ -200,7 +200,7 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
         let pass = run_pass(&sh, &cw, &me, &mut me.pass.lock());
         let (mut progressed, mut deadline) = (pass.progressed, pass.deadline);
         if also_poll {
-            progressed |= poll_once(&sh, &cw, &mut bufs) > 0;
+            progressed |= poll_once(&sh, &cw, &mut bufs);
             let next_sweep = sweep.run_if_due(&sh, &cw);
             deadline = earliest(deadline, cw.has_inflight().then_some(next_sweep));
         }
@@ -224,12 +224,11 @@ pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
         }
         let Some(sh) = shared.upgrade() else { return };
         cw.poll_signal.take();
-        let polled = poll_once(&sh, &cw, &mut bufs);
+        let progressed = poll_once(&sh, &cw, &mut bufs);
         let next_sweep = sweep.run_if_due(&sh, &cw);
         drop(sh);
-        if polled > 0 {
+        if progressed {
             idle.reset();
-            idle::gather(&cw, polled);
         } else {
             // Nothing in flight: nothing to sweep either; posts wake us.
             let deadline = cw.has_inflight().then_some(next_sweep);

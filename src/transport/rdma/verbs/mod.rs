@@ -140,10 +140,6 @@ pub trait Cq: Send + Sync {
     /// Wake a thread blocked in `wait` now, or make its next `wait` return
     /// at once (shutdown, new work for a thread that also posts).
     fn interrupt(&self);
-    /// Completion moderation (what `ibv_modify_cq`'s count and period do
-    /// for events): block until `at_least` completions are queued,
-    /// `interrupt`, or `timeout`. Without it a provider returns at once.
-    fn wait_batch(&self, _at_least: usize, _timeout: std::time::Duration) {}
     /// Entries the CQ can hold.
     fn capacity(&self) -> usize;
     /// For providers to recover their concrete type in `create_qp`.

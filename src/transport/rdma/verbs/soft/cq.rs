@@ -26,9 +26,6 @@ struct CqState {
     overflowed: bool,
     /// `interrupt` was called and no `wait` has returned since.
     interrupted: bool,
-    /// Queued completions that wake a waiter (`wait_batch` raises it; a
-    /// push below it wakes nobody). 0 stands for 1.
-    wake_at: usize,
 }
 
 pub(crate) struct CqShared {
@@ -87,11 +84,8 @@ impl CqShared {
             return;
         }
         st.queue.push_back(wc);
-        let wake = st.queue.len() >= st.wake_at.max(1);
         drop(st);
-        if wake {
-            self.ready.notify_one();
-        }
+        self.ready.notify_one();
     }
 }
 
@@ -142,17 +136,6 @@ impl Cq for SoftCq {
         if st.queue.is_empty() && !st.overflowed && !st.interrupted {
             sh.ready.wait_for(&mut st, timeout);
         }
-        st.interrupted = false;
-    }
-
-    fn wait_batch(&self, at_least: usize, timeout: Duration) {
-        let sh = &self.shared;
-        let mut st = sh.state.lock();
-        st.wake_at = at_least;
-        if st.queue.len() < at_least.max(1) && !st.overflowed && !st.interrupted {
-            sh.ready.wait_for(&mut st, timeout);
-        }
-        st.wake_at = 0;
         st.interrupted = false;
     }
 
