@@ -245,6 +245,54 @@ fn silent_peer_times_out() {
     peer.join().unwrap();
 }
 
+/// Shutting the client down while requests wait for answers on its event
+/// loops fails them at once (the status timeout is far away), and ones
+/// submitted afterwards fail too: nothing is left hanging.
+#[test]
+fn client_shutdown_fails_requests_in_flight_promptly() {
+    let (port, peer) = fake_peer(1, |_, s, h| {
+        drain_body(s, &h);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let client = transport(TcpConfig::default());
+    let tgt = target(port, 2);
+    let src = [5u8; 256];
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            submit(
+                &client,
+                &tgt,
+                true,
+                src.as_ptr() as u64,
+                0x4000 + i * 256,
+                256,
+            )
+        })
+        .collect();
+    // Wait until the first request reached the peer (its header was read).
+    let deadline = Instant::now() + LIMIT;
+    while client.client_connections() == 0 {
+        assert!(Instant::now() < deadline, "no connection opened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    client.shutdown();
+    for t in &tasks {
+        assert_eq!(wait(t, LIMIT), TaskStatus::Failed);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+    let late = submit(&client, &tgt, true, src.as_ptr() as u64, 0x4000, 256);
+    assert_eq!(wait(&late, LIMIT), TaskStatus::Failed);
+    assert_eq!(client.client_threads(), 0, "loops joined");
+    peer.join().unwrap();
+}
+
 #[test]
 fn reset_after_header_fails() {
     let (port, peer) = fake_peer(1, |_, s, _| {

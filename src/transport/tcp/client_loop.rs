@@ -33,6 +33,9 @@ enum Msg {
 struct Slot {
     inbox: Mutex<Vec<Msg>>,
     waker: Waker,
+    /// The loop ended (its epoll failed, or shutdown): nothing posted is
+    /// driven any more.
+    dead: AtomicBool,
 }
 
 pub struct ClientLoops {
@@ -68,12 +71,18 @@ impl ClientLoops {
 
     /// The loop and token for a new connection, starting that loop if it
     /// does not run yet.
+    /// A loop that ended is passed over.
     pub fn place(&self) -> io::Result<(usize, usize)> {
-        let i = self.next_loop.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        if self.slots[i].get().is_none() {
-            self.start(i)?;
+        for _ in 0..self.slots.len() {
+            let i = self.next_loop.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+            match self.slots[i].get() {
+                Some(s) if s.dead.load(Ordering::Acquire) => continue,
+                Some(_) => {}
+                None => self.start(i)?,
+            }
+            return Ok((i, self.next_token.fetch_add(1, Ordering::Relaxed)));
         }
-        Ok((i, self.next_token.fetch_add(1, Ordering::Relaxed)))
+        Err(io::Error::other("every client event loop has ended"))
     }
 
     fn start(&self, i: usize) -> io::Result<()> {
@@ -88,6 +97,7 @@ impl ClientLoops {
         let slot = Arc::new(Slot {
             inbox: Mutex::new(Vec::new()),
             waker: Waker::new(poll.registry(), WAKER)?,
+            dead: AtomicBool::new(false),
         });
         let l = EventLoop {
             poll,
@@ -120,6 +130,16 @@ impl ClientLoops {
             return;
         };
         let mut inbox = slot.inbox.lock();
+        // Checked under the inbox lock the ending loop empties last, so a
+        // connection is either failed by the loop or here, never stranded.
+        if slot.dead.load(Ordering::Acquire) {
+            drop(inbox);
+            if let Msg::Adopt(c) = msg {
+                c.abort();
+                c.peer.conn_closed(&c);
+            }
+            return;
+        }
         let was_empty = inbox.is_empty();
         inbox.push(msg);
         drop(inbox);
@@ -261,7 +281,12 @@ impl EventLoop {
             c.abort();
             c.peer.conn_closed(&c);
         }
-        for m in std::mem::take(&mut *self.slot.inbox.lock()) {
+        let left = {
+            let mut inbox = self.slot.inbox.lock();
+            self.slot.dead.store(true, Ordering::Release);
+            std::mem::take(&mut *inbox)
+        };
+        for m in left {
             if let Msg::Adopt(c) = m {
                 c.abort();
                 c.peer.conn_closed(&c);
