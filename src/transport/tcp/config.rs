@@ -98,16 +98,23 @@ impl TcpConfig {
     }
 }
 
-/// One event loop per core, at most four: enough to keep memory copies
-/// parallel, few enough that thousands of peers cost no threads.
+/// One event loop per core, at most four. Cores are the CPUs this process
+/// may run on (its affinity mask): std's `available_parallelism` also parses
+/// the cgroup files, a tenth of a fresh engine's creation, and with at most
+/// four loops a CPU quota below that costs only idle threads.
 fn default_server_threads() -> usize {
-    // Read once per process: the std call parses /proc/self/cgroup and
-    // mountinfo each time (a tenth of a fresh engine's creation).
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let cores = *CORES.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        // SAFETY: `set` is a zeroed cpu_set_t of the size passed; the call
+        // only writes into it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+                libc::CPU_COUNT(&set) as usize
+            } else {
+                1
+            }
+        }
     });
     cores.clamp(1, 4)
 }
