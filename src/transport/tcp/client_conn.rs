@@ -40,9 +40,6 @@ pub const BATCH_BYTES: usize = 256 * 1024;
 const DRIVE_BUDGET: usize = 4 << 20;
 /// iovecs per `sendmsg` (far below IOV_MAX).
 const MAX_IOV: usize = 64;
-/// While a large READ body arrives, readiness waits for this many bytes
-/// (or the rest of the body): one wake-up per 256 KiB, not per segment.
-const BODY_LOWAT: usize = 256 * 1024;
 /// A connection quiet this long gives its receive buffer back.
 const BUFFER_KEEP: Duration = Duration::from_secs(1);
 
@@ -78,8 +75,6 @@ struct State {
     status_got: usize,
     /// Bytes of the front READ's body received.
     body_got: usize,
-    /// The socket's `SO_RCVLOWAT` now (1 unless a large body arrives).
-    lowat: usize,
     broken: bool,
     /// Last byte moved either way, or when work arrived on an idle
     /// connection: the stall clock.
@@ -153,9 +148,6 @@ pub struct ClientConn {
     state: Mutex<State>,
     /// Found the queue empty with room to spare: a push should drive it.
     hungry: AtomicBool,
-    /// Largest `SO_RCVLOWAT`: below half a fixed receive buffer, so the
-    /// bytes waited for always fit.
-    lowat_cap: usize,
 }
 
 impl ClientConn {
@@ -167,10 +159,6 @@ impl ClientConn {
         name: String,
     ) -> ClientConn {
         let now = Instant::now();
-        let lowat_cap = match peer.cfg.socket_buffer {
-            0 => BODY_LOWAT,
-            b => BODY_LOWAT.min(b / 4).max(1),
-        };
         ClientConn {
             v2: peer.key.v2,
             depth: peer.cfg.pipeline_depth.max(1),
@@ -188,14 +176,12 @@ impl ClientConn {
                 status: [0; STATUS_LEN],
                 status_got: 0,
                 body_got: 0,
-                lowat: 1,
                 broken: false,
                 last_progress: now,
                 last_used: now,
                 scratch: Vec::new(),
             }),
             hungry: AtomicBool::new(false),
-            lowat_cap,
         }
     }
 
@@ -480,18 +466,10 @@ impl ClientConn {
                                 st.body_got += n;
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if direct {
-                                self.set_lowat(st, (len - st.body_got).min(self.lowat_cap));
-                            }
-                            return Ok(answered);
-                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(answered),
                         Err(e) => return Err(Fail::Broken(e.to_string())),
                     }
                 }
-            }
-            if st.lowat > 1 {
-                self.set_lowat(st, 1);
             }
             if let Some(j) = st.inflight.pop_front() {
                 settle.ok.push(j);
@@ -501,13 +479,6 @@ impl ClientConn {
             answered += 1;
         }
         Ok(answered)
-    }
-
-    fn set_lowat(&self, st: &mut State, n: usize) {
-        if st.lowat != n {
-            sock::set_rcvlowat(self.fd(), n);
-            st.lowat = n;
-        }
     }
 
     /// The short path: send from the caller's thread if the connection is

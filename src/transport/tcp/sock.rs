@@ -159,22 +159,6 @@ pub fn shutdown_fd(fd: RawFd) {
     }
 }
 
-/// Have readiness wait for `n` received bytes (`SO_RCVLOWAT`; EOF and
-/// errors still wake). Best effort: on failure readiness stays per byte.
-pub fn set_rcvlowat(fd: RawFd, n: usize) {
-    let v = n.clamp(1, i32::MAX as usize) as libc::c_int;
-    // SAFETY: passes a pointer to a live c_int of the stated size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
 /// NODELAY and optional buffer sizes for a data socket (client or server).
 pub fn tune<S: AsFd>(sock: &S, buf: usize) {
     let s = SockRef::from(sock);
