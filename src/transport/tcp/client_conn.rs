@@ -20,12 +20,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 
 use super::inbuf::{InBuf, INBUF_CAP};
 use super::peer::Peer;
 use super::queue::Job;
-use super::sock::{self, IoSpan};
+use super::sock::{self, IoSpan, MAX_IOV};
 use super::wire::{Header, Status, HEADER_LEN, STATUS_LEN};
 use crate::serving::RateLimited;
 
@@ -38,8 +38,6 @@ const DIRECT_READ: usize = 32 * 1024;
 pub const BATCH_BYTES: usize = 256 * 1024;
 /// Bytes moved per `drive` before the loop serves other connections.
 const DRIVE_BUDGET: usize = 4 << 20;
-/// iovecs per `sendmsg` (far below IOV_MAX).
-const MAX_IOV: usize = 64;
 /// A connection quiet this long gives its receive buffer back.
 const BUFFER_KEEP: Duration = Duration::from_secs(1);
 
@@ -221,7 +219,7 @@ impl ClientConn {
 
     fn run(
         &self,
-        g: &mut MutexGuard<'_, State>,
+        g: &mut State,
         settle: &mut Settle,
         left_queued: &mut bool,
     ) -> Result<Drive, Fail> {
@@ -254,7 +252,7 @@ impl ClientConn {
     }
 
     /// Take queued requests while there is room; true if any were taken.
-    fn pull(&self, g: &mut MutexGuard<'_, State>, left_queued: &mut bool) -> bool {
+    fn pull(&self, g: &mut State, left_queued: &mut bool) -> bool {
         let mut pulled = false;
         let mut jobs = std::mem::take(&mut g.scratch);
         while self.has_room(g) {
@@ -368,12 +366,12 @@ impl ClientConn {
     /// returns how many requests completed.
     fn receive(
         &self,
-        g: &mut MutexGuard<'_, State>,
+        g: &mut State,
         settle: &mut Settle,
         budget: &mut usize,
     ) -> Result<usize, Fail> {
         let fd = self.fd();
-        let st: &mut State = g;
+        let st = g;
         let mut answered = 0;
         while *budget > 0 {
             let Some(front) = st.inflight.front() else {
@@ -613,11 +611,6 @@ impl ClientConn {
                 settle.retry.extend(it);
             }
         }
-    }
-
-    /// Requests in flight (diagnostics, tests).
-    pub fn inflight(&self) -> usize {
-        self.state.lock().inflight.len()
     }
 }
 

@@ -51,12 +51,7 @@ impl Default for JobQueue {
 }
 
 impl JobQueue {
-    /// Enqueue; after `stop` the job fails at once.
-    pub fn push(&self, job: Job) {
-        self.push_many(vec![job]);
-    }
-
-    /// Enqueue several jobs under one lock.
+    /// Enqueue several jobs under one lock; after `stop` they fail at once.
     pub fn push_many(&self, jobs: Vec<Job>) {
         let mut g = self.inner.lock();
         if g.stopped {
@@ -97,10 +92,6 @@ impl JobQueue {
 
     pub fn is_empty(&self) -> bool {
         self.inner.lock().jobs.is_empty()
-    }
-
-    pub fn is_stopped(&self) -> bool {
-        self.inner.lock().stopped
     }
 
     /// Fail everything queued (peer unreachable); returns how many.
@@ -156,19 +147,18 @@ mod tests {
         let (a, _) = job(1);
         let (b, _) = job(2);
         let (c, tc) = job(3);
-        q.push(a);
-        q.push(b);
+        q.push_many(vec![a, b]);
         let mut first = Vec::new();
         q.take(1, 0, &mut first);
         assert_eq!(first[0].len, 1);
         q.requeue_front(first);
         assert_eq!(take(&q, 1, 0), [1]);
-        q.push(c);
+        q.push_many(vec![c]);
         q.stop();
         assert_eq!(tc.status(), TaskStatus::Failed);
-        assert!(q.is_empty() && q.is_stopped());
+        assert!(q.is_empty());
         let (d, td) = job(4);
-        q.push(d);
+        q.push_many(vec![d]);
         assert_eq!(td.status(), TaskStatus::Failed);
     }
 

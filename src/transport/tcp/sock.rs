@@ -23,24 +23,8 @@ fn last_err() -> io::Error {
     io::Error::last_os_error()
 }
 
-/// Drop the first `n` bytes from `spans` (after a partial transfer).
-fn advance(spans: &mut Vec<IoSpan>, mut n: usize) {
-    while n > 0 && !spans.is_empty() {
-        if n >= spans[0].len {
-            n -= spans[0].len;
-            spans.remove(0);
-        } else {
-            // SAFETY: `n < len`, so the advanced pointer stays inside the span.
-            spans[0].ptr = unsafe { spans[0].ptr.add(n) };
-            spans[0].len -= n;
-            n = 0;
-        }
-    }
-    spans.retain(|s| s.len > 0);
-}
-
 /// iovecs per call (far below IOV_MAX); longer span lists take more calls.
-const MAX_IOV: usize = 64;
+pub const MAX_IOV: usize = 64;
 
 /// The first `MAX_IOV` spans as iovecs, on the stack (no allocation per
 /// syscall), and how many there are.
@@ -121,11 +105,6 @@ pub unsafe fn recv_nb(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
             r => return r,
         }
     }
-}
-
-/// Drop the first `n` bytes of `spans` (public form of the partial-I/O step).
-pub fn skip(spans: &mut Vec<IoSpan>, n: usize) {
-    advance(spans, n);
 }
 
 /// Wait up to `timeout` for `fd` to become readable (data, EOF or error).
@@ -236,28 +215,6 @@ fn wait_connected(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn advance_walks_across_spans() {
-        let mut a = [0u8; 4];
-        let mut b = [0u8; 6];
-        let mut spans = vec![
-            IoSpan {
-                ptr: a.as_mut_ptr(),
-                len: 4,
-            },
-            IoSpan {
-                ptr: b.as_mut_ptr(),
-                len: 6,
-            },
-        ];
-        advance(&mut spans, 5);
-        assert_eq!(spans.len(), 1);
-        assert_eq!(spans[0].len, 5);
-        assert_eq!(spans[0].ptr, b.as_mut_ptr().wrapping_add(1));
-        advance(&mut spans, 5);
-        assert!(spans.is_empty());
-    }
 
     #[test]
     fn refused_connect_fails_fast() {
