@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tcp_support::*;
-use transfer_engine::task::TaskStatus;
+use transfer_engine::task::{Opcode, Task, TaskStatus, TransferRequest};
 use transfer_engine::transport::tcp::config::TcpConfig;
-use transfer_engine::transport::Transport;
+use transfer_engine::transport::{Submission, Transport};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -300,6 +300,64 @@ fn report_loopback_throughput() {
         );
     }
     assert!(dst.data() == &src[..]);
+    client.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn a_batch_of_large_reads_spreads_over_the_peers_connections() {
+    // One connection must not swallow a whole batch of large READs (it has
+    // pipeline room for 32): served behind one stream, the peer's other
+    // threads idle and the batch takes longer than it needs to.
+    let server = transport(TcpConfig::default());
+    let client = transport(TcpConfig::default());
+    const N: usize = 16;
+    const LEN: usize = 1 << 20;
+    let src = pattern(N * LEN, 11);
+    register(&server, src.as_ptr() as u64, (N * LEN) as u64);
+    let tgt = target(server.data_port(), 2);
+    let mut back = vec![0u8; N * LEN];
+    // A first READ opens a connection that then waits for work.
+    let t = submit(
+        &client,
+        &tgt,
+        false,
+        back.as_mut_ptr() as u64,
+        src.as_ptr() as u64,
+        4096,
+    );
+    assert_eq!(wait(&t, LIMIT), TaskStatus::Completed);
+    assert_eq!(client.client_connections(), 1);
+    // The batch arrives in one call, as `submitTransfer` hands it over.
+    let (subs, tasks): (Vec<_>, Vec<_>) = (0..N)
+        .map(|i| {
+            let off = (i * LEN) as u64;
+            let request = TransferRequest {
+                opcode: Opcode::Read,
+                source: back.as_mut_ptr() as u64 + off,
+                target_id: 1,
+                target_offset: src.as_ptr() as u64 + off,
+                length: LEN as u64,
+            };
+            let task = Arc::new(Task::new(request));
+            let sub = Submission {
+                request,
+                task: task.clone(),
+                target: tgt.clone(),
+            };
+            (sub, task)
+        })
+        .unzip();
+    client.submit(subs).expect("submit");
+    for (i, t) in tasks.iter().enumerate() {
+        assert_eq!(wait(t, LIMIT), TaskStatus::Completed, "READ {i}");
+    }
+    assert!(back == src, "bytes differ");
+    let conns = client.client_connections();
+    assert!(
+        conns >= 2,
+        "{N} x 1 MiB READs went over {conns} connection(s)"
+    );
     client.shutdown();
     server.shutdown();
 }

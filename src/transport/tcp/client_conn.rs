@@ -36,6 +36,12 @@ const DIRECT_READ: usize = 32 * 1024;
 /// sent: enough to fill a `sendmsg`, small enough that large requests
 /// spread over the peer's connections.
 pub const BATCH_BYTES: usize = 256 * 1024;
+/// A connection stops pulling READs while this many body bytes are asked
+/// and not yet received: a batch of large READs spreads over the peer's
+/// connections (served in parallel by the peer's threads) instead of
+/// queueing behind one stream. Well above a datacenter path's
+/// bandwidth-delay product, so one connection alone still fills its path.
+pub const READ_WINDOW: usize = 2 << 20;
 /// Bytes moved per `drive` before the loop serves other connections.
 const DRIVE_BUDGET: usize = 4 << 20;
 /// A connection quiet this long gives its receive buffer back.
@@ -67,6 +73,8 @@ struct State {
     inflight: VecDeque<Job>,
     /// v1 WRITEs in `out`: they count against the depth too.
     unanswered: usize,
+    /// Body bytes of the READs in `inflight` still to arrive (`READ_WINDOW`).
+    read_bytes: usize,
     inb: InBuf,
     /// The front request's status frame, as far as it arrived.
     status: [u8; STATUS_LEN],
@@ -74,6 +82,10 @@ struct State {
     /// Bytes of the front READ's body received.
     body_got: usize,
     broken: bool,
+    /// A receive in this `drive` found the socket empty (EAGAIN, or fewer
+    /// bytes than asked): receiving again before the next readiness event
+    /// would only return EAGAIN, a wasted syscall per wake-up.
+    rx_drained: bool,
     /// Last byte moved either way, or when work arrived on an idle
     /// connection: the stall clock.
     last_progress: Instant,
@@ -170,11 +182,13 @@ impl ClientConn {
                 unsent: 0,
                 inflight: VecDeque::new(),
                 unanswered: 0,
+                read_bytes: 0,
                 inb: InBuf::new(INBUF_CAP),
                 status: [0; STATUS_LEN],
                 status_got: 0,
                 body_got: 0,
                 broken: false,
+                rx_drained: false,
                 last_progress: now,
                 last_used: now,
                 scratch: Vec::new(),
@@ -202,6 +216,8 @@ impl ClientConn {
         if g.broken {
             return Drive::Closed;
         }
+        // Called on readiness (or a push): whatever came since is unread.
+        g.rx_drained = false;
         let d = match self.run(&mut g, &mut settle, &mut left_queued) {
             Ok(d) => d,
             Err(f) => {
@@ -248,7 +264,9 @@ impl ClientConn {
     }
 
     fn has_room(&self, g: &State) -> bool {
-        g.inflight.len() + g.unanswered < self.depth && g.unsent < BATCH_BYTES
+        g.inflight.len() + g.unanswered < self.depth
+            && g.unsent < BATCH_BYTES
+            && g.read_bytes < READ_WINDOW
     }
 
     /// Take queued requests while there is room; true if any were taken.
@@ -257,7 +275,7 @@ impl ClientConn {
         let mut jobs = std::mem::take(&mut g.scratch);
         while self.has_room(g) {
             let room = self.depth - g.inflight.len() - g.unanswered;
-            let bytes = (BATCH_BYTES - g.unsent) as u64;
+            let bytes = (BATCH_BYTES - g.unsent).min(READ_WINDOW - g.read_bytes) as u64;
             self.peer.queue.take(room, bytes, &mut jobs);
             if jobs.is_empty() {
                 break;
@@ -292,6 +310,9 @@ impl ClientConn {
                 unanswered: None,
             };
             g.unsent += o.total();
+            if !j.write {
+                g.read_bytes += j.len as usize;
+            }
             if self.v2 || !j.write {
                 g.inflight.push_back(j);
             } else {
@@ -363,7 +384,12 @@ impl ClientConn {
     }
 
     /// Read answers until the socket is empty or the budget is spent;
-    /// returns how many requests completed.
+    /// returns how many requests completed. A receive that gets fewer
+    /// bytes than asked found the socket empty: with edge-triggered
+    /// readiness any later byte raises a new event (the kernel signals
+    /// every arrival), so the connection waits for it instead of asking
+    /// again for an EAGAIN. On loopback that is two syscalls less per wake
+    /// while a large READ body streams in.
     fn receive(
         &self,
         g: &mut State,
@@ -375,6 +401,9 @@ impl ClientConn {
         let mut answered = 0;
         while *budget > 0 {
             let Some(front) = st.inflight.front() else {
+                if st.rx_drained {
+                    return Ok(answered);
+                }
                 // Nothing asked: only EOF (the server closed an idle
                 // connection) or bytes nobody asked for can come.
                 let mut byte = [0u8; 1];
@@ -385,7 +414,10 @@ impl ClientConn {
                 // SAFETY: a live local byte (no receive buffer for an idle
                 // connection).
                 return match unsafe { sock::recv_nb(fd, &[span]) } {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(answered),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        st.rx_drained = true;
+                        Ok(answered)
+                    }
                     Err(e) => Err(Fail::Broken(e.to_string())),
                     Ok(_) => Err(Fail::Broken("unexpected bytes from the server".into())),
                 };
@@ -393,6 +425,11 @@ impl ClientConn {
             let (write, local, len) = (front.write, front.local, front.len as usize);
             if self.v2 && st.status_got < STATUS_LEN {
                 if st.inb.is_empty() {
+                    // Buffered frames are handled first; the socket is
+                    // asked again only while it may hold more.
+                    if st.rx_drained {
+                        return Ok(answered);
+                    }
                     let r = if !write && len >= DIRECT_READ {
                         // Status and body in one call when they come together.
                         let spans = [
@@ -405,25 +442,20 @@ impl ClientConn {
                                 len,
                             },
                         ];
+                        let asked = spans[0].len + spans[1].len;
                         // SAFETY: `status` is ours; the body is the READ's
                         // destination, valid until the task is terminal,
                         // which needs this lock.
-                        unsafe { sock::recv_nb(fd, &spans) }.inspect(|&n| {
+                        unsafe { sock::recv_nb(fd, &spans) }.map(|n| {
                             let s = n.min(STATUS_LEN - st.status_got);
                             st.status_got += s;
                             st.body_got += n - s;
+                            (n, n < asked)
                         })
                     } else {
                         st.inb.fill_max(fd, usize::MAX)
                     };
-                    match r {
-                        Ok(n) => {
-                            st.last_progress = Instant::now();
-                            *budget = budget.saturating_sub(n);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(answered),
-                        Err(e) => return Err(Fail::Broken(e.to_string())),
-                    }
+                    self.received(st, r, budget)?;
                 }
                 let want = STATUS_LEN - st.status_got;
                 let span = IoSpan {
@@ -449,27 +481,25 @@ impl ClientConn {
                         st.body_got += unsafe { st.inb.copy_out(dst) };
                         continue;
                     }
-                    let direct = dst.len >= DIRECT_READ;
-                    let r = if direct {
+                    if st.rx_drained {
+                        return Ok(answered);
+                    }
+                    let r = if dst.len >= DIRECT_READ {
                         // SAFETY: as above.
-                        unsafe { sock::recv_nb(fd, &[dst]) }
+                        unsafe { sock::recv_nb(fd, &[dst]) }.map(|n| {
+                            st.body_got += n;
+                            (n, n < dst.len)
+                        })
                     } else {
                         st.inb.fill_max(fd, usize::MAX)
                     };
-                    match r {
-                        Ok(n) => {
-                            st.last_progress = Instant::now();
-                            *budget = budget.saturating_sub(n);
-                            if direct {
-                                st.body_got += n;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(answered),
-                        Err(e) => return Err(Fail::Broken(e.to_string())),
-                    }
+                    self.received(st, r, budget)?;
                 }
             }
             if let Some(j) = st.inflight.pop_front() {
+                if !j.write {
+                    st.read_bytes -= j.len as usize;
+                }
                 settle.ok.push(j);
             }
             st.status_got = 0;
@@ -477,6 +507,28 @@ impl ClientConn {
             answered += 1;
         }
         Ok(answered)
+    }
+
+    /// Account for one receive: bytes moved, or the socket found empty.
+    fn received(
+        &self,
+        st: &mut State,
+        r: io::Result<(usize, bool)>,
+        budget: &mut usize,
+    ) -> Result<(), Fail> {
+        match r {
+            Ok((n, short)) => {
+                st.last_progress = Instant::now();
+                *budget = budget.saturating_sub(n);
+                st.rx_drained = short;
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                st.rx_drained = true;
+                Ok(())
+            }
+            Err(e) => Err(Fail::Broken(e.to_string())),
+        }
     }
 
     /// The short path: send from the caller's thread if the connection is
@@ -596,6 +648,7 @@ impl ClientConn {
         jobs.extend(g.out.drain(..).filter_map(|o| o.unanswered));
         g.unsent = 0;
         g.unanswered = 0;
+        g.read_bytes = 0;
         g.inb.release();
         match fate {
             Fate::FailAll => settle.failed.extend(jobs),

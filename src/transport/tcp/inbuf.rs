@@ -50,8 +50,9 @@ impl InBuf {
     /// One non-blocking `recv` appending whatever the socket has, at most
     /// `max` bytes (at least 1): lets a reader that expects a large payload
     /// next stop at the frame in front of it. `WouldBlock` when nothing
-    /// waits, `UnexpectedEof` at EOF.
-    pub fn fill_max(&mut self, fd: RawFd, max: usize) -> io::Result<usize> {
+    /// waits, `UnexpectedEof` at EOF. Also says whether the socket gave
+    /// less than asked: it is empty now (see `ClientConn::receive`).
+    pub fn fill_max(&mut self, fd: RawFd, max: usize) -> io::Result<(usize, bool)> {
         if self.buf.is_empty() {
             self.buf = vec![0u8; self.cap];
         }
@@ -70,7 +71,7 @@ impl InBuf {
         // SAFETY: the span is the free tail of our own buffer.
         let n = unsafe { sock::recv_nb(fd, &[span])? };
         self.end += n;
-        Ok(n)
+        Ok((n, n < span.len))
     }
 
     /// The next `N` buffered bytes; `None` when fewer are buffered.
