@@ -375,10 +375,14 @@ fn an_idle_peer_costs_no_connection_and_comes_back() {
     for round in 0..2u64 {
         let src = pattern(8192, round + 7);
         dst.data_mut().fill(0);
+        let sent_here = client.short_path_sends();
         let t = submit(&client, &tgt, true, src.as_ptr() as u64, dst.addr(), 8192);
         assert_eq!(wait(&t, LIMIT), TaskStatus::Completed, "round {round}");
         assert!(dst.data() == &src[..], "round {round}: target bytes differ");
         assert!(client.client_connections() >= 1);
+        // The first connection to a loopback peer is made, and the small
+        // request sent, by the submitting thread: no thread start first.
+        assert_eq!(client.short_path_sends(), sent_here + 1, "round {round}");
         // Idle past `lane_idle`: the connection closes.
         let deadline = Instant::now() + LIMIT;
         while client.client_connections() > 0 {

@@ -426,6 +426,18 @@ impl Metadata {
         Ok(meta)
     }
 
+    /// `rpc_meta` when it needs no store lookup (cached, or read off the
+    /// name under P2PHANDSHAKE): for callers that must not block.
+    pub fn rpc_meta_cached(&self, server_name: &str) -> Option<RpcMeta> {
+        if let Some(m) = self.rpc_cache.lock().get(server_name) {
+            return Some(m.clone());
+        }
+        if self.store.is_none() {
+            return self.rpc_meta(server_name).ok();
+        }
+        None
+    }
+
     /// Send a Connection handshake to the daemon of `server_name`.
     pub fn send_handshake(&self, server_name: &str, req: &HandShakeDesc) -> Result<HandShakeDesc> {
         let meta = self.rpc_meta(server_name)?;

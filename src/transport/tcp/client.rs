@@ -10,9 +10,9 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use super::client_loop::ClientLoops;
+use super::client_loop::{ClientLoops, Placed};
 use super::config::TcpConfig;
-use super::peer::{Peer, PeerKey};
+use super::peer::{Peer, PeerKey, Pending};
 use super::queue::Job;
 use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::Metadata;
@@ -40,8 +40,15 @@ impl ClientShared {
         self.loops.drive(index, token);
     }
 
-    /// Connect on a short-lived thread (the lookup may block on a store).
-    pub fn spawn_connector(&self, peer: Arc<Peer>) -> io::Result<()> {
+    /// Connect on a thread of its own (the lookup may block on a store):
+    /// that of a loop starting for this connection, which runs the loop
+    /// afterwards, or else a short-lived one.
+    /// `pending`: a connect already under way (see `Peer::open_here`).
+    pub fn spawn_connector(&self, peer: Arc<Peer>, pending: Option<Pending>) -> io::Result<()> {
+        let (i, connect) = match self.loops.place(move |i| peer.connect(i, pending))? {
+            Placed::Started(_) => return Ok(()),
+            Placed::Running(i, connect) => (i, connect),
+        };
         let mut g = self.connectors.lock();
         // Checked under the lock shutdown drains, so every connector is joined.
         if self.stop.load(Ordering::Acquire) {
@@ -50,12 +57,11 @@ impl ClientShared {
         g.retain(|h| !h.is_finished());
         let h = std::thread::Builder::new()
             .name("te-tcp-connect".into())
-            .spawn(move || peer.connect())?;
+            .spawn(move || connect(i))?;
         g.push(h);
         Ok(())
     }
 
-    /// Event-loop threads plus connecting threads running (diagnostics).
     pub fn threads(&self) -> usize {
         let loops = self.loops.threads();
         let connecting = self

@@ -5,7 +5,9 @@
 //!
 //! Other threads reach a loop through its inbox: `Adopt` a new connection
 //! (dealt round-robin), `Drive` one that a push claimed or that broke on
-//! the short path. Each loop sweeps its connections every
+//! the short path. A loop starts on the thread that makes the connection
+//! it starts for: that connect runs first, then the loop (one thread start
+//! on the way to a process's first transfer, not two). Each loop sweeps its connections every
 //! `status_timeout / 20` (5 ms to 500 ms): a stalled one fails within
 //! 1.05x the status timeout, an idle one closes after `lane_idle`.
 
@@ -36,6 +38,26 @@ struct Slot {
     /// The loop ended (its epoll failed, or shutdown): nothing posted is
     /// driven any more.
     dead: AtomicBool,
+    /// Its thread is still making the connection it started for: new
+    /// connections go to other loops while one does.
+    connecting: AtomicBool,
+}
+
+impl Slot {
+    /// Mark the loop ended and take what was posted to it.
+    fn close(&self) -> Vec<Msg> {
+        let mut inbox = self.inbox.lock();
+        self.dead.store(true, Ordering::Release);
+        std::mem::take(&mut *inbox)
+    }
+}
+
+/// Where `ClientLoops::place` put a new connection.
+pub enum Placed<F> {
+    /// Loop `.0` was started for it; its thread runs the connect first.
+    Started(usize),
+    /// Loop `.0` runs already: the caller connects, then hands it over.
+    Running(usize, F),
 }
 
 pub struct ClientLoops {
@@ -69,35 +91,72 @@ impl ClientLoops {
         self.threads.lock().as_ref().map_or(0, |t| t.len())
     }
 
-    /// The loop and token for a new connection, starting that loop if it
-    /// does not run yet.
-    /// A loop that ended is passed over.
-    pub fn place(&self) -> io::Result<(usize, usize)> {
-        for _ in 0..self.slots.len() {
-            let i = self.next_loop.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-            match self.slots[i].get() {
-                Some(s) if s.dead.load(Ordering::Acquire) => continue,
-                Some(_) => {}
-                None => self.start(i)?,
-            }
-            return Ok((i, self.next_token.fetch_add(1, Ordering::Relaxed)));
-        }
-        Err(io::Error::other("every client event loop has ended"))
+    /// A token for a new connection.
+    pub fn token(&self) -> usize {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn start(&self, i: usize) -> io::Result<()> {
-        let mut threads = self.threads.lock();
-        let Some(threads) = threads.as_mut() else {
+    /// Choose the loop for a new connection that `connect(loop index)`
+    /// makes. If that loop does not run yet, it starts on a new thread that
+    /// runs `connect` first. Loops that ended are passed over; loops still
+    /// making their first connection too, while another loop can take it
+    /// (a slow connect there would delay this one's adoption).
+    pub fn place<F: FnOnce(usize) + Send + 'static>(&self, connect: F) -> io::Result<Placed<F>> {
+        let i = self.choose()?;
+        match self.slots[i].get() {
+            Some(_) => Ok(Placed::Running(i, connect)),
+            None => self.start(i, connect),
+        }
+    }
+
+    /// Start loop `i` if it does not run (for a connection made without
+    /// `place`'s thread, once it is ready to hand over).
+    pub fn ensure(&self, i: usize) -> io::Result<()> {
+        match self.slots[i].get() {
+            Some(s) if s.dead.load(Ordering::Acquire) => {
+                Err(io::Error::other("the client event loop has ended"))
+            }
+            Some(_) => Ok(()),
+            None => self.start(i, |_| {}).map(|_| ()),
+        }
+    }
+
+    /// The loop for a new connection (see `place`), not started yet.
+    pub fn choose(&self) -> io::Result<usize> {
+        let n = self.slots.len();
+        let first = self.next_loop.fetch_add(1, Ordering::Relaxed);
+        let mut busy = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            match self.slots[i].get() {
+                Some(s) if s.dead.load(Ordering::Acquire) => {}
+                Some(s) if s.connecting.load(Ordering::Acquire) => {
+                    busy.get_or_insert(i);
+                }
+                Some(_) | None => return Ok(i),
+            }
+        }
+        busy.ok_or_else(|| io::Error::other("every client event loop has ended"))
+    }
+
+    fn start<F: FnOnce(usize) + Send + 'static>(
+        &self,
+        i: usize,
+        connect: F,
+    ) -> io::Result<Placed<F>> {
+        let mut guard = self.threads.lock();
+        let Some(threads) = guard.as_mut() else {
             return Err(io::Error::other("transport shutting down"));
         };
         if self.slots[i].get().is_some() {
-            return Ok(());
+            return Ok(Placed::Running(i, connect));
         }
         let poll = Poll::new()?;
         let slot = Arc::new(Slot {
             inbox: Mutex::new(Vec::new()),
             waker: Waker::new(poll.registry(), WAKER)?,
             dead: AtomicBool::new(false),
+            connecting: AtomicBool::new(true),
         });
         let l = EventLoop {
             poll,
@@ -107,13 +166,28 @@ impl ClientLoops {
             pending: Vec::new(),
             sweep_every: self.sweep_every,
         };
-        let h = std::thread::Builder::new()
+        // Published before the thread runs: its connect adopts into it.
+        let _ = self.slots[i].set(slot.clone());
+        let spawned = std::thread::Builder::new()
             .name(format!("te-tcp-client-{i}"))
-            .spawn(move || l.run())?;
-        threads.push(h);
-        let _ = self.slots[i].set(slot);
+            .spawn(move || {
+                connect(i);
+                l.slot.connecting.store(false, Ordering::Release);
+                l.run()
+            });
+        match spawned {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                // Whatever was posted meanwhile fails (without our lock: a
+                // failed connection may start a connect); later posts see
+                // `dead`.
+                drop(guard);
+                fail_posted(slot.close());
+                return Err(e);
+            }
+        }
         log::debug!("tcp client: event loop {i} started");
-        Ok(())
+        Ok(Placed::Started(i))
     }
 
     pub fn adopt(&self, conn: Arc<ClientConn>) {
@@ -281,16 +355,16 @@ impl EventLoop {
             c.abort();
             c.peer.conn_closed(&c);
         }
-        let left = {
-            let mut inbox = self.slot.inbox.lock();
-            self.slot.dead.store(true, Ordering::Release);
-            std::mem::take(&mut *inbox)
-        };
-        for m in left {
-            if let Msg::Adopt(c) = m {
-                c.abort();
-                c.peer.conn_closed(&c);
-            }
+        fail_posted(self.slot.close());
+    }
+}
+
+/// Connections handed to a loop that ended fail what they carry.
+fn fail_posted(msgs: Vec<Msg>) {
+    for m in msgs {
+        if let Msg::Adopt(c) = m {
+            c.abort();
+            c.peer.conn_closed(&c);
         }
     }
 }

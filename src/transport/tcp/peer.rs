@@ -1,8 +1,11 @@
 //! A peer's data endpoint (segment name, data port, framing) with its FIFO
 //! and its connections. Connections live on the client's shared event
-//! loops, so a peer costs descriptors, not threads; connecting happens on a
-//! short-lived thread (the lookup may block on a metadata store), never in
-//! `submit` and never on a loop.
+//! loops, so a peer costs descriptors, not threads. Connecting happens on
+//! a thread of its own (the lookup may block on a metadata store), never on
+//! a running loop: a short-lived one, or the thread of a loop that starts
+//! for this connection, before it runs the loop. Only a peer's first
+//! connection for a small request may start in `submit`, when it cannot
+//! block (`open_here`).
 //!
 //! A peer starts with one connection and adds connections (up to
 //! `lanes_per_peer`) while work waits in its FIFO that no connection has
@@ -10,7 +13,7 @@
 //! one again. Small requests skip the FIFO when a connection is idle: the
 //! submitting thread sends them itself (`push`), which saves a wake-up.
 
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,6 +55,9 @@ struct Links {
 /// submitting thread on an idle connection.
 const SHORT_PATH_BYTES: u64 = 64 * 1024;
 
+/// A connect the submitting thread began, for a connecting thread to finish.
+pub type Pending = (socket2::Socket, SocketAddr);
+
 /// Attempts per connect round (a short bounded retry, then queued work fails).
 const CONNECT_ATTEMPTS: u32 = 2;
 
@@ -85,12 +91,17 @@ impl Peer {
     /// The short path: small requests with nothing queued ahead of them go
     /// out from this thread on an idle connection. Hands back what it did
     /// not send.
-    fn send_now(&self, mut jobs: Vec<Job>) -> Option<Vec<Job>> {
+    fn send_now(self: &Arc<Self>, mut jobs: Vec<Job>) -> Option<Vec<Job>> {
         let bytes: u64 = jobs.iter().map(|j| j.len).sum();
         if bytes > SHORT_PATH_BYTES || !self.queue.is_empty() {
             return Some(jobs);
         }
-        let links = self.links.lock();
+        let mut links = self.links.lock();
+        if links.conns.is_empty() && links.connecting == 0 {
+            links.connecting += 1;
+            drop(links);
+            return self.open_here(jobs);
+        }
         for c in &links.conns {
             match c.try_send_idle(jobs) {
                 Ok(()) => {
@@ -101,6 +112,83 @@ impl Peer {
             }
         }
         Some(jobs)
+    }
+
+    /// The first connection, for a small request: connect from this thread
+    /// when that cannot block (the address needs no lookup and is an IP, as
+    /// with P2PHANDSHAKE) and send the request at once, before any thread
+    /// starts; the loop (started meanwhile if need be) reads the answer. A
+    /// connect not decided at once (a real network) is finished on a
+    /// connecting thread. The caller counted this connect in `connecting`.
+    fn open_here(self: &Arc<Self>, jobs: Vec<Job>) -> Option<Vec<Job>> {
+        let addr = self
+            .client
+            .metadata
+            .rpc_meta_cached(&self.key.name)
+            .and_then(|m| m.ip_or_host_name.parse::<IpAddr>().ok())
+            .map(|ip| SocketAddr::new(ip, self.key.port));
+        let (begun, addr) = match addr.map(|a| (sock::begin_connect(&a), a)) {
+            Some((Ok(b), a)) => (b, a),
+            // A lookup or a failed connect: the connecting thread tries,
+            // retries and reports.
+            _ => {
+                self.links.lock().connecting -= 1;
+                return Some(jobs);
+            }
+        };
+        let stream = match begun {
+            sock::Begun::Connected(s) => s,
+            sock::Begun::Pending(s) => {
+                self.queue.push_many(jobs);
+                if let Err(e) = self.client.spawn_connector(self.clone(), Some((s, addr))) {
+                    self.connect_failed(&format!("cannot start a connecting thread: {e}"));
+                }
+                return None;
+            }
+        };
+        sock::tune(&stream, self.cfg.socket_buffer);
+        let index = match self.client.loops.choose() {
+            Ok(i) => i,
+            Err(e) => {
+                self.queue.push_many(jobs);
+                self.connect_failed(&format!("cannot start an event loop: {e}"));
+                return None;
+            }
+        };
+        let conn = self.new_conn(stream, index, addr);
+        if let Err(back) = conn.try_send_idle(jobs) {
+            // The loop sends them once it has the connection.
+            self.queue.push_many(back);
+        } else {
+            self.client.short_sends.fetch_add(1, Ordering::Relaxed);
+        }
+        // The request is out: the loop's thread may start now.
+        if let Err(e) = self.client.loops.ensure(index) {
+            CONNECT_LOG.error(format_args!(
+                "tcp: cannot start an event loop for segment '{}': {e}",
+                self.key.name
+            ));
+            conn.abort();
+            self.conn_closed(&conn);
+            return None;
+        }
+        self.client.loops.adopt(conn);
+        None
+    }
+
+    /// Count a new connection in (it was counted in `connecting`).
+    fn new_conn(self: &Arc<Self>, s: TcpStream, index: usize, a: SocketAddr) -> Arc<ClientConn> {
+        let conn = Arc::new(ClientConn::new(
+            self.clone(),
+            s,
+            index,
+            self.client.loops.token(),
+            format!("{} ({a})", self.key.name),
+        ));
+        let mut links = self.links.lock();
+        links.connecting -= 1;
+        links.conns.push(conn.clone());
+        conn
     }
 
     /// Work is queued: have a connection with room take it, or open one
@@ -122,7 +210,7 @@ impl Peer {
         }
         links.connecting += 1;
         drop(links);
-        if let Err(e) = self.client.spawn_connector(self.clone()) {
+        if let Err(e) = self.client.spawn_connector(self.clone(), None) {
             self.connect_failed(&format!("cannot start a connecting thread: {e}"));
         }
     }
@@ -138,27 +226,14 @@ impl Peer {
         self.kick();
     }
 
-    /// The connecting thread's work: connect and hand the socket to a loop.
-    pub fn connect(self: Arc<Self>) {
-        let stream = match self.open() {
+    /// A connecting thread's work: connect (or finish `pending`) and hand
+    /// the socket to loop `index`.
+    pub fn connect(self: Arc<Self>, index: usize, pending: Option<Pending>) {
+        let (stream, addr) = match self.open(pending) {
             Ok(s) => s,
             Err(why) => return self.connect_failed(&why),
         };
-        let (index, token) = match self.client.loops.place() {
-            Ok(p) => p,
-            Err(e) => return self.connect_failed(&format!("cannot start an event loop: {e}")),
-        };
-        let conn = Arc::new(ClientConn::new(
-            self.clone(),
-            stream.0,
-            index,
-            token,
-            format!("{} ({})", self.key.name, stream.1),
-        ));
-        let mut links = self.links.lock();
-        links.connecting -= 1;
-        links.conns.push(conn.clone());
-        drop(links);
+        let conn = self.new_conn(stream, index, addr);
         self.client.loops.adopt(conn);
     }
 
@@ -184,8 +259,18 @@ impl Peer {
     }
 
     /// Resolve the peer's host and connect, with a short bounded retry.
-    fn open(&self) -> Result<(TcpStream, std::net::SocketAddr), String> {
+    fn open(&self, pending: Option<Pending>) -> Result<(TcpStream, SocketAddr), String> {
         let stop = &self.client.stop;
+        if let Some((s, a)) = pending {
+            match sock::finish_connect(s, &a, self.cfg.connect_timeout, stop) {
+                Ok(s) => {
+                    sock::tune(&s, self.cfg.socket_buffer);
+                    return Ok((s, a));
+                }
+                // Counts as the first attempt's failure: retried below.
+                Err(e) => log::debug!("tcp: connect to {a}: {e}; retrying"),
+            }
+        }
         let meta = self
             .client
             .metadata

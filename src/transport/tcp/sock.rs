@@ -153,18 +153,57 @@ pub fn tune<S: AsFd>(sock: &S, buf: usize) {
 /// transport shutdown never waits for a slow connect). The stream is left
 /// non-blocking, for an event loop.
 pub fn connect(addr: &SocketAddr, timeout: Duration, stop: &AtomicBool) -> io::Result<TcpStream> {
+    match begin_connect(addr)? {
+        Begun::Connected(s) => Ok(s),
+        Begun::Pending(s) => finish_connect(s, addr, timeout, stop),
+    }
+}
+
+/// A connect started without waiting.
+pub enum Begun {
+    Connected(TcpStream),
+    /// Still under way (`finish_connect` waits for it).
+    Pending(Socket),
+}
+
+/// Start a non-blocking connect and look once, without waiting, whether it
+/// is decided: to a local address the handshake completes inside the
+/// `connect` call.
+pub fn begin_connect(addr: &SocketAddr) -> io::Result<Begun> {
     // close-on-exec, as socket2 creates every socket on Linux.
     let sock = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
     sock.set_nonblocking(true)?;
     match sock.connect(&SockAddr::from(*addr)) {
-        Ok(()) => {}
+        Ok(()) => Ok(Begun::Connected(sock.into())),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-            wait_connected(sock.as_raw_fd(), addr, timeout, stop)?;
-            if let Some(e) = sock.take_error()? {
-                return Err(e);
+            let mut p = libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a zero timeout never blocks.
+            if unsafe { libc::poll(&mut p, 1, 0) } <= 0 {
+                return Ok(Begun::Pending(sock));
+            }
+            match sock.take_error()? {
+                Some(e) => Err(e),
+                None => Ok(Begun::Connected(sock.into())),
             }
         }
-        Err(e) => return Err(e),
+        Err(e) => Err(e),
+    }
+}
+
+/// Wait for a connect `begin_connect` left under way.
+pub fn finish_connect(
+    sock: Socket,
+    addr: &SocketAddr,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> io::Result<TcpStream> {
+    wait_connected(sock.as_raw_fd(), addr, timeout, stop)?;
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
     }
     Ok(sock.into())
 }
