@@ -108,7 +108,11 @@ impl Shared {
                 }
             };
             let pr = &mut routes[ri];
-            for p in pieces {
+            // The last slice takes the request's reference to its task:
+            // one refcount increment and decrement less per request.
+            let mut held = Some(s.task);
+            for (k, p) in pieces.iter().enumerate() {
+                let Some(task) = held.as_ref() else { break };
                 let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
                 // Routed before the slice exists; the slice holds ids, not
                 // shared strings (no refcounts other threads touch).
@@ -116,9 +120,15 @@ impl Shared {
                 else {
                     log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
                     sh.counters.failed_slices.fetch_add(1, Ordering::Relaxed);
-                    s.task.slice_failed();
+                    task.slice_failed();
                     continue;
                 };
+                let task = if k + 1 == pieces.len() {
+                    held.take()
+                } else {
+                    held.clone()
+                };
+                let Some(task) = task else { break };
                 let v = &mut per[to.local * nposters + to.poster];
                 if v.capacity() == 0 {
                     // An even share of the call's slices: with one posting
@@ -126,7 +136,7 @@ impl Shared {
                     v.reserve(all.len().div_ceil(nbufs));
                 }
                 v.push(Slice {
-                    task: s.task.clone(),
+                    task,
                     opcode: r.opcode,
                     source,
                     length: p.len,
