@@ -46,7 +46,7 @@ impl ClientShared {
     /// `pending`: a connect already under way (see `Peer::open_here`).
     pub fn spawn_connector(&self, peer: Arc<Peer>, pending: Option<Pending>) -> io::Result<()> {
         let (i, connect) = match self.loops.place(move |i| peer.connect(i, pending))? {
-            Placed::Started(_) => return Ok(()),
+            Placed::Started => return Ok(()),
             Placed::Running(i, connect) => (i, connect),
         };
         let mut g = self.connectors.lock();

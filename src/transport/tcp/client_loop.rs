@@ -54,8 +54,8 @@ impl Slot {
 
 /// Where `ClientLoops::place` put a new connection.
 pub enum Placed<F> {
-    /// Loop `.0` was started for it; its thread runs the connect first.
-    Started(usize),
+    /// A loop was started for it; its thread runs the connect first.
+    Started,
     /// Loop `.0` runs already: the caller connects, then hands it over.
     Running(usize, F),
 }
@@ -187,7 +187,7 @@ impl ClientLoops {
             }
         }
         log::debug!("tcp client: event loop {i} started");
-        Ok(Placed::Started(i))
+        Ok(Placed::Started)
     }
 
     pub fn adopt(&self, conn: Arc<ClientConn>) {
