@@ -130,6 +130,7 @@ fn main() {
         threads_cpu("te-rdma-"),
         threads_cpu("te-soft-rdma"),
     );
+    let (post0, poll0) = (threads_cpu("te-rdma-post"), threads_cpu("te-rdma-poll"));
     let t0 = Instant::now();
     let (submit, submitter) = run(slices);
     let polls = submitter.saturating_sub(submit);
@@ -139,6 +140,7 @@ fn main() {
         threads_cpu("te-rdma-"),
         threads_cpu("te-soft-rdma"),
     );
+    let (post1, poll1) = (threads_cpu("te-rdma-post"), threads_cpu("te-rdma-poll"));
     let workers = w1.0.saturating_sub(w0.0);
     let fabric = f1.0.saturating_sub(f0.0);
     let n = (slices / batch * batch) as f64;
@@ -156,6 +158,11 @@ fn main() {
         per(submit),
         per(polls),
         per(fabric)
+    );
+    println!(
+        "    of which posting threads: {:.0} ns/slice, polling threads: {:.0} ns/slice",
+        per(post1.0.saturating_sub(post0.0)),
+        per(poll1.0.saturating_sub(poll0.0))
     );
     println!(
         "software CPU per slice (transport threads + submit): {:.0} ns; with status polls: {:.0} ns",

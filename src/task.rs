@@ -93,9 +93,12 @@ impl Task {
         self.sealed.store(true, Ordering::Release);
     }
 
-    /// Announce `n` slices and seal in one step (the usual case).
+    /// Announce `n` slices and seal in one step (the usual case), on a
+    /// task nothing announced slices of yet. The transport cutting a task
+    /// is its only writer here, so a store does (no read-modify-write).
     pub fn set_slices(&self, n: u64) {
-        self.add_slices(n);
+        debug_assert_eq!(self.slices.load(Ordering::Relaxed), 0);
+        self.slices.store(n, Ordering::Release);
         self.seal();
     }
 

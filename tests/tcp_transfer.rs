@@ -343,7 +343,7 @@ fn a_batch_of_large_reads_spreads_over_the_peers_connections() {
             let sub = Submission {
                 request,
                 task: task.clone(),
-                target: tgt.clone(),
+                target: &tgt,
             };
             (sub, task)
         })

@@ -400,14 +400,11 @@ impl TransferEngine {
             )));
         }
         // Route everything first: on a routing error no task is added.
-        // Each submission with the index of its transport in `targets`
-        // (no refcount per request on the shared transport).
-        let mut routed: Vec<(usize, Submission)> = Vec::with_capacity(requests.len());
-        // One clock read per call: the tasks of a call start together.
-        let now = std::time::Instant::now();
         // Descriptor and transport per target id, looked up once per call
-        // (a batch usually goes to one or a few segments).
+        // (a batch usually goes to one or a few segments); `which[i]` is
+        // request i's entry.
         let mut targets: Vec<(SegmentId, Arc<SegmentDesc>, Arc<dyn Transport>)> = Vec::new();
+        let mut which: Vec<usize> = Vec::with_capacity(requests.len());
         for r in requests {
             let ti = match targets.iter().rposition(|(id, _, _)| *id == r.target_id) {
                 Some(i) => i,
@@ -436,19 +433,16 @@ impl TransferEngine {
                     targets.len() - 1
                 }
             };
-            let target = &targets[ti].1;
-            let task = Arc::new(Task::started_at(*r, now));
-            routed.push((
-                ti,
-                Submission {
-                    request: *r,
-                    task,
-                    target: target.clone(),
-                },
-            ));
+            which.push(ti);
         }
+        // One clock read per call: the tasks of a call start together.
+        let now = std::time::Instant::now();
+        let tasks: Vec<Arc<Task>> = requests
+            .iter()
+            .map(|r| Arc::new(Task::started_at(*r, now)))
+            .collect();
         let first_task = batch.len();
-        batch.push_tasks(routed.iter().map(|(_, s)| s.task.clone()));
+        batch.push_tasks(tasks.iter().cloned());
         if let (Some((name, msg)), Some(first)) = (notify, requests.first()) {
             batch.set_notify(PendingNotify {
                 target: first.target_id,
@@ -457,11 +451,17 @@ impl TransferEngine {
             });
         }
         // Hand each transport its share, keeping request order within it;
-        // `group_of[i]` remembers where request i went.
-        let mut groups: Vec<(Arc<dyn Transport>, Vec<Submission>)> = Vec::new();
-        let mut group_of: Vec<usize> = Vec::with_capacity(routed.len());
-        for (ti, s) in routed {
-            let t = &targets[ti].2;
+        // `group_of[i]` remembers where request i went. Submissions borrow
+        // their target's descriptor from `targets` (no refcount per request).
+        let mut groups: Vec<(&Arc<dyn Transport>, Vec<Submission<'_>>)> = Vec::new();
+        let mut group_of: Vec<usize> = Vec::with_capacity(requests.len());
+        for ((r, task), &ti) in requests.iter().zip(tasks).zip(&which) {
+            let (_, target, t) = &targets[ti];
+            let s = Submission {
+                request: *r,
+                task,
+                target,
+            };
             match groups.iter().position(|(g, _)| Arc::ptr_eq(g, t)) {
                 Some(g) => {
                     groups[g].1.push(s);
@@ -469,7 +469,10 @@ impl TransferEngine {
                 }
                 None => {
                     group_of.push(groups.len());
-                    groups.push((t.clone(), vec![s]));
+                    // Sized for the usual call: all requests to one transport.
+                    let mut v = Vec::with_capacity(requests.len() + 1 - group_of.len());
+                    v.push(s);
+                    groups.push((t, v));
                 }
             }
         }

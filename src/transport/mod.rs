@@ -35,11 +35,13 @@ pub struct TransportContext {
 }
 
 /// One request routed to a transport, with the task it completes and the
-/// target's descriptor as it was when the request was submitted.
-pub struct Submission {
+/// target's descriptor as it was when the request was submitted. The
+/// descriptor is borrowed from the submit call (one per target, not a
+/// refcount round trip per request); a transport that keeps it clones it.
+pub struct Submission<'a> {
     pub request: TransferRequest,
     pub task: Arc<Task>,
-    pub target: Arc<SegmentDesc>,
+    pub target: &'a Arc<SegmentDesc>,
 }
 
 pub trait Transport: Send + Sync {
@@ -59,7 +61,7 @@ pub trait Transport: Send + Sync {
 
     /// Start moving `subs`. Never blocks on the network: failures surface as
     /// FAILED tasks. An `Err` means nothing of this call was started.
-    fn submit(&self, subs: Vec<Submission>) -> Result<()>;
+    fn submit(&self, subs: Vec<Submission<'_>>) -> Result<()>;
 
     /// Answer a Connection (type 0) handshake. TCP answers an empty desc.
     fn on_connection(&self, _req: &HandShakeDesc) -> HandShakeDesc {

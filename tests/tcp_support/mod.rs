@@ -67,7 +67,7 @@ pub fn submit(
     t.submit(vec![Submission {
         request,
         task: task.clone(),
-        target: target.clone(),
+        target,
     }])
     .expect("submit");
     task

@@ -64,6 +64,22 @@ impl Idle {
         self.armed = false;
     }
 
+    /// One turn of the spin: true if this thread polls, WRs are in
+    /// flight and the spin window is open (it yielded; poll again).
+    pub(super) fn spin(&mut self, cw: &ContextWorkers, polls: bool) -> bool {
+        if !polls || !cw.has_inflight() || cw.ctx.device.is_none() || self.armed {
+            return false;
+        }
+        let now = Instant::now();
+        if now < *self.spin_until.get_or_insert(now + SPIN) {
+            // Yield rather than pause: on a busy host the CPU goes to the
+            // threads producing the completions (or the submitter).
+            std::thread::yield_now();
+            return true;
+        }
+        false
+    }
+
     pub(super) fn step(
         &mut self,
         cw: &ContextWorkers,
@@ -78,11 +94,7 @@ impl Idle {
                 return signal.wait(deadline, &cw.stop);
             }
         };
-        let now = Instant::now();
-        if now < *self.spin_until.get_or_insert(now + SPIN) {
-            // Yield rather than pause: on a busy host the CPU goes to the
-            // threads producing the completions (or the submitter).
-            std::thread::yield_now();
+        if self.spin(cw, polls) {
             return;
         }
         if !self.armed {
@@ -91,6 +103,7 @@ impl Idle {
             self.armed = true;
             return;
         }
+        let now = Instant::now();
         let left = deadline.map_or(MAX_BLOCK, |t| t.saturating_duration_since(now));
         dev.wait_completions(left.min(MAX_BLOCK));
         self.armed = false;

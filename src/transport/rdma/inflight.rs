@@ -7,8 +7,12 @@
 //! table's lock, which both sides take anyway), not a refcount bounce
 //! between the posting and the polling core per WR.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::id_map::IdMap;
 
@@ -106,5 +110,58 @@ impl InflightMap {
         let wrs = self.wrs.drain().map(|(_, f)| f).collect();
         let eps = self.eps.drain(..).flatten().map(|(e, _)| e).collect();
         (wrs, eps)
+    }
+}
+
+/// The in-flight map behind its lock, with its size readable without it:
+/// a spinning poller asks "anything in flight?" on every turn, and that
+/// read must not bounce the lock's line off the posting core.
+#[derive(Default)]
+pub struct InflightTable {
+    map: Mutex<InflightMap>,
+    len: AtomicUsize,
+}
+
+/// The locked map; its size is published when the guard drops.
+pub struct InflightGuard<'a> {
+    map: MutexGuard<'a, InflightMap>,
+    len: &'a AtomicUsize,
+}
+
+impl InflightTable {
+    pub fn lock(&self) -> InflightGuard<'_> {
+        InflightGuard {
+            map: self.map.lock(),
+            len: &self.len,
+        }
+    }
+
+    /// WRs posted and not yet completed, as of the last unlock.
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+}
+
+impl Deref for InflightGuard<'_> {
+    type Target = InflightMap;
+    fn deref(&self) -> &InflightMap {
+        &self.map
+    }
+}
+
+impl DerefMut for InflightGuard<'_> {
+    fn deref_mut(&mut self) -> &mut InflightMap {
+        &mut self.map
+    }
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let n = self.map.len();
+        // Written only on change: the line stays shared between the
+        // threads that read it.
+        if self.len.load(Ordering::Relaxed) != n {
+            self.len.store(n, Ordering::Release);
+        }
     }
 }

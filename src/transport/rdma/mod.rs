@@ -93,7 +93,7 @@ impl Transport for RdmaTransport {
         self.shared.describe(desc, buffers)
     }
 
-    fn submit(&self, subs: Vec<Submission>) -> Result<()> {
+    fn submit(&self, subs: Vec<Submission<'_>>) -> Result<()> {
         self.shared.submit(subs)
     }
 

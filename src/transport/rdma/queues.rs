@@ -41,6 +41,10 @@ pub struct Slice {
 #[derive(Default)]
 pub struct Signal {
     set: Mutex<bool>,
+    /// `set`, readable without the lock: a `take` of an unset signal (a
+    /// spinning poller's every turn) writes nothing the notifier's core
+    /// must fetch back.
+    hint: AtomicBool,
     cv: Condvar,
 }
 
@@ -49,13 +53,21 @@ impl Signal {
         let mut s = self.set.lock();
         if !*s {
             *s = true;
+            self.hint.store(true, Ordering::Release);
             self.cv.notify_one();
         }
     }
 
-    /// Clear the flag before looking for work; true if it was set.
+    /// Clear the flag before looking for work; true if it was set. A
+    /// notify racing with a `take` that saw the flag unset stays set, so
+    /// the next `wait` returns at once: nothing is lost.
     pub fn take(&self) -> bool {
-        std::mem::take(&mut *self.set.lock())
+        if !self.hint.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut s = self.set.lock();
+        self.hint.store(false, Ordering::Release);
+        std::mem::take(&mut *s)
     }
 
     /// Sleep until notified (since the last `take`), `deadline`, or

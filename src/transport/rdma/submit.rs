@@ -14,7 +14,7 @@ use super::slicing::{cut, CutError, Piece};
 use super::worker::{self, Slice};
 
 impl Shared {
-    pub(super) fn submit(&self, subs: Vec<Submission>) -> Result<()> {
+    pub(super) fn submit(&self, subs: Vec<Submission<'_>>) -> Result<()> {
         let sh = self;
         // Cut everything first: an unregistered source refuses the call.
         // One read of the memory table for the whole call.

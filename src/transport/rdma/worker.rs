@@ -17,7 +17,7 @@ use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
 use super::idle::{earliest, Idle, Sweep};
-pub use super::inflight::{Inflight, InflightMap};
+pub use super::inflight::{Inflight, InflightMap, InflightTable};
 use super::names::NameId;
 use super::poll::{poll_once, PollBufs};
 use super::queues::Signal;
@@ -30,7 +30,7 @@ pub use super::queues::{Slice, Worker};
 pub struct ContextWorkers {
     pub ctx: Arc<RdmaContext>,
     pub posters: Vec<Arc<Worker>>,
-    pub inflight: Mutex<InflightMap>,
+    pub inflight: InflightTable,
     /// Wakes the poller when WRs were posted (and at shutdown).
     pub poll_signal: Signal,
     next_wr_id: AtomicU64,
@@ -50,7 +50,7 @@ impl ContextWorkers {
             posters: (0..posters.max(1))
                 .map(|_| Arc::new(Worker::default()))
                 .collect(),
-            inflight: Mutex::new(InflightMap::default()),
+            inflight: InflightTable::default(),
             poll_signal: Signal::default(),
             next_wr_id: AtomicU64::new(1),
             stop: AtomicBool::new(false),
@@ -107,7 +107,7 @@ impl ContextWorkers {
 
     /// WRs are posted and not yet completed.
     pub fn has_inflight(&self) -> bool {
-        !self.inflight.lock().is_empty()
+        self.inflight.len() != 0
     }
 }
 
@@ -223,17 +223,25 @@ pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
             return;
         }
         let Some(sh) = shared.upgrade() else { return };
-        cw.poll_signal.take();
-        let progressed = poll_once(&sh, &cw, &mut bufs);
-        let next_sweep = sweep.run_if_due(&sh, &cw);
+        // `sh` is held while completions come and while spinning (bounded
+        // by the spin window): a turn costs no refcount round trip.
+        let next_sweep = loop {
+            cw.poll_signal.take();
+            let progressed = poll_once(&sh, &cw, &mut bufs);
+            let next_sweep = sweep.run_if_due(&sh, &cw);
+            if progressed {
+                idle.reset();
+            } else if !idle.spin(&cw, true) {
+                break next_sweep;
+            }
+            if cw.stop.load(Ordering::Acquire) {
+                return;
+            }
+        };
         drop(sh);
-        if progressed {
-            idle.reset();
-        } else {
-            // Nothing in flight: nothing to sweep either; posts wake us.
-            let deadline = cw.has_inflight().then_some(next_sweep);
-            idle.step(&cw, &cw.poll_signal, true, deadline);
-        }
+        // Nothing in flight: nothing to sweep either; posts wake us.
+        let deadline = cw.has_inflight().then_some(next_sweep);
+        idle.step(&cw, &cw.poll_signal, true, deadline);
     }
 }
 
@@ -375,7 +383,7 @@ fn post_slices(
     slices: &mut VecDeque<Slice>,
     wrs: &mut Vec<WorkRequest>,
 ) -> bool {
-    let cq_room = sh.cfg.max_cqe.saturating_sub(cw.inflight.lock().len());
+    let cq_room = sh.cfg.max_cqe.saturating_sub(cw.inflight.len());
     let mut budget = slices.len().min(cq_room);
     let nqp = ep.num_qps();
     let mut any = false;

@@ -95,7 +95,7 @@ impl TcpClient {
     }
 
     /// Each request is one slice; failures surface as FAILED tasks.
-    pub fn submit(&self, subs: Vec<Submission>) {
+    pub fn submit(&self, subs: Vec<Submission<'_>>) {
         // Consecutive requests to one segment go to its FIFO together (one
         // lock, one wake-up); the peer is looked up once per run.
         let mut run: Option<Run> = None;
@@ -128,7 +128,7 @@ impl TcpClient {
                 len: req.length,
             };
             match &mut run {
-                Some((t, _, jobs)) if Arc::ptr_eq(t, &s.target) => jobs.push(job),
+                Some((t, _, jobs)) if Arc::ptr_eq(t, s.target) => jobs.push(job),
                 _ => {
                     if let Some(r) = run.take() {
                         Self::hand_over(r.1, r.2);
@@ -138,7 +138,7 @@ impl TcpClient {
                         port: s.target.tcp_data_port,
                         v2: s.target.tcp_proto_version >= 2 && !self.shared.cfg.force_v1,
                     };
-                    run = Some((s.target, self.peer(key), vec![job]));
+                    run = Some((s.target.clone(), self.peer(key), vec![job]));
                 }
             }
         }

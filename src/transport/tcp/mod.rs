@@ -126,7 +126,7 @@ impl Transport for TcpTransport {
             .collect();
     }
 
-    fn submit(&self, subs: Vec<Submission>) -> Result<()> {
+    fn submit(&self, subs: Vec<Submission<'_>>) -> Result<()> {
         self.client.submit(subs);
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,11 @@ pub(crate) struct CqShared {
     capacity: usize,
     device: Arc<SoftDevice>,
     state: Mutex<CqState>,
+    /// Set under `state`'s lock while a poll has something to report (a
+    /// completion or the overflow): an empty poll reads this line and
+    /// leaves the lock's line to the executor, as a poll of a real CQ reads
+    /// the next CQE's owner bit.
+    pollable: AtomicBool,
     /// A completion queue's "completion channel": pushes wake `wait`.
     ready: Condvar,
 }
@@ -42,6 +47,7 @@ impl CqShared {
             capacity,
             device,
             state: Mutex::new(CqState::default()),
+            pollable: AtomicBool::new(false),
             ready: Condvar::new(),
         }
     }
@@ -66,6 +72,7 @@ impl CqShared {
         }
         if st.queue.len() >= self.capacity {
             st.overflowed = true;
+            self.pollable.store(true, Ordering::Release);
             slot.fetch_sub(1, Ordering::AcqRel);
             drop(st);
             // A waiting poller must see the error.
@@ -84,6 +91,11 @@ impl CqShared {
             return;
         }
         st.queue.push_back(wc);
+        // Written only when it changes: while the poller has not drained
+        // the queue, pushes leave the line it reads alone.
+        if !self.pollable.load(Ordering::Relaxed) {
+            self.pollable.store(true, Ordering::Release);
+        }
         drop(st);
         self.ready.notify_one();
     }
@@ -98,6 +110,9 @@ impl Cq for SoftCq {
         // The executor holds the lock for a push: report nothing rather than
         // park (a park and its wake-up cost both threads a syscall). A poll
         // is a snapshot; `wait` takes the lock and sees what was pushed.
+        if !self.shared.pollable.load(Ordering::Acquire) {
+            return Ok(0);
+        }
         let Some(mut st) = self.shared.state.try_lock() else {
             return Ok(0);
         };
@@ -115,6 +130,9 @@ impl Cq for SoftCq {
         let n = max.min(st.queue.len());
         let start = out.len();
         out.extend(st.queue.drain(..n));
+        if st.queue.is_empty() {
+            self.shared.pollable.store(false, Ordering::Release);
+        }
         // One release per run of completions of the same QP.
         let mut polled = &out[start..];
         while let Some(first) = polled.first() {
