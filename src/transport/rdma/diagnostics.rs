@@ -33,6 +33,7 @@ impl Shared {
                     "inflight_bytes": c.stats.inflight_bytes(),
                     "completed_bytes": c.stats.completed_bytes(),
                     "posted_slices": c.stats.posted_slices(),
+                    "completions": c.stats.completions(),
                 })
             })
             .collect();

@@ -16,7 +16,11 @@ const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
 /// While WRs are in flight, poll an empty CQ this long before blocking on
 /// its completion channel: a completion a few µs away costs no wake-up.
+/// The longest window; see `Idle`.
 const SPIN: Duration = Duration::from_micros(10);
+
+/// The shortest spin window (a poll or two).
+const MIN_SPIN: Duration = Duration::from_micros(1);
 
 /// Longest single block on the completion channel.
 const MAX_BLOCK: Duration = Duration::from_millis(100);
@@ -51,16 +55,55 @@ impl Sweep {
 /// channel until a completion, an interrupt or `deadline`. Otherwise sleep
 /// on `signal` (slices queued, WRs posted, room freed, shutdown) until
 /// `deadline`. Nothing naps on a timer.
-#[derive(Default)]
+///
+/// The spin window adapts, as an adaptive mutex's spin does: a spin that
+/// ends without a completion halves it (down to `MIN_SPIN`), one that finds
+/// a completion doubles it (up to `SPIN`), and a thread that slept with
+/// nothing in flight starts at `SPIN`. So one transfer at a time (the
+/// completion comes a few µs after the post) is caught spinning, while a
+/// stream whose completions come further apart than the window costs a
+/// block per completion instead of a spin (spinning CPU is a slice's cost).
 pub(super) struct Idle {
     spin_until: Option<Instant>,
+    /// The current spin ended without a completion.
+    spun_out: bool,
     armed: bool,
+    window: Duration,
+    /// Block on the completion channel even with nothing in flight (a
+    /// thread that only polls: a completion is the only work that can come
+    /// its way, so a post need not wake it; the NIC's event does).
+    on_cq_when_idle: bool,
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Idle {
+            spin_until: None,
+            spun_out: false,
+            armed: false,
+            window: SPIN,
+            on_cq_when_idle: false,
+        }
+    }
 }
 
 impl Idle {
+    /// The wait of a thread that only polls (see `on_cq_when_idle`).
+    pub(super) fn polling_only() -> Idle {
+        Idle {
+            on_cq_when_idle: true,
+            ..Idle::default()
+        }
+    }
+
     /// Something was done: the next idle step starts with a spin.
     pub(super) fn reset(&mut self) {
+        if self.spin_until.is_some() && !self.spun_out {
+            // The spin found work: spinning pays, spin as long or longer.
+            self.window = (self.window * 2).min(SPIN);
+        }
         self.spin_until = None;
+        self.spun_out = false;
         self.armed = false;
     }
 
@@ -70,13 +113,18 @@ impl Idle {
         if !polls || !cw.has_inflight() || cw.ctx.device.is_none() || self.armed {
             return false;
         }
+        if self.spun_out {
+            return false;
+        }
         let now = Instant::now();
-        if now < *self.spin_until.get_or_insert(now + SPIN) {
+        if now < *self.spin_until.get_or_insert(now + self.window) {
             // Yield rather than pause: on a busy host the CPU goes to the
             // threads producing the completions (or the submitter).
             std::thread::yield_now();
             return true;
         }
+        self.spun_out = true;
+        self.window = (self.window / 2).max(MIN_SPIN);
         false
     }
 
@@ -87,15 +135,22 @@ impl Idle {
         polls: bool,
         deadline: Option<Instant>,
     ) {
+        let inflight = cw.has_inflight();
         let dev = match &cw.ctx.device {
-            Some(d) if polls && cw.has_inflight() => d,
+            Some(d) if polls && (inflight || self.on_cq_when_idle) => d,
             _ => {
                 self.reset();
+                // Whatever comes next starts a new run: spin in full.
+                self.window = SPIN;
                 return signal.wait(deadline, &cw.stop);
             }
         };
         if self.spin(cw, polls) {
             return;
+        }
+        if !inflight {
+            // Whatever comes next starts a new run: spin in full.
+            self.window = SPIN;
         }
         if !self.armed {
             // The caller polls once more before the block below.

@@ -1,11 +1,17 @@
-//! The posted WRs of one context, by WR id, and the endpoints they hold.
+//! The posted WRs of one context, as chains, and the endpoints they hold.
+//!
+//! Selective signaling: the WRs of one post on one QP go out in chains of
+//! at most `chain_len`, and only a chain's last WR asks for a completion.
+//! An RC send queue completes in order, so that one completion says every
+//! WR of the chain landed; a WR that fails completes (in error) whether
+//! signaled or not, and so does every WR flushed after it (IB spec
+//! 10.8.6; rxe and mlx5 do the same). So a completion for WR `k` of a chain
+//! also ends its WRs before `k` that no completion named: they succeeded.
+//! The poller handles one completion per chain instead of one per WR.
 //!
 //! DMA safety: an endpoint (its QPs) must outlive every WR posted on it.
-//! Each WR names its endpoint by a slot in this table, and the slot holds
-//! one `Arc<Endpoint>` with a count of the WRs that name it: posting a chain
-//! and completing a poll's worth of WRs cost one count change (under the
-//! table's lock, which both sides take anyway), not a refcount bounce
-//! between the posting and the polling core per WR.
+//! Each chain names its endpoint by a slot in this table, and the slot
+//! holds one `Arc<Endpoint>` with a count of the chains that name it.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,41 +25,102 @@ use crate::id_map::IdMap;
 use super::endpoint_driver::Endpoint;
 use super::worker::Slice;
 
+/// Most WRs a chain may hold.
+const CHAIN_LIMIT: usize = 1 << INDEX_BITS;
+
+/// Low bits of a WR id: the WR's index in its chain.
+const INDEX_BITS: u32 = 10;
+
+/// WRs per chain on QPs of `max_wr` slots: half of them, so that a QP
+/// always has a chain's worth of slots to post into while another chain
+/// is moving (a chain's slots come back only with its completion).
+pub fn chain_len(max_wr: u32) -> usize {
+    (max_wr as usize / 2).clamp(1, CHAIN_LIMIT)
+}
+
+/// The id of WR `index` of chain `chain`.
+pub fn wr_id(chain: u64, index: usize) -> u64 {
+    (chain << INDEX_BITS) | index as u64
+}
+
+/// Chain and index of a WR id.
+fn split(wr_id: u64) -> (u64, usize) {
+    (
+        wr_id >> INDEX_BITS,
+        (wr_id & ((1 << INDEX_BITS) - 1)) as usize,
+    )
+}
+
 /// The slot of an endpoint in its context's in-flight table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EpRef(u32);
 
-/// A posted WR: the slice, the endpoint and QP it went out on.
-pub struct Inflight {
-    pub slice: Slice,
+/// The WRs of one chain still waiting for their end.
+pub struct Chain {
+    /// Slices not ended yet, in post order; `slices[0]` went out as WR
+    /// index `first` of the chain.
+    pub slices: Vec<Slice>,
+    pub first: usize,
     pub ep: EpRef,
     pub qp: usize,
     pub posted_at: Instant,
-    /// Past `MC_SLICE_TIMEOUT`: its QP was moved to ERR, and the slice ends
-    /// when this WR's (flush) completion arrives, never before (the NIC may
-    /// still be moving its bytes).
+    /// When its QP was moved to ERR with these WRs on it (past
+    /// `MC_SLICE_TIMEOUT`, or a post the QP took only part of): the slices
+    /// end when their completions (flushes) arrive, never before (the NIC
+    /// may still be moving their bytes), or after `flush_grace`.
     pub timed_out: Option<Instant>,
 }
 
-/// In-flight WRs of one context and the endpoints they keep alive.
-#[derive(Default)]
-pub struct InflightMap {
-    pub wrs: IdMap<u64, Inflight>,
-    /// Endpoint and the number of entries of `wrs` naming it; `None`: free.
-    eps: Vec<Option<(Arc<Endpoint>, usize)>>,
+/// What one completion ended: `slices` in post order; all but the last
+/// succeeded without a completion of their own, the last has the
+/// completion's status.
+pub struct Ended {
+    pub slices: Vec<Slice>,
+    pub ep: EpRef,
+    pub qp: usize,
+    pub timed_out: bool,
+    /// The chain is gone from the table (release its endpoint hold).
+    pub chain_done: bool,
 }
 
-impl InflightMap {
+/// In-flight chains of one context and the endpoints they keep alive
+/// (generic only so that tests need no device).
+pub struct InflightMap<E = Endpoint> {
+    pub chains: IdMap<u64, Chain>,
+    /// WRs in `chains` (what a CQ may still have to report).
+    wrs: usize,
+    /// Endpoint and the number of chains naming it; `None`: free.
+    eps: Vec<Option<(Arc<E>, usize)>>,
+}
+
+impl<E> Default for InflightMap<E> {
+    fn default() -> Self {
+        InflightMap {
+            chains: IdMap::default(),
+            wrs: 0,
+            eps: Vec::new(),
+        }
+    }
+}
+
+impl<E> InflightMap<E> {
+    /// WRs posted and not yet ended.
     pub fn len(&self) -> usize {
-        self.wrs.len()
+        self.wrs
     }
 
     pub fn is_empty(&self) -> bool {
-        self.wrs.is_empty()
+        self.wrs == 0
     }
 
-    /// The slot of `ep`, counting `n` more WRs on it (insert them next).
-    pub fn hold(&mut self, ep: &Arc<Endpoint>, n: usize) -> EpRef {
+    /// Record chain `id`; its endpoint was held for it (`hold`).
+    pub fn insert(&mut self, id: u64, chain: Chain) {
+        self.wrs += chain.slices.len();
+        self.chains.insert(id, chain);
+    }
+
+    /// The slot of `ep`, counting one more chain on it.
+    pub fn hold(&mut self, ep: &Arc<E>) -> EpRef {
         let held = self
             .eps
             .iter()
@@ -73,43 +140,85 @@ impl InflightMap {
             }
         };
         if let Some((_, c)) = &mut self.eps[i] {
-            *c += n;
+            *c += 1;
         }
         EpRef(i as u32)
     }
 
-    /// The endpoint in slot `r` (held while a WR names it).
-    pub fn endpoint(&self, r: EpRef) -> Option<&Arc<Endpoint>> {
+    /// The endpoint in slot `r` (held while a chain names it).
+    pub fn endpoint(&self, r: EpRef) -> Option<&Arc<E>> {
         self.eps.get(r.0 as usize)?.as_ref().map(|(e, _)| e)
     }
 
-    /// `n` WRs naming `r` left `wrs`. The table's reference when they were
-    /// the last: drop it outside the lock (it may destroy the QPs).
-    pub fn release(&mut self, r: EpRef, n: usize) -> Option<Arc<Endpoint>> {
+    /// A chain naming `r` left the table. The table's reference when it
+    /// was the last: drop it outside the lock (it may destroy the QPs).
+    pub fn release(&mut self, r: EpRef) -> Option<Arc<E>> {
         let e = self.eps.get_mut(r.0 as usize)?;
         let (_, c) = e.as_mut()?;
-        *c = c.saturating_sub(n);
+        *c = c.saturating_sub(1);
         if *c == 0 {
             return e.take().map(|(ep, _)| ep);
         }
         None
     }
 
-    /// Remove one WR with its endpoint (for the paths that handle WRs one
-    /// at a time: unaccepted posts, timeouts, shutdown).
-    pub fn take(&mut self, wr_id: u64) -> Option<(Inflight, Arc<Endpoint>)> {
-        let f = self.wrs.remove(&wr_id)?;
-        let ep = self.endpoint(f.ep)?.clone();
-        // Never the last reference: `ep` is another.
-        self.release(f.ep, 1);
-        Some((f, ep))
+    /// A completion named `wr_id`: end its WR and the WRs of its chain
+    /// before it. `None` for an id this table does not hold (a WR ended
+    /// already, by a timeout's grace or at shutdown).
+    pub fn resolve(&mut self, wr_id: u64) -> Option<Ended> {
+        let (id, index) = split(wr_id);
+        let ch = self.chains.get_mut(&id)?;
+        let k = index.checked_sub(ch.first)? + 1;
+        if k > ch.slices.len() {
+            return None;
+        }
+        let chain_done = k == ch.slices.len();
+        let (ep, qp, timed_out) = (ch.ep, ch.qp, ch.timed_out.is_some());
+        let slices = if chain_done {
+            self.chains.remove(&id)?.slices
+        } else {
+            ch.first = index + 1;
+            ch.slices.drain(..k).collect()
+        };
+        self.wrs -= slices.len();
+        Some(Ended {
+            slices,
+            ep,
+            qp,
+            timed_out,
+            chain_done,
+        })
     }
 
-    /// Remove every WR (shutdown); the endpoints' references come along.
-    pub fn drain(&mut self) -> (Vec<Inflight>, Vec<Arc<Endpoint>>) {
-        let wrs = self.wrs.drain().map(|(_, f)| f).collect();
+    /// Remove a whole chain with its endpoint (unaccepted posts, a
+    /// timeout's grace, shutdown).
+    pub fn take(&mut self, id: u64) -> Option<(Chain, Arc<E>)> {
+        let ch = self.chains.remove(&id)?;
+        self.wrs -= ch.slices.len();
+        let ep = self.endpoint(ch.ep)?.clone();
+        // Never the last reference: `ep` is another.
+        self.release(ch.ep);
+        Some((ch, ep))
+    }
+
+    /// Take back the slices of chain `id` from index `at` of its post on
+    /// (the QP did not accept them).
+    pub fn split_off(&mut self, id: u64, at: usize) -> Vec<Slice> {
+        let Some(ch) = self.chains.get_mut(&id) else {
+            return Vec::new();
+        };
+        let keep = at.saturating_sub(ch.first).min(ch.slices.len());
+        let back = ch.slices.split_off(keep);
+        self.wrs -= back.len();
+        back
+    }
+
+    /// Remove every chain (shutdown); the endpoints' references come along.
+    pub fn drain(&mut self) -> (Vec<Slice>, Vec<Arc<E>>) {
+        let slices = self.chains.drain().flat_map(|(_, c)| c.slices).collect();
+        self.wrs = 0;
         let eps = self.eps.drain(..).flatten().map(|(e, _)| e).collect();
-        (wrs, eps)
+        (slices, eps)
     }
 }
 
@@ -136,7 +245,7 @@ impl InflightTable {
         }
     }
 
-    /// WRs posted and not yet completed, as of the last unlock.
+    /// WRs posted and not yet ended, as of the last unlock.
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Acquire)
     }
@@ -163,5 +272,155 @@ impl Drop for InflightGuard<'_> {
         if self.len.load(Ordering::Relaxed) != n {
             self.len.store(n, Ordering::Release);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Opcode, Task, TaskStatus, TransferRequest};
+    use crate::transport::rdma::names::Names;
+
+    /// Chain `id` of `n` one-slice tasks on `ep`, as `post_slices` records
+    /// it; returns the tasks.
+    fn post(m: &mut InflightMap<()>, ep: &Arc<()>, id: u64, n: usize) -> Vec<Arc<Task>> {
+        let path = Names::default().intern("peer@dev");
+        let tasks: Vec<Arc<Task>> = (0..n)
+            .map(|i| {
+                let t = Arc::new(Task::new(TransferRequest {
+                    opcode: Opcode::Write,
+                    source: i as u64 * 8,
+                    target_id: 1,
+                    target_offset: 0,
+                    length: 8,
+                }));
+                t.set_slices(1);
+                t
+            })
+            .collect();
+        let slices = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Slice {
+                task: t.clone(),
+                opcode: Opcode::Write,
+                source: i as u64 * 8,
+                length: 8,
+                dest: 0,
+                target_id: 1,
+                location: path,
+                retry: 0,
+                local: 0,
+                lkey: 0,
+                path,
+                rkey: 0,
+            })
+            .collect();
+        let held = m.hold(ep);
+        m.insert(
+            id,
+            Chain {
+                slices,
+                first: 0,
+                ep: held,
+                qp: 0,
+                posted_at: Instant::now(),
+                timed_out: None,
+            },
+        );
+        tasks
+    }
+
+    /// The sources of the slices a completion ended, in order.
+    fn sources(e: &Ended) -> Vec<u64> {
+        e.slices.iter().map(|s| s.source).collect()
+    }
+
+    #[test]
+    fn a_chains_one_completion_ends_all_its_wrs() {
+        let mut m = InflightMap::<()>::default();
+        let ep = Arc::new(());
+        post(&mut m, &ep, 7, 3);
+        assert_eq!(m.len(), 3);
+        let e = m.resolve(wr_id(7, 2)).expect("the signaled WR");
+        assert_eq!(sources(&e), [0, 8, 16]);
+        assert!(e.chain_done);
+        assert!(m.is_empty() && m.chains.is_empty());
+        // The table's hold is the endpoint's last but ours.
+        assert_eq!(m.release(e.ep).map(|a| Arc::ptr_eq(&a, &ep)), Some(true));
+        assert!(m.resolve(wr_id(7, 2)).is_none(), "ended once");
+    }
+
+    #[test]
+    fn an_error_mid_chain_ends_the_wrs_before_it_and_flushes_end_the_rest() {
+        let mut m = InflightMap::<()>::default();
+        let ep = Arc::new(());
+        post(&mut m, &ep, 3, 4);
+        // WR 1 failed: WR 0 landed silently before it.
+        let e = m.resolve(wr_id(3, 1)).unwrap();
+        assert_eq!(sources(&e), [0, 8]);
+        assert!(!e.chain_done);
+        assert_eq!(m.len(), 2);
+        // Each later WR's flush ends it alone; the last ends the chain.
+        let e = m.resolve(wr_id(3, 2)).unwrap();
+        assert_eq!(sources(&e), [16]);
+        assert!(m.resolve(wr_id(3, 1)).is_none(), "an index already ended");
+        let e = m.resolve(wr_id(3, 3)).unwrap();
+        assert_eq!(sources(&e), [24]);
+        assert!(e.chain_done && m.is_empty());
+    }
+
+    #[test]
+    fn unknown_and_out_of_range_ids_end_nothing() {
+        let mut m = InflightMap::<()>::default();
+        let ep = Arc::new(());
+        post(&mut m, &ep, 1, 2);
+        assert!(m.resolve(wr_id(2, 0)).is_none());
+        assert!(m.resolve(wr_id(1, 2)).is_none());
+        assert_eq!(m.len(), 2);
+    }
+
+    #[test]
+    fn a_post_taken_in_part_gives_back_the_tail_and_take_the_rest() {
+        let mut m = InflightMap::<()>::default();
+        let ep = Arc::new(());
+        let tasks = post(&mut m, &ep, 5, 4);
+        let back = m.split_off(5, 1);
+        assert_eq!(
+            back.iter().map(|s| s.source).collect::<Vec<_>>(),
+            [8, 16, 24]
+        );
+        assert_eq!(m.len(), 1);
+        let (ch, held) = m.take(5).unwrap();
+        assert_eq!(ch.slices.len(), 1);
+        assert!(Arc::ptr_eq(&held, &ep));
+        assert!(m.is_empty() && m.endpoint(ch.ep).is_none(), "hold released");
+        drop((ch, back));
+        // Nothing ended a task: the caller decides their fate.
+        assert!(tasks.iter().all(|t| t.status() == TaskStatus::Waiting));
+    }
+
+    #[test]
+    fn chains_share_their_endpoints_slot_until_the_last_ends() {
+        let mut m = InflightMap::<()>::default();
+        let ep = Arc::new(());
+        post(&mut m, &ep, 1, 1);
+        post(&mut m, &ep, 2, 1);
+        let a = m.resolve(wr_id(1, 0)).unwrap();
+        assert!(m.release(a.ep).is_none(), "chain 2 still holds it");
+        let b = m.resolve(wr_id(2, 0)).unwrap();
+        assert_eq!(a.ep, b.ep);
+        assert!(m.release(b.ep).is_some());
+        let (slices, eps) = m.drain();
+        assert!(slices.is_empty() && eps.is_empty());
+    }
+
+    #[test]
+    fn chain_length_is_half_the_queue_within_the_id_bits() {
+        assert_eq!(chain_len(256), 128);
+        assert_eq!(chain_len(1), 1);
+        assert_eq!(chain_len(65535), CHAIN_LIMIT);
+        let id = wr_id(0x1234, CHAIN_LIMIT - 1);
+        assert_eq!(split(id), (0x1234, CHAIN_LIMIT - 1));
     }
 }

@@ -142,8 +142,8 @@ impl RdmaTransport {
                 }
             }
             let (infl, eps) = cw.inflight.lock().drain();
-            for f in infl {
-                sh.fail_slice(f.slice);
+            for s in infl {
+                sh.fail_slice(s);
             }
             drop(eps);
             sh.retire_context_endpoints(&cw.ctx, "transport shutdown");

@@ -7,18 +7,19 @@ use std::time::Instant;
 
 use super::device::{Completion, CompletionStatus};
 use super::endpoint_driver::Endpoint;
-use super::inflight::EpRef;
-use super::worker::{ContextWorkers, Inflight};
+use super::inflight::{Ended, EpRef};
+use super::worker::{ContextWorkers, Slice};
 use super::Shared;
 
 /// Buffers a polling thread reuses across CQ polls (no allocation per poll).
 #[derive(Default)]
 pub struct PollBufs {
     comps: Vec<Completion>,
-    done: Vec<(Completion, Inflight)>,
-    /// The endpoints this poll's WRs went out on, per QP, with how many
-    /// completed: one reference and one counter update per endpoint and QP
-    /// per poll, not per WR.
+    /// What each completion ended, with its status.
+    done: Vec<(CompletionStatus, Ended)>,
+    /// The endpoints this poll's chains went out on, per QP, with how many
+    /// WRs ended: one reference and one counter update per endpoint and QP
+    /// per poll.
     eps: Vec<(EpRef, usize, Arc<Endpoint>, usize)>,
 }
 
@@ -40,36 +41,36 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
     {
         let mut infl = cw.inflight.lock();
         for c in &bufs.comps {
-            let Some(f) = infl.wrs.remove(&c.wr_id) else {
+            let Some(end) = infl.resolve(c.wr_id) else {
                 continue;
             };
-            match bufs.eps.iter_mut().find(|e| e.0 == f.ep && e.1 == f.qp) {
-                Some(e) => e.3 += 1,
+            let n = end.slices.len();
+            match bufs.eps.iter_mut().find(|e| e.0 == end.ep && e.1 == end.qp) {
+                Some(e) => e.3 += n,
                 None => {
-                    if let Some(ep) = infl.endpoint(f.ep) {
-                        bufs.eps.push((f.ep, f.qp, ep.clone(), 1));
+                    if let Some(ep) = infl.endpoint(end.ep) {
+                        bufs.eps.push((end.ep, end.qp, ep.clone(), n));
                     }
                 }
             }
-            bufs.done.push((*c, f));
-        }
-        // Never the last references: `bufs.eps` holds the endpoints until
-        // the completions are handled (outside this lock).
-        for (r, _, _, n) in &bufs.eps {
-            infl.release(*r, *n);
+            // Never the last reference: `bufs.eps` holds the endpoint
+            // until the completions are handled (outside this lock).
+            if end.chain_done {
+                infl.release(end.ep);
+            }
+            bufs.done.push((c.status, end));
         }
     }
     // One stats update per poll, before tasks can be seen complete.
-    let (bytes, ok_bytes) = bufs.done.iter().fold((0, 0), |(b, ok), (c, f)| {
-        let n = f.slice.length;
-        let moved = if c.status == CompletionStatus::Success {
-            n
-        } else {
-            0
-        };
-        (b + n, ok + moved)
+    let (bytes, ok_bytes) = bufs.done.iter().fold((0, 0), |acc, (status, end)| {
+        let last = end.slices.len().saturating_sub(1);
+        end.slices.iter().enumerate().fold(acc, |(b, ok), (k, s)| {
+            let moved = k < last || *status == CompletionStatus::Success;
+            (b + s.length, ok + if moved { s.length } else { 0 })
+        })
     });
-    cw.ctx.stats.finished_many(bytes, ok_bytes);
+    let polled = bufs.comps.len() as u64;
+    cw.ctx.stats.finished_many(polled, bytes, ok_bytes);
     // QP slots and CQ room are free again: wake posters that wait for them.
     for w in &cw.posters {
         w.room_freed();
@@ -80,47 +81,16 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
         ep.completed(*qp, *n);
     }
     let mut done = std::mem::take(&mut bufs.done);
-    for (c, f) in done.drain(..) {
-        if f.timed_out.is_some() {
-            // The QP of a timed-out WR is in ERR: this is its flush (or a
-            // late success). Only now may the slice end.
-            sh.counters
-                .timeouts_completed
-                .fetch_add(1, Ordering::Relaxed);
-            match c.status {
-                CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
-                _ => sh.fail_slice(f.slice),
-            }
-            continue;
-        }
-        match c.status {
-            CompletionStatus::Success => f.slice.task.slice_succeeded(f.slice.length),
-            CompletionStatus::Flushed => {
-                log::trace!("Worker: WR flush error, redispatching if retry allows");
-                sh.counters.flushed.fetch_add(1, Ordering::Relaxed);
-                sh.retry_or_fail(f.slice, "flushed");
-            }
-            CompletionStatus::RemoteError | CompletionStatus::LocalError => {
-                sh.counters
-                    .error_completions
-                    .fetch_add(1, Ordering::Relaxed);
-                let path = sh.paths.get(f.slice.path);
-                if let Some(ep) = bufs.endpoint(f.ep) {
-                    if ep.state().connected() {
-                        // A dead connection needs a re-handshake: pace it.
-                        cw.handshake_failed(&path, Instant::now());
-                    }
-                    ep.retire("work completion error");
-                    cw.ctx.forget_endpoint(&path, ep);
-                }
-                // A dead local device is not the peer rail's fault.
-                let local_fault = c.status == CompletionStatus::LocalError || !cw.ctx.is_active();
-                if !local_fault {
-                    sh.rails
-                        .failed(&path, sh.has_alternative_rail(f.slice.target_id, &path));
-                }
-                sh.retry_or_fail(f.slice, "work completion error");
-            }
+    for (status, end) in done.drain(..) {
+        let last = end.slices.len().saturating_sub(1);
+        for (k, slice) in end.slices.into_iter().enumerate() {
+            // WRs before the one completed succeeded without a completion.
+            let status = if k < last {
+                CompletionStatus::Success
+            } else {
+                status
+            };
+            slice_ended(sh, cw, bufs, status, slice, end.ep, end.timed_out);
         }
     }
     bufs.done = done;
@@ -128,6 +98,58 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
     // its WRs are all done.
     bufs.eps.clear();
     true
+}
+
+/// One slice's WR ended with `status`: done, retried or failed.
+fn slice_ended(
+    sh: &Shared,
+    cw: &ContextWorkers,
+    bufs: &PollBufs,
+    status: CompletionStatus,
+    slice: Slice,
+    ep: EpRef,
+    timed_out: bool,
+) {
+    if timed_out {
+        // The QP of a timed-out WR is in ERR: this is its flush (or a
+        // late success). Only now may the slice end.
+        sh.counters
+            .timeouts_completed
+            .fetch_add(1, Ordering::Relaxed);
+        return match status {
+            CompletionStatus::Success => slice.task.slice_succeeded(slice.length),
+            _ => sh.fail_slice(slice),
+        };
+    }
+    match status {
+        CompletionStatus::Success => slice.task.slice_succeeded(slice.length),
+        CompletionStatus::Flushed => {
+            log::trace!("Worker: WR flush error, redispatching if retry allows");
+            sh.counters.flushed.fetch_add(1, Ordering::Relaxed);
+            sh.retry_or_fail(slice, "flushed");
+        }
+        CompletionStatus::RemoteError | CompletionStatus::LocalError => {
+            sh.counters
+                .error_completions
+                .fetch_add(1, Ordering::Relaxed);
+            let path = sh.paths.get(slice.path);
+            if let Some(ep) = bufs.endpoint(ep) {
+                if ep.state().connected() {
+                    // A dead connection needs a re-handshake: pace it.
+                    cw.handshake_failed(&path, Instant::now());
+                }
+                ep.retire("work completion error");
+                cw.ctx.forget_endpoint(&path, ep);
+            }
+            // A dead local device is not the peer rail's fault.
+            let local_fault = status == CompletionStatus::LocalError || !cw.ctx.is_active();
+            if !local_fault {
+                sh.rails
+                    .failed(&path, sh.has_alternative_rail(slice.target_id, &path));
+            }
+            sh.retry_or_fail(slice, "work completion error");
+        }
+    }
 }
 
 /// Probe the peer of every endpoint whose WRs made no progress for

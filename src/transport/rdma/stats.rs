@@ -22,6 +22,9 @@ pub struct DeviceStats {
     inflight: AtomicU64,
     completed: AtomicU64,
     posted_slices: AtomicU64,
+    /// Completions polled from the CQ (one per chain of WRs, or per WR
+    /// that failed or flushed).
+    completions: AtomicU64,
     ewma: Mutex<Ewma>,
 }
 
@@ -31,6 +34,7 @@ impl Default for DeviceStats {
             inflight: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             posted_slices: AtomicU64::new(0),
+            completions: AtomicU64::new(0),
             ewma: Mutex::new(Ewma {
                 last_at: Instant::now(),
                 last_completed: 0,
@@ -55,8 +59,10 @@ impl DeviceStats {
         self.posted_slices.fetch_add(slices, Ordering::Relaxed);
     }
 
-    /// Posted WRs finished: `bytes` in total, of which `ok_bytes` moved.
-    pub fn finished_many(&self, bytes: u64, ok_bytes: u64) {
+    /// `completions` polled finished posted WRs: `bytes` in total, of which
+    /// `ok_bytes` moved.
+    pub fn finished_many(&self, completions: u64, bytes: u64, ok_bytes: u64) {
+        self.completions.fetch_add(completions, Ordering::Relaxed);
         if bytes != 0 {
             self.inflight.fetch_sub(bytes, Ordering::Relaxed);
         }
@@ -83,6 +89,10 @@ impl DeviceStats {
 
     pub fn posted_slices(&self) -> u64 {
         self.posted_slices.load(Ordering::Relaxed)
+    }
+
+    pub fn completions(&self) -> u64 {
+        self.completions.load(Ordering::Relaxed)
     }
 
     /// Fold the bytes completed since the last sample into the EWMA and
@@ -181,9 +191,10 @@ mod tests {
         s.posted_many(0, 0);
         assert_eq!(s.inflight_bytes(), 150);
         assert_eq!(s.posted_slices(), 2);
-        s.finished_many(150, 100);
+        s.finished_many(1, 150, 100);
         assert_eq!(s.inflight_bytes(), 0);
         assert_eq!(s.completed_bytes(), 100);
+        assert_eq!(s.completions(), 1);
     }
 
     #[test]

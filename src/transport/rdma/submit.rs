@@ -103,7 +103,7 @@ impl Shared {
             let ri = match routes.iter().position(|p| p.target_id == r.target_id) {
                 Some(i) => i,
                 None => {
-                    routes.push(PeerRoutes::new(sh, r.target_id, &s.target));
+                    routes.push(PeerRoutes::new(sh, r.target_id, s.target));
                     routes.len() - 1
                 }
             };
@@ -116,7 +116,7 @@ impl Shared {
                 let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
                 // Routed before the slice exists; the slice holds ids, not
                 // shared strings (no refcounts other threads touch).
-                let Some(to) = sh.route_first((source, dest, p.len), &s.target, pr, local, &mem)
+                let Some(to) = sh.route_first((source, dest, p.len), s.target, pr, local, &mem)
                 else {
                     log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
                     sh.counters.failed_slices.fetch_add(1, Ordering::Relaxed);

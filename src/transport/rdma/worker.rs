@@ -17,7 +17,7 @@ use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
 use super::idle::{earliest, Idle, Sweep};
-pub use super::inflight::{Inflight, InflightMap, InflightTable};
+use super::inflight::{chain_len, wr_id, Chain, InflightTable};
 use super::names::NameId;
 use super::poll::{poll_once, PollBufs};
 use super::queues::Signal;
@@ -33,7 +33,8 @@ pub struct ContextWorkers {
     pub inflight: InflightTable,
     /// Wakes the poller when WRs were posted (and at shutdown).
     pub poll_signal: Signal,
-    next_wr_id: AtomicU64,
+    /// Chain ids (`inflight::wr_id` puts a WR's index below them).
+    next_chain: AtomicU64,
     pub stop: AtomicBool,
     /// Re-handshake pacing per peer NIC path (outlives one-shot endpoints).
     backoff: Mutex<HashMap<String, HandshakeBackoff>>,
@@ -52,7 +53,7 @@ impl ContextWorkers {
                 .collect(),
             inflight: InflightTable::default(),
             poll_signal: Signal::default(),
-            next_wr_id: AtomicU64::new(1),
+            next_chain: AtomicU64::new(1),
             stop: AtomicBool::new(false),
             backoff: Mutex::new(HashMap::new()),
             backoff_cfg: backoff,
@@ -215,9 +216,9 @@ pub fn run_poster(shared: Weak<Shared>, cw: Arc<ContextWorkers>, k: usize, also_
 
 /// The dedicated poller of a context (when it has ≥ 2 workers).
 pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
+    let mut idle = Idle::polling_only();
     let mut bufs = PollBufs::default();
     let mut sweep = Sweep::new();
-    let mut idle = Idle::default();
     loop {
         if cw.stop.load(Ordering::Acquire) {
             return;
@@ -375,7 +376,8 @@ fn process_peer(
     }
 }
 
-/// Post as many queued slices as QP and CQ depth allow, spread over the QPs.
+/// Post as many queued slices as QP and CQ depth allow, spread over the
+/// QPs, in chains whose last WR alone is signaled (`inflight`).
 fn post_slices(
     sh: &Shared,
     cw: &ContextWorkers,
@@ -392,37 +394,42 @@ fn post_slices(
             break;
         }
         let share = budget.div_ceil(nqp - i);
-        let n = share.min(ep.free_slots(i) as usize);
+        let n = share.min(ep.free_slots(i) as usize).min(slices.len());
         if n == 0 {
             continue;
         }
         wrs.clear();
+        let chain_max = chain_len(sh.cfg.max_wr);
+        let nchains = n.div_ceil(chain_max);
+        // One atomic per post: the counter's line is shared with the
+        // other posting threads.
+        let base = cw.next_chain.fetch_add(nchains as u64, Ordering::Relaxed);
         let mut posted_bytes = 0;
         {
             let mut infl = cw.inflight.lock();
             let now = Instant::now();
-            // One atomic per batch: the counter's line is shared with the
-            // polling thread's. One endpoint hold per chain, too.
-            let n = n.min(slices.len());
-            let base = cw.next_wr_id.fetch_add(n as u64, Ordering::Relaxed);
-            let held = infl.hold(ep, n);
-            for wr_id in base..base + n as u64 {
-                let Some(s) = slices.pop_front() else { break };
-                wrs.push(WorkRequest {
-                    wr_id,
-                    opcode: s.opcode,
-                    local_addr: s.source,
-                    length: s.length as u32,
-                    lkey: s.lkey,
-                    remote_addr: s.dest,
-                    rkey: s.rkey,
-                    signaled: true,
-                });
-                posted_bytes += s.length;
-                infl.wrs.insert(
-                    wr_id,
-                    Inflight {
-                        slice: s,
+            for c in 0..nchains {
+                let len = chain_max.min(n - c * chain_max);
+                let chain: Vec<Slice> = slices.drain(..len).collect();
+                for (k, s) in chain.iter().enumerate() {
+                    wrs.push(WorkRequest {
+                        wr_id: wr_id(base + c as u64, k),
+                        opcode: s.opcode,
+                        local_addr: s.source,
+                        length: s.length as u32,
+                        lkey: s.lkey,
+                        remote_addr: s.dest,
+                        rkey: s.rkey,
+                        signaled: k + 1 == len,
+                    });
+                    posted_bytes += s.length;
+                }
+                let held = infl.hold(ep);
+                infl.insert(
+                    base + c as u64,
+                    Chain {
+                        slices: chain,
+                        first: 0,
                         ep: held,
                         qp: i,
                         posted_at: now,
@@ -443,19 +450,63 @@ fn post_slices(
         budget -= accepted;
         any |= accepted > 0;
         if accepted < wrs.len() {
-            // Unaccepted WRs go back to the queue front, in order.
-            let mut infl = cw.inflight.lock();
-            for w in wrs[accepted..].iter().rev() {
-                if let Some((f, _)) = infl.take(w.wr_id) {
-                    cw.ctx.stats.finished(f.slice.length, false);
-                    slices.push_front(f.slice);
-                }
-            }
+            take_back(cw, ep, (base, chain_max), n, accepted, slices);
             break;
         }
     }
-    if any {
-        cw.poll_signal.notify();
-    }
     any
+}
+
+/// A post on `ep` took only the first `accepted` of the `n` WRs of chains
+/// `base..` (`chain_max` WRs each, the last maybe fewer): the rest go back to the queue front, in order. A chain cut
+/// short has no signaled WR on the QP: its QP goes to ERR so that its WRs
+/// still queued flush (completing them), and it ends at those flushes or
+/// after `flush_grace` (its WRs that completed silently before the ERR
+/// count as failed then: never a success not seen).
+fn take_back(
+    cw: &ContextWorkers,
+    ep: &Arc<Endpoint>,
+    (base, chain_max): (u64, usize),
+    n: usize,
+    accepted: usize,
+    slices: &mut VecDeque<Slice>,
+) {
+    let mut cut_short = false;
+    let mut back: Vec<Slice> = Vec::new();
+    {
+        let mut infl = cw.inflight.lock();
+        for c in (0..n.div_ceil(chain_max)).rev() {
+            let (id, start) = (base + c as u64, c * chain_max);
+            if start >= accepted {
+                if let Some((ch, _)) = infl.take(id) {
+                    back.splice(0..0, ch.slices);
+                }
+            } else {
+                let tail = infl.split_off(id, accepted - start);
+                if !tail.is_empty() {
+                    cut_short = true;
+                    if let Some(ch) = infl.chains.get_mut(&id) {
+                        ch.timed_out = Some(Instant::now());
+                    }
+                }
+                back.splice(0..0, tail);
+                break;
+            }
+        }
+    }
+    for s in back.iter() {
+        cw.ctx.stats.finished(s.length, false);
+    }
+    for s in back.into_iter().rev() {
+        slices.push_front(s);
+    }
+    if cut_short {
+        log::warn!(
+            "post on {} -> {} took {accepted} of {n} WRs; its QPs go to ERR to flush the rest",
+            cw.ctx.name,
+            ep.peer_path
+        );
+        ep.retire("post accepted in part");
+        cw.ctx.forget_endpoint(&ep.peer_path, ep);
+    }
 }

@@ -1,0 +1,119 @@
+//! Selective signaling on the soft fabric: a posted chain of WRs costs one
+//! completion, and a WR that fails mid-chain still reports the WRs before
+//! it (which completed without a completion of their own) as done.
+
+mod rdma_support;
+
+use std::time::Duration;
+
+use rdma_support::*;
+use transfer_engine::{Opcode, TaskStatus};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Completions polled on the engine's one device.
+fn completions(e: &transfer_engine::TransferEngine) -> u64 {
+    links(e)["devices"][0]["completions"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_batch_costs_a_completion_per_chain_not_per_slice() {
+    let a = rdma_engine(&["sig0"]);
+    let b = rdma_engine(&["sig1"]);
+    let (n, len) = (64usize, 4096usize);
+    let mut src = Buf::new(n * len, 0);
+    src.0.copy_from_slice(&pattern(9, n * len));
+    let dst = Buf::new(n * len, 0);
+    register(&a, &src);
+    register(&b, &dst);
+    let seg = open(&a, &b);
+    // Warm up: the endpoint connects on the first transfer.
+    let st = run_batch(&a, &[req(Opcode::Write, src.addr(), seg, dst.addr(), 8)], T);
+    assert_eq!(st[0].status, TaskStatus::Completed);
+    let before = completions(&a);
+    let reqs: Vec<_> = (0..n)
+        .map(|i| {
+            let off = (i * len) as u64;
+            req(
+                Opcode::Write,
+                src.addr() + off,
+                seg,
+                dst.addr() + off,
+                len as u64,
+            )
+        })
+        .collect();
+    let st = run_batch(&a, &reqs, T);
+    assert!(
+        st.iter().all(|s| s.status == TaskStatus::Completed),
+        "{st:?}"
+    );
+    assert!(dst.0 == src.0, "remote bytes differ");
+    let polled = completions(&a) - before;
+    // 64 WRs over the endpoint's QPs, in chains of up to half a QP's
+    // slots: a completion each, a few at most, never one per WR.
+    assert!(
+        (1..=8).contains(&polled),
+        "{polled} completions for {n} WRs: {}",
+        links(&a)
+    );
+    a.shutdown();
+    b.shutdown();
+}
+
+#[test]
+fn slices_before_a_failed_wr_of_their_chain_complete() {
+    let a = rdma_engine(&["sig0"]);
+    let b = rdma_engine(&["sig1"]);
+    let (n, len) = (8usize, 4096usize);
+    let mut src = Buf::new(n * len, 0);
+    src.0.copy_from_slice(&pattern(4, n * len));
+    let good = Buf::new(n * len, 0);
+    let gone = Buf::new(len, 0);
+    register(&a, &src);
+    register(&b, &good);
+    register(&b, &gone);
+    let seg = open(&a, &b);
+    let st = run_batch(
+        &a,
+        &[req(Opcode::Write, src.addr(), seg, good.addr(), 8)],
+        T,
+    );
+    assert_eq!(st[0].status, TaskStatus::Completed);
+    // The peer deregisters `gone`; our descriptor still names it, so the
+    // last WR of the chain meets a remote access error on the wire.
+    b.unregister_local_memory(gone.addr()).expect("unregister");
+    let mut reqs: Vec<_> = (0..n - 1)
+        .map(|i| {
+            let off = (i * len) as u64;
+            req(
+                Opcode::Write,
+                src.addr() + off,
+                seg,
+                good.addr() + off,
+                len as u64,
+            )
+        })
+        .collect();
+    let last = ((n - 1) * len) as u64;
+    reqs.push(req(
+        Opcode::Write,
+        src.addr() + last,
+        seg,
+        gone.addr(),
+        len as u64,
+    ));
+    let st = run_batch(&a, &reqs, T);
+    for (i, s) in st[..n - 1].iter().enumerate() {
+        assert_eq!(s.status, TaskStatus::Completed, "slice {i}: {st:?}");
+        assert_eq!(s.transferred_bytes, len as u64);
+    }
+    assert_eq!(st[n - 1].status, TaskStatus::Failed, "{st:?}");
+    assert!(
+        good.0[..(n - 1) * len] == src.0[..(n - 1) * len],
+        "remote bytes differ"
+    );
+    assert!(counter(&a, "error_completions") >= 1);
+    a.shutdown();
+    b.shutdown();
+}
