@@ -473,6 +473,50 @@ fn bad_rkey_ends_remote_access_error_and_flushes() {
     }
 }
 
+/// What the transport's selective signaling relies on: an unsignaled WR
+/// that fails completes anyway (RemoteAccessError), every WR after it
+/// flushes with a completion, signaled or not, and the unsignaled WRs
+/// before it landed without one.
+#[test]
+#[ignore = "needs SoftRoCE: run in the guest by scripts/rxe-suite.sh"]
+fn an_unsignaled_wr_that_fails_completes_and_the_rest_flush() {
+    let p = rxe();
+    let (a, b) = pair(&p, "rxe0", "rxe1");
+    let mut src = pattern(6 * 1024, 11);
+    let mut dst = vec![0u8; 6 * 1024];
+    let src_mr = reg(&a.pd, &mut src, Access::ALL);
+    let dst_mr = reg(&b.pd, &mut dst, Access::ALL);
+    // WRs 0, 1 good; 2 a bad rkey; 3, 4 good; only 5 signaled.
+    let wrs: Vec<WorkRequest> = (0..6u64)
+        .map(|i| {
+            let mut w = wr(i, Opcode::Write, &*src_mr, &*dst_mr, i * 1024, 1024);
+            w.signaled = i == 5;
+            if i == 2 {
+                w.rkey ^= 0x00ff_ff00;
+            }
+            w
+        })
+        .collect();
+    a.qp.post_send(&wrs).unwrap();
+    let wcs = wait_wcs(&a.cq, 4);
+    assert_eq!(
+        wcs.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        [
+            (2, WcStatus::RemoteAccessError),
+            (3, WcStatus::WrFlushError),
+            (4, WcStatus::WrFlushError),
+            (5, WcStatus::WrFlushError)
+        ]
+    );
+    assert_no_more_wcs(&a.cq, Duration::from_millis(200));
+    drop((src_mr, dst_mr));
+    assert!(dst[..2048] == src[..2048], "the unsignaled WRs landed");
+    assert!(
+        dst[2048..].iter().all(|&b| b == 0),
+        "nothing after the failed WR"
+    );
+}
+
 #[test]
 #[ignore = "needs SoftRoCE: run in the guest by scripts/rxe-suite.sh"]
 fn out_of_bounds_and_forbidden_remote_access_are_remote_access_errors() {

@@ -167,6 +167,54 @@ fn bad_rkey_and_out_of_bounds_are_remote_access_errors() {
     assert_eq!(ro, vec![0u8; 128]);
 }
 
+/// What selective signaling relies on (rxe does the same,
+/// `tests/verbs_rxe.rs`): an unsignaled WR that fails completes anyway,
+/// every WR after it flushes with a completion, and the unsignaled WRs
+/// before it landed without one.
+#[test]
+fn an_unsignaled_wr_that_fails_completes_and_the_rest_flush() {
+    let (_p, a, b) = pair(["us0", "us1"]);
+    let mut src: Vec<u8> = (0..4096u32).map(|i| (i * 13) as u8).collect();
+    let mut dst = vec![0u8; 4096];
+    let src_mr = reg(&a.pd, &mut src, Access::ALL);
+    let dst_mr = reg(&b.pd, &mut dst, Access::ALL);
+    let wrs: Vec<WorkRequest> = (0..4u64)
+        .map(|i| {
+            let mut w = wr(
+                i,
+                Opcode::Write,
+                &*src_mr,
+                i * 1024,
+                &*dst_mr,
+                i * 1024,
+                1024,
+            );
+            w.signaled = i == 3;
+            if i == 2 {
+                w.rkey ^= 0x00ff_ff00;
+            }
+            w
+        })
+        .collect();
+    a.qp.post_send(&wrs).unwrap();
+    let wcs = wait_wcs(&a.cq, 2);
+    assert_eq!(
+        wcs.iter().map(|w| (w.wr_id, w.status)).collect::<Vec<_>>(),
+        [
+            (2, WcStatus::RemoteAccessError),
+            (3, WcStatus::WrFlushError)
+        ]
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        a.cq.poll(8).unwrap().is_empty(),
+        "no completion for WRs 0, 1"
+    );
+    drop((src_mr, dst_mr));
+    assert_eq!(dst[..2048], src[..2048], "the unsignaled WRs landed");
+    assert_eq!(dst[2048..], [0u8; 2048], "nothing after the failed WR");
+}
+
 #[test]
 fn bad_lkey_is_local_protection_error() {
     let (_p, a, b) = pair(["lk0", "lk1"]);

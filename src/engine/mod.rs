@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::metadata::descriptor::{timestamp_now, PriorityMatrix, RpcMeta, SegmentDesc};
 use crate::metadata::{name, Metadata, SegmentId};
 use crate::net;
-use crate::task::{Task, TaskStatus, TransferRequest};
+use crate::task::{TaskStatus, TransferRequest};
 use crate::topology;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 use batch::{BatchTable, PendingNotify};
@@ -437,10 +437,7 @@ impl TransferEngine {
         }
         // One clock read per call: the tasks of a call start together.
         let now = std::time::Instant::now();
-        let tasks: Vec<Arc<Task>> = requests
-            .iter()
-            .map(|r| Arc::new(Task::started_at(*r, now)))
-            .collect();
+        let tasks = self.batches.new_tasks(requests, now);
         let first_task = batch.len();
         batch.push_tasks(tasks.iter().cloned());
         if let (Some((name, msg)), Some(first)) = (notify, requests.first()) {

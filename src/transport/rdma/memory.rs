@@ -171,6 +171,15 @@ impl MemoryTable {
             .filter(|r| addr < r.end())
     }
 
+    /// `find`, trying `hint` first (a request's pieces mostly lie in the
+    /// region its start lies in: one tree search per request, not per use).
+    pub fn find_near<'a>(&'a self, addr: u64, hint: Option<&'a Region>) -> Option<&'a Region> {
+        match hint {
+            Some(r) if addr >= r.buf.addr && addr < r.end() => Some(r),
+            _ => self.find(addr),
+        }
+    }
+
     pub fn get(&self, addr: u64) -> Option<&Region> {
         self.regions.get(&addr)
     }

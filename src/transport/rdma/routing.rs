@@ -7,7 +7,7 @@ use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::name;
 use crate::metadata::SegmentId;
 
-use super::memory::MemoryTable;
+use super::memory::Region;
 use super::names::NameId;
 use super::selection::{
     first_pick, first_tier, select_device, select_peer_device, FirstPeer, SelectionPolicy,
@@ -65,20 +65,21 @@ impl Shared {
         true
     }
 
-    /// `route` for a first attempt, with the per-target lookups in `pr` and
-    /// the local context chosen per request. Returns the posting thread.
+    /// `route` for a first attempt, with the per-target lookups in `pr`, the
+    /// local context chosen per request and `src`, the region holding the
+    /// piece's source. Returns the posting thread.
     pub(super) fn route_first(
         &self,
         piece: (u64, u64, u64),
         desc: &SegmentDesc,
         pr: &mut PeerRoutes,
         local: Option<usize>,
-        mem: &MemoryTable,
+        src: Option<&Region>,
     ) -> Option<FirstRoute> {
-        let (source, dest, length) = piece;
+        let (_, dest, length) = piece;
         let local = local?;
         let (bi, _) = desc.find_buffer(dest, length)?;
-        let lkey = mem.find(source)?.lkeys.get(local).copied().unwrap_or(0);
+        let lkey = src?.lkeys.get(local).copied().unwrap_or(0);
         let policy = self.cfg.policy;
         let cached = pr.first_peer(desc, bi, policy);
         let pr = &*pr;

@@ -29,12 +29,14 @@ impl Shared {
             for s in &subs {
                 let r = s.request;
                 let start = all.len();
+                // The source's region, found once for the request.
+                let region = mem.find(r.source);
                 let pieces = cut(
                     sh.cfg.slice,
                     r.source,
                     r.target_offset,
                     r.length,
-                    |a| mem.find(a).map(|m| m.end()),
+                    |a| mem.find_near(a, region).map(|m| m.end()),
                     |a| {
                         s.target
                             .buffers
@@ -56,7 +58,7 @@ impl Shared {
                         )))
                     }
                     other => {
-                        let name = mem.find(r.source).map_or("*", |m| m.buf.location.as_str());
+                        let name = region.map_or("*", |m| m.buf.location.as_str());
                         let li = match locations.iter().position(|(l, _, _)| *l == name) {
                             Some(i) => i,
                             None => {
@@ -66,7 +68,7 @@ impl Shared {
                             }
                         };
                         let (_, location, tier) = &locations[li];
-                        cuts.push((other, *location, sh.pick_local_first(name, tier)));
+                        cuts.push((other, *location, sh.pick_local_first(name, tier), region));
                     }
                 }
             }
@@ -82,7 +84,7 @@ impl Shared {
             .collect();
         let nbufs = per.len();
         let mut routes: Vec<PeerRoutes> = Vec::new();
-        for (s, (pieces, location, local)) in subs.into_iter().zip(cuts) {
+        for (s, (pieces, location, local, region)) in subs.into_iter().zip(cuts) {
             let r = s.request;
             let pieces = match pieces {
                 Ok(range) => &all[range],
@@ -116,7 +118,8 @@ impl Shared {
                 let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
                 // Routed before the slice exists; the slice holds ids, not
                 // shared strings (no refcounts other threads touch).
-                let Some(to) = sh.route_first((source, dest, p.len), s.target, pr, local, &mem)
+                let src = mem.find_near(source, region);
+                let Some(to) = sh.route_first((source, dest, p.len), s.target, pr, local, src)
                 else {
                     log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
                     sh.counters.failed_slices.fetch_add(1, Ordering::Relaxed);
