@@ -58,11 +58,13 @@ impl Sweep {
 ///
 /// The spin window adapts, as an adaptive mutex's spin does: a spin that
 /// ends without a completion halves it (down to `MIN_SPIN`), one that finds
-/// a completion doubles it (up to `SPIN`), and a thread that slept with
-/// nothing in flight starts at `SPIN`. So one transfer at a time (the
-/// completion comes a few µs after the post) is caught spinning, while a
-/// stream whose completions come further apart than the window costs a
-/// block per completion instead of a spin (spinning CPU is a slice's cost).
+/// a completion doubles it (up to `SPIN`). A posting thread that slept on
+/// its signal starts at `SPIN`: it spins for the completion of what it
+/// posts next, which on a NIC comes a few µs later. The dedicated poller
+/// needs no such start: with nothing in flight it blocks on the completion
+/// channel, so a first completion wakes it; it spins only for the next
+/// ones, and completions further apart than the window cost it a block
+/// each instead of a spin (spinning CPU is a slice's cost).
 pub(super) struct Idle {
     spin_until: Option<Instant>,
     /// The current spin ended without a completion.
@@ -147,10 +149,6 @@ impl Idle {
         };
         if self.spin(cw, polls) {
             return;
-        }
-        if !inflight {
-            // Whatever comes next starts a new run: spin in full.
-            self.window = SPIN;
         }
         if !self.armed {
             // The caller polls once more before the block below.

@@ -110,16 +110,15 @@ impl Shared {
             .or_else(|| self.pick_local_walk(location, retry))
     }
 
-    /// `pick_local(location, 0)` with the matrix lookup done once per
-    /// location in `tier` (same random pick, no name compares per request).
+    /// `pick_local(location, 0)` with the matrix lookup and the contexts'
+    /// state read once per location in `tier` (same random pick, no name
+    /// compares per request).
     pub(super) fn pick_local_first(&self, location: &str, tier: &LocalTier) -> Option<usize> {
         let first = match tier.contexts.len() {
             0 => None,
             n => tier.contexts[first_pick(n, self.cfg.policy.round_robin)],
         };
-        first
-            .filter(|&i| self.contexts[i].is_active())
-            .or_else(|| self.pick_local_walk(location, 0))
+        first.or_else(|| self.pick_local_walk(location, 0))
     }
 
     fn active_context(&self, name: &str) -> Option<usize> {
@@ -176,7 +175,9 @@ impl Shared {
 }
 
 /// The local contexts a first attempt for one location picks among, in
-/// matrix order (`None`: a device name no context of ours has).
+/// matrix order, as of one submit call (`None`: a device name no context of
+/// ours has, or an inactive one; a context going down later in the call is
+/// caught by its posting thread, which moves the slices).
 pub(super) struct LocalTier {
     contexts: Vec<Option<usize>>,
 }
@@ -188,6 +189,7 @@ impl LocalTier {
             contexts: names
                 .iter()
                 .map(|n| sh.contexts.iter().position(|c| c.name == *n))
+                .map(|i| i.filter(|&i| sh.contexts[i].is_active()))
                 .collect(),
         }
     }

@@ -52,7 +52,10 @@ fn run(weak: Weak<Fabric>) {
                     t.saturating_duration_since(now).min(IDLE_WAIT)
                 });
                 if !wait.is_zero() {
+                    // Cleared by the post that wakes it, or here (timer).
+                    fabric.executor_parked.store(true, Ordering::Relaxed);
                     fabric.wake.wait_for(&mut runnable, wait);
+                    fabric.executor_parked.store(false, Ordering::Relaxed);
                 }
             }
             std::mem::take(&mut *runnable)

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -141,6 +141,25 @@ pub(crate) struct Fabric {
     /// QPs with queued WRs, for the executor.
     pub runnable: Mutex<Vec<Arc<QpShared>>>,
     pub wake: Condvar,
+    /// The executor sleeps on `wake` (written under `runnable`'s lock).
+    pub executor_parked: AtomicBool,
+    /// The posts that had to wake the parked executor, and the CPU time
+    /// they spent doing it: the emulated NIC's cost, not the transport's (a
+    /// NIC's doorbell is one MMIO write; here it is a futex wake-up, which
+    /// on a VM costs the waker an inter-processor interrupt).
+    pub doorbell_wakes: AtomicU64,
+    pub doorbell_wake_ns: AtomicU64,
+}
+
+/// CPU time of the calling thread, in ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 static FABRIC: OnceLock<Arc<Fabric>> = OnceLock::new();
@@ -161,6 +180,9 @@ pub(crate) fn fabric() -> &'static Arc<Fabric> {
             all_faults: Mutex::new(FaultSet::default()),
             runnable: Mutex::new(Vec::new()),
             wake: Condvar::new(),
+            executor_parked: AtomicBool::new(false),
+            doorbell_wakes: AtomicU64::new(0),
+            doorbell_wake_ns: AtomicU64::new(0),
         });
         super::exec::start(Arc::downgrade(&fabric));
         fabric
@@ -224,10 +246,24 @@ impl Fabric {
         self.rxe_retry7.load(Ordering::Relaxed)
     }
 
-    /// Hand `qp` to the executor.
+    /// Hand `qp` to the executor (the doorbell).
     pub fn schedule(&self, qp: Arc<QpShared>) {
-        self.runnable.lock().push(qp);
+        let parked = {
+            let mut r = self.runnable.lock();
+            r.push(qp);
+            // This post wakes it; posts behind it find it awake.
+            self.executor_parked.swap(false, Ordering::Relaxed)
+        };
+        if !parked {
+            // No waiter: no system call.
+            self.wake.notify_one();
+            return;
+        }
+        let t0 = thread_cpu_ns();
         self.wake.notify_one();
+        let spent = thread_cpu_ns().saturating_sub(t0);
+        self.doorbell_wakes.fetch_add(1, Ordering::Relaxed);
+        self.doorbell_wake_ns.fetch_add(spent, Ordering::Relaxed);
     }
 }
 

@@ -31,6 +31,20 @@ use crate::error::{Error, Result};
 
 use super::{Context, DeviceInfo, OpenOptions, Provider};
 
+/// The posts that found the fabric's executor asleep and woke it, and the
+/// CPU time they spent on it (the emulated NIC's cost, which benchmarks of
+/// the transport's own CPU leave out with the executor's).
+pub fn doorbell_wakes() -> (u64, std::time::Duration) {
+    let f = fabric::fabric();
+    (
+        f.doorbell_wakes.load(std::sync::atomic::Ordering::Relaxed),
+        std::time::Duration::from_nanos(
+            f.doorbell_wake_ns
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    )
+}
+
 /// Device names from `MC_SOFT_RDMA_DEVICES`.
 pub fn device_names_from_env() -> Vec<String> {
     parse_device_names(env_str("MC_SOFT_RDMA_DEVICES").as_deref())
