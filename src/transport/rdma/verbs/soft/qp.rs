@@ -272,7 +272,7 @@ impl Qp for SoftQp {
     fn post_send(&self, wrs: &[WorkRequest]) -> std::result::Result<(), PostSendError> {
         let shared = &self.shared;
         let mut failure = None;
-        let mut posted = 0;
+        let posted;
         {
             let mut core = shared.core.lock();
             // Posting to an ERR QP is accepted and flushed, as on hardware.
@@ -291,28 +291,29 @@ impl Qp for SoftQp {
                     ),
                 });
             }
-            for wr in wrs {
-                let used = shared.outstanding.load(Ordering::Acquire);
-                if used >= shared.caps.max_send_wr as usize {
-                    failure = Some(PostSendError {
-                        posted,
-                        errno: libc::ENOMEM,
-                        error: qp_error(
-                            "ibv_post_send",
-                            "post",
-                            libc::ENOMEM,
-                            &format!(
-                                "QP {} send queue full: {used} outstanding of max_send_wr {}",
-                                shared.qpn, shared.caps.max_send_wr
-                            ),
+            // The room is read once: completions only add to it meanwhile.
+            let used = shared.outstanding.load(Ordering::Acquire);
+            let room = (shared.caps.max_send_wr as usize).saturating_sub(used);
+            posted = wrs.len().min(room);
+            if posted < wrs.len() {
+                failure = Some(PostSendError {
+                    posted,
+                    errno: libc::ENOMEM,
+                    error: qp_error(
+                        "ibv_post_send",
+                        "post",
+                        libc::ENOMEM,
+                        &format!(
+                            "QP {} send queue full: {} outstanding of max_send_wr {}",
+                            shared.qpn,
+                            used + posted,
+                            shared.caps.max_send_wr
                         ),
-                    });
-                    break;
-                }
-                shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                core.sq.push_back(*wr);
-                posted += 1;
+                    ),
+                });
             }
+            shared.outstanding.fetch_add(posted, Ordering::AcqRel);
+            core.sq.extend(wrs[..posted].iter().copied());
         }
         if posted > 0 {
             fabric().schedule(shared.clone());
