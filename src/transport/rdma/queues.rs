@@ -25,8 +25,9 @@ pub struct Slice {
     /// Location of the local buffer (key into our priority matrix),
     /// interned in `Shared::locations`.
     pub location: NameId,
-    /// Attempts consumed so far.
-    pub retry: u32,
+    /// Attempts consumed so far (`MC_RETRY_CNT` ≤ 127; 16 bits keep a
+    /// slice in one cache line).
+    pub retry: u16,
     /// Routing, filled by `Shared::route`.
     pub local: usize,
     pub lkey: u32,

@@ -37,7 +37,8 @@ impl Shared {
         let Some((bi, _)) = desc.find_buffer(s.dest, s.length) else {
             return false;
         };
-        let Some(local) = self.pick_local(&self.locations.get(s.location), s.retry) else {
+        let retry = u32::from(s.retry);
+        let Some(local) = self.pick_local(&self.locations.get(s.location), retry) else {
             return false;
         };
         let lkey = match self.memory.read().find(s.source) {
@@ -47,7 +48,7 @@ impl Shared {
         let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
         let devices = desc.devices.as_deref().unwrap_or(&[]);
         let local_name = &self.contexts[local].name;
-        let peer = select_peer_device(&desc, bi, s.retry, local_name, self.cfg.policy, |i| {
+        let peer = select_peer_device(&desc, bi, retry, local_name, self.cfg.policy, |i| {
             self.rails.usable(&name::nic_path(server, &devices[i].name))
         });
         let Some(pi) = peer else { return false };
@@ -146,9 +147,9 @@ impl Shared {
 
     /// Consume one attempt; route again or fail when the budget is spent.
     pub fn retry_or_fail(&self, mut s: Slice, why: &str) {
-        s.retry += 1;
+        s.retry = s.retry.saturating_add(1);
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
-        if s.retry >= self.cfg.retry_cnt {
+        if u32::from(s.retry) >= self.cfg.retry_cnt {
             crate::warn_limited!(
                 "slice to {} failed after {} attempts ({why})",
                 self.paths.get(s.path),

@@ -388,6 +388,11 @@ fn post_slices(
     let cq_room = sh.cfg.max_cqe.saturating_sub(cw.inflight.len());
     let mut budget = slices.len().min(cq_room);
     let nqp = ep.num_qps();
+    // Everything queued goes out now (the usual case): chains are cut
+    // from the back, so the last one is what is left of the queue's
+    // buffer, moved as it is (the buffer of a submit call's Vec).
+    let all_go = budget == slices.len()
+        && (0..nqp).map(|i| ep.free_slots(i) as usize).sum::<usize>() >= budget;
     let mut any = false;
     for i in 0..nqp {
         if budget == 0 {
@@ -410,7 +415,13 @@ fn post_slices(
             let now = Instant::now();
             for c in 0..nchains {
                 let len = chain_max.min(n - c * chain_max);
-                let chain: Vec<Slice> = slices.drain(..len).collect();
+                let chain: Vec<Slice> = if len == slices.len() {
+                    Vec::from(std::mem::take(slices))
+                } else if all_go {
+                    Vec::from(slices.split_off(slices.len() - len))
+                } else {
+                    slices.drain(..len).collect()
+                };
                 for (k, s) in chain.iter().enumerate() {
                     wrs.push(WorkRequest {
                         wr_id: wr_id(base + c as u64, k),
