@@ -50,11 +50,11 @@ impl Sweep {
 }
 
 /// An idle thread's wait, the same for posters and pollers. While WRs are
-/// in flight on the CQ this thread polls: spin for `SPIN`, then arm the
-/// CQ, poll once more (the loop does), then block on the completion
-/// channel until a completion, an interrupt or `deadline`. Otherwise sleep
-/// on `signal` (slices queued, WRs posted, room freed, shutdown) until
-/// `deadline`. Nothing naps on a timer.
+/// in flight on the CQ this thread polls (and, for the dedicated poller,
+/// always): spin within the window, then arm the CQ, poll once more (the
+/// loop does), then block on the completion channel until a completion,
+/// an interrupt or `deadline`. Otherwise sleep on `signal` (slices queued,
+/// room freed, shutdown) until `deadline`. Nothing naps on a timer.
 ///
 /// The spin window adapts, as an adaptive mutex's spin does: a spin that
 /// ends without a completion halves it (down to `MIN_SPIN`), one that finds

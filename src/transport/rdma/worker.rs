@@ -31,7 +31,8 @@ pub struct ContextWorkers {
     pub ctx: Arc<RdmaContext>,
     pub posters: Vec<Arc<Worker>>,
     pub inflight: InflightTable,
-    /// Wakes the poller when WRs were posted (and at shutdown).
+    /// Wakes the poller at shutdown when it has no device to block on (with
+    /// one it waits on the completion channel, which shutdown interrupts).
     pub poll_signal: Signal,
     /// Chain ids (`inflight::wr_id` puts a WR's index below them).
     next_chain: AtomicU64,
@@ -240,7 +241,8 @@ pub fn run_poller(shared: Weak<Shared>, cw: Arc<ContextWorkers>) {
             }
         };
         drop(sh);
-        // Nothing in flight: nothing to sweep either; posts wake us.
+        // Blocks on the completion channel: a completion wakes us (posts
+        // need not), or the next sweep while WRs are in flight.
         let deadline = cw.has_inflight().then_some(next_sweep);
         idle.step(&cw, &cw.poll_signal, true, deadline);
     }
@@ -393,6 +395,7 @@ fn post_slices(
     // buffer, moved as it is (the buffer of a submit call's Vec).
     let all_go = budget == slices.len()
         && (0..nqp).map(|i| ep.free_slots(i) as usize).sum::<usize>() >= budget;
+    let chain_max = chain_len(sh.cfg.max_wr);
     let mut any = false;
     for i in 0..nqp {
         if budget == 0 {
@@ -404,7 +407,6 @@ fn post_slices(
             continue;
         }
         wrs.clear();
-        let chain_max = chain_len(sh.cfg.max_wr);
         let nchains = n.div_ceil(chain_max);
         // One atomic per post: the counter's line is shared with the
         // other posting threads.
@@ -469,11 +471,12 @@ fn post_slices(
 }
 
 /// A post on `ep` took only the first `accepted` of the `n` WRs of chains
-/// `base..` (`chain_max` WRs each, the last maybe fewer): the rest go back to the queue front, in order. A chain cut
-/// short has no signaled WR on the QP: its QP goes to ERR so that its WRs
-/// still queued flush (completing them), and it ends at those flushes or
-/// after `flush_grace` (its WRs that completed silently before the ERR
-/// count as failed then: never a success not seen).
+/// `base..` (`chain_max` WRs each, the last maybe fewer): the rest go back
+/// to the queue front, in order. A chain cut short has no signaled WR on
+/// the QP: its QP goes to ERR so that its WRs still queued flush
+/// (completing them), and it ends at those flushes or after `flush_grace`
+/// (its WRs that completed silently before the ERR count as failed then:
+/// never a success not seen).
 fn take_back(
     cw: &ContextWorkers,
     ep: &Arc<Endpoint>,
