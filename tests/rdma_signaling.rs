@@ -7,13 +7,24 @@ mod rdma_support;
 use std::time::Duration;
 
 use rdma_support::*;
-use transfer_engine::{Opcode, TaskStatus};
+use transfer_engine::{Opcode, SegmentId, TaskStatus, TransferRequest};
 
 const T: Duration = Duration::from_secs(30);
 
 /// Completions polled on the engine's one device.
 fn completions(e: &transfer_engine::TransferEngine) -> u64 {
     links(e)["devices"][0]["completions"].as_u64().unwrap_or(0)
+}
+
+/// `n` WRITEs of `len` bytes, the i-th from `src + i·len` to `dst + i·len`.
+fn writes(src: &Buf, seg: SegmentId, dst: &Buf, n: usize, len: usize) -> Vec<TransferRequest> {
+    (0..n)
+        .map(|i| {
+            let off = (i * len) as u64;
+            let (from, to) = (src.addr() + off, dst.addr() + off);
+            req(Opcode::Write, from, seg, to, len as u64)
+        })
+        .collect()
 }
 
 #[test]
@@ -31,19 +42,7 @@ fn a_batch_costs_a_completion_per_chain_not_per_slice() {
     let st = run_batch(&a, &[req(Opcode::Write, src.addr(), seg, dst.addr(), 8)], T);
     assert_eq!(st[0].status, TaskStatus::Completed);
     let before = completions(&a);
-    let reqs: Vec<_> = (0..n)
-        .map(|i| {
-            let off = (i * len) as u64;
-            req(
-                Opcode::Write,
-                src.addr() + off,
-                seg,
-                dst.addr() + off,
-                len as u64,
-            )
-        })
-        .collect();
-    let st = run_batch(&a, &reqs, T);
+    let st = run_batch(&a, &writes(&src, seg, &dst, n, len), T);
     assert!(
         st.iter().all(|s| s.status == TaskStatus::Completed),
         "{st:?}"
@@ -83,18 +82,7 @@ fn slices_before_a_failed_wr_of_their_chain_complete() {
     // The peer deregisters `gone`; our descriptor still names it, so the
     // last WR of the chain meets a remote access error on the wire.
     b.unregister_local_memory(gone.addr()).expect("unregister");
-    let mut reqs: Vec<_> = (0..n - 1)
-        .map(|i| {
-            let off = (i * len) as u64;
-            req(
-                Opcode::Write,
-                src.addr() + off,
-                seg,
-                good.addr() + off,
-                len as u64,
-            )
-        })
-        .collect();
+    let mut reqs = writes(&src, seg, &good, n - 1, len);
     let last = ((n - 1) * len) as u64;
     reqs.push(req(
         Opcode::Write,
