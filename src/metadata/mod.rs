@@ -216,6 +216,10 @@ impl Metadata {
     pub fn set_local_desc(&self, desc: SegmentDesc) -> Result<()> {
         let desc = Arc::new(desc);
         *self.local_desc.write() = Some(desc.clone());
+        if self.store.is_none() {
+            // P2P: peers fetch it over the handshake; no text to make now.
+            return Ok(());
+        }
         let key = self.ram_key(&desc.name);
         self.store_set(&key, &self.store_text(&*desc))
     }
