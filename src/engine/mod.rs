@@ -260,16 +260,13 @@ impl TransferEngine {
     // ---- segments -----------------------------------------------------------
 
     pub fn open_segment(&self, name: &str) -> Result<SegmentId> {
-        self.prepare_transports(name);
-        self.metadata.open_segment(name)
+        self.metadata
+            .open_segment_while(name, &|| self.prepare_transports())
     }
 
-    /// A peer's segment is being opened: let the transports start what a
+    /// A peer's descriptor is on its way: let the transports start what a
     /// first transfer needs while the open waits on the network.
-    fn prepare_transports(&self, name: &str) {
-        if name.trim_start_matches('/') == self.metadata.local_name() {
-            return;
-        }
+    fn prepare_transports(&self) {
         for t in self.transports.read().iter() {
             t.prepare_peer();
         }

@@ -166,8 +166,8 @@ impl TcpClient {
         Some(p.clone())
     }
 
-    /// A segment is being opened: start the first event loop now, while
-    /// the open waits on the peer, instead of on the first transfer's path.
+    /// openSegment waits for a peer's descriptor: start the first event
+    /// loop now, while it waits, instead of on the first transfer's path.
     pub fn start_first_loop(&self) {
         if self.shared.stop.load(Ordering::Acquire) {
             return;

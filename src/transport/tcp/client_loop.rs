@@ -2,8 +2,8 @@
 //! on `mio`, edge-triggered) drive every data connection to every peer, so
 //! an initiator talking to a thousand targets costs descriptors, not
 //! threads. Each starts with its first connection; the first loop also
-//! when a peer's segment is opened (`start_first`), so its thread starts
-//! while openSegment waits on the peer, not on the first transfer's path.
+//! while openSegment waits for a peer's descriptor (`start_first`), so its
+//! thread start overlaps that wait instead of the first transfer's path.
 //!
 //! Other threads reach a loop through its inbox: `Adopt` a new connection
 //! (dealt round-robin), `Drive` one that a push claimed or that broke on
