@@ -79,8 +79,10 @@ fn thousands_of_idle_connections_cost_no_threads_and_peers_still_transfer() {
         server.open_data_connections(),
         logged("")
     );
+    // Server loops after the first start with their first connection.
+    let later_loops = TcpConfig::default().server_threads as u64 - 1;
     assert!(
-        threads() <= before + 1,
+        threads() <= before + 1 + later_loops,
         "threads went from {before} to {} with 2000 connections",
         threads()
     );

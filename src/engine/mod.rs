@@ -260,7 +260,16 @@ impl TransferEngine {
     // ---- segments -----------------------------------------------------------
 
     pub fn open_segment(&self, name: &str) -> Result<SegmentId> {
-        self.metadata.open_segment(name)
+        self.metadata
+            .open_segment_while(name, &|| self.prepare_transports())
+    }
+
+    /// A peer's descriptor is on its way: let the transports start what a
+    /// first transfer needs while the open waits on the network.
+    fn prepare_transports(&self) {
+        for t in self.transports.read().iter() {
+            t.prepare_peer();
+        }
     }
 
     /// `openSegmentNoCache`: refresh `name` if cached, then open it.

@@ -216,6 +216,10 @@ impl Metadata {
     pub fn set_local_desc(&self, desc: SegmentDesc) -> Result<()> {
         let desc = Arc::new(desc);
         *self.local_desc.write() = Some(desc.clone());
+        if self.store.is_none() {
+            // P2P: peers fetch it over the handshake; no text to make now.
+            return Ok(());
+        }
         let key = self.ram_key(&desc.name);
         self.store_set(&key, &self.store_text(&*desc))
     }
@@ -257,10 +261,19 @@ impl Metadata {
 
     /// Fetch a peer's descriptor from the store or over the Metadata RPC.
     fn fetch_desc(&self, name: &str) -> Result<SegmentDesc> {
+        self.fetch_desc_while(name, &|| {})
+    }
+
+    /// `fetch_desc`, running `while_waiting` while the store or the peer
+    /// works on the request.
+    fn fetch_desc_while(&self, name: &str, while_waiting: &dyn Fn()) -> Result<SegmentDesc> {
         let text = match &self.store {
-            Some(s) => s.get(&self.ram_key(name))?.ok_or_else(|| {
-                Error::Metadata(format!("segment '{name}' not found in {}", s.describe()))
-            })?,
+            Some(s) => {
+                while_waiting();
+                s.get(&self.ram_key(name))?.ok_or_else(|| {
+                    Error::Metadata(format!("segment '{name}' not found in {}", s.describe()))
+                })?
+            }
             None => {
                 let own = self.local_desc().ok_or_else(|| {
                     Error::Metadata(format!(
@@ -268,11 +281,12 @@ impl Metadata {
                     ))
                 })?;
                 let (host, port) = name::parse_host_port(name, name::default_handshake_port());
-                handshake::client::call(
+                handshake::client::call_while(
                     &host,
                     port,
                     MsgType::Metadata,
                     &json::to_fast_writer(&*own),
+                    while_waiting,
                 )?
             }
         };
@@ -297,13 +311,19 @@ impl Metadata {
 
     /// `openSegment`: the id of `name`, fetching its descriptor on first use.
     pub fn open_segment(&self, name: &str) -> Result<SegmentId> {
+        self.open_segment_while(name, &|| {})
+    }
+
+    /// `open_segment`, running `while_waiting` while a descriptor fetch
+    /// waits on the store or the peer (not at all when none is needed).
+    pub fn open_segment_while(&self, name: &str, while_waiting: &dyn Fn()) -> Result<SegmentId> {
         let name = Self::normalize(name)?;
         if name == self.local_name() {
             return Ok(LOCAL_SEGMENT_ID);
         }
         if let Some(id) = self.segments.read().by_name.get(name).copied() {
             if self.cache_disabled {
-                let desc = Arc::new(self.fetch_desc(name)?);
+                let desc = Arc::new(self.fetch_desc_while(name, while_waiting)?);
                 self.segments
                     .write()
                     .by_id
@@ -311,7 +331,7 @@ impl Metadata {
             }
             return Ok(id);
         }
-        let desc = Arc::new(self.fetch_desc(name)?);
+        let desc = Arc::new(self.fetch_desc_while(name, while_waiting)?);
         let mut cache = self.segments.write();
         if let Some(id) = cache.by_name.get(name).copied() {
             return Ok(id); // another thread won the race

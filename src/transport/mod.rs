@@ -63,6 +63,11 @@ pub trait Transport: Send + Sync {
     /// FAILED tasks. An `Err` means nothing of this call was started.
     fn submit(&self, subs: Vec<Submission<'_>>) -> Result<()>;
 
+    /// openSegment waits for a peer's descriptor (a network round trip):
+    /// start what a first transfer needs, so it overlaps the wait. Must not
+    /// block.
+    fn prepare_peer(&self) {}
+
     /// Answer a Connection (type 0) handshake. TCP answers an empty desc.
     fn on_connection(&self, _req: &HandShakeDesc) -> HandShakeDesc {
         HandShakeDesc::default()

@@ -166,6 +166,17 @@ impl TcpClient {
         Some(p.clone())
     }
 
+    /// openSegment waits for a peer's descriptor: start the first event
+    /// loop now, while it waits, instead of on the first transfer's path.
+    pub fn start_first_loop(&self) {
+        if self.shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = self.shared.loops.start_first() {
+            log::warn!("tcp client: cannot start an event loop: {e}");
+        }
+    }
+
     /// Submissions the submitting thread sent itself (diagnostics, tests).
     pub fn short_path_sends(&self) -> u64 {
         self.shared.short_sends.load(Ordering::Relaxed)

@@ -1,7 +1,9 @@
 //! The client's event loops: `MC_TCP_CLIENT_THREADS` threads (readiness I/O
 //! on `mio`, edge-triggered) drive every data connection to every peer, so
 //! an initiator talking to a thousand targets costs descriptors, not
-//! threads. Each starts with its first connection.
+//! threads. Each starts with its first connection; the first loop also
+//! while openSegment waits for a peer's descriptor (`start_first`), so its
+//! thread start overlaps that wait instead of the first transfer's path.
 //!
 //! Other threads reach a loop through its inbox: `Adopt` a new connection
 //! (dealt round-robin), `Drive` one that a push claimed or that broke on
@@ -119,6 +121,15 @@ impl ClientLoops {
             Some(_) => Ok(()),
             None => self.start(i, |_| {}).map(|_| ()),
         }
+    }
+
+    /// Start the loop the next new connection goes to if no loop runs yet.
+    pub fn start_first(&self) -> io::Result<()> {
+        if self.slots.iter().any(|s| s.get().is_some()) {
+            return Ok(());
+        }
+        let i = self.next_loop.load(Ordering::Relaxed) % self.slots.len();
+        self.start(i, |_| {}).map(|_| ())
     }
 
     /// The loop for a new connection (see `place`), not started yet.

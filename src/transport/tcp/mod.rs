@@ -131,6 +131,10 @@ impl Transport for TcpTransport {
         Ok(())
     }
 
+    fn prepare_peer(&self) {
+        self.client.start_first_loop();
+    }
+
     fn links(&self) -> serde_json::Value {
         serde_json::json!({
             "protocol": "tcp",

@@ -1,7 +1,9 @@
 //! The data server: `MC_TCP_SERVER_THREADS` event loops (readiness I/O on
 //! `mio`) serve every connection, so a thousand peers cost descriptors, not
 //! threads. Loop 0 also owns the listener and deals accepted connections out
-//! round-robin. Each connection is a `ServeConn` state machine.
+//! round-robin; it starts loop i with the first connection it deals to it,
+//! so a fresh engine starts one server thread, not one per core. Each
+//! connection is a `ServeConn` state machine.
 //!
 //! Payloads move straight between the socket and registered memory. The
 //! region list is checked per request; unregistering a region while a
@@ -46,12 +48,13 @@ struct Shared {
     inboxes: Vec<Mutex<Vec<Incoming>>>,
     wakers: Vec<Arc<Waker>>,
     reclaimed: AtomicUsize,
+    /// Running loops; `None` once shut down (no loop starts after that).
+    threads: Mutex<Option<Vec<JoinHandle<()>>>>,
 }
 
 pub struct DataServer {
     port: u16,
     shared: Arc<Shared>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A connection quiet this long gives its input buffer back.
@@ -101,23 +104,20 @@ impl DataServer {
             inboxes: (0..loops).map(|_| Mutex::new(Vec::new())).collect(),
             wakers,
             reclaimed: AtomicUsize::new(0),
+            threads: Mutex::new(Some(Vec::new())),
         });
-        let server = DataServer {
-            port,
-            shared: shared.clone(),
-            threads: Mutex::new(Vec::new()),
-        };
-        for (i, poll) in polls.into_iter().enumerate() {
-            let s = shared.clone();
-            let l = if i == 0 { listener.take() } else { None };
-            let h = std::thread::Builder::new()
-                .name(format!("te-tcp-serve-{i}"))
-                .spawn(move || EventLoop::new(i, poll, l, s).run())
-                .map_err(|e| sock_err("spawning event loop", e))?;
-            server.threads.lock().push(h);
+        let mut polls = polls.into_iter();
+        let first = polls.next().expect("at least one loop");
+        let others = std::iter::once(Other::Running)
+            .chain(polls.map(Other::Unstarted))
+            .collect();
+        let h = spawn_loop(&shared, 0, first, listener.take(), others)
+            .map_err(|e| sock_err("spawning event loop", e))?;
+        if let Some(t) = shared.threads.lock().as_mut() {
+            t.push(h);
         }
-        log::info!("tcp data server listening on port {port} ({loops} event loops)");
-        Ok(server)
+        log::info!("tcp data server listening on port {port} (up to {loops} event loops)");
+        Ok(DataServer { port, shared })
     }
 
     pub fn port(&self) -> u16 {
@@ -142,7 +142,9 @@ impl DataServer {
         for w in &self.shared.wakers {
             let _ = w.wake();
         }
-        for h in self.threads.lock().drain(..) {
+        // Taken before joining: loop 0 takes this lock to start a loop.
+        let threads = self.shared.threads.lock().take().unwrap_or_default();
+        for h in threads {
             let _ = h.join();
         }
         log::info!("tcp data server on port {} stopped", self.port);
@@ -155,6 +157,24 @@ impl Drop for DataServer {
     }
 }
 
+/// Loop 0 gets the listener and every loop's state (`others`).
+fn spawn_loop(
+    shared: &Arc<Shared>,
+    i: usize,
+    poll: Poll,
+    listener: Option<mio::net::TcpListener>,
+    others: Vec<Other>,
+) -> io::Result<JoinHandle<()>> {
+    let s = shared.clone();
+    std::thread::Builder::new()
+        .name(format!("te-tcp-serve-{i}"))
+        .spawn(move || {
+            let mut l = EventLoop::new(i, poll, listener, s);
+            l.others = others;
+            l.run()
+        })
+}
+
 struct EventLoop {
     index: usize,
     poll: Poll,
@@ -165,6 +185,17 @@ struct EventLoop {
     /// Connections whose drive ran out of budget with work left.
     pending: Vec<usize>,
     next_loop: usize,
+    /// Loop 0: every loop's state (itself `Running`).
+    others: Vec<Other>,
+}
+
+/// A loop as loop 0 sees it.
+enum Other {
+    /// Its epoll, until its first connection.
+    Unstarted(Poll),
+    Running,
+    /// Could not start: loop 0 serves its connections.
+    Failed,
 }
 
 impl EventLoop {
@@ -183,6 +214,7 @@ impl EventLoop {
             next_token: FIRST_CONN,
             pending: Vec::new(),
             next_loop: 0,
+            others: Vec::new(),
         }
     }
 
@@ -245,18 +277,56 @@ impl EventLoop {
         };
         let loops = self.shared.inboxes.len();
         let mut mine = Vec::new();
+        let mut theirs = Vec::new();
         accept_ready(listener, gate, &self.shared.admission, |s, peer, ticket| {
             let target = self.next_loop % loops;
             self.next_loop = self.next_loop.wrapping_add(1);
             if target == self.index {
                 mine.push((s, peer, ticket));
             } else {
-                self.shared.inboxes[target].lock().push((s, peer, ticket));
-                let _ = self.shared.wakers[target].wake();
+                theirs.push((target, (s, peer, ticket)));
             }
         });
+        for (target, c) in theirs {
+            if self.start_loop(target) {
+                self.shared.inboxes[target].lock().push(c);
+                let _ = self.shared.wakers[target].wake();
+            } else {
+                mine.push(c);
+            }
+        }
         for c in mine {
             self.adopt(c);
+        }
+    }
+
+    /// Loop `i` runs, or starts now for its first connection. False if it
+    /// cannot run (shutting down, no thread): this loop serves its share.
+    fn start_loop(&mut self, i: usize) -> bool {
+        let poll = match std::mem::replace(&mut self.others[i], Other::Failed) {
+            Other::Unstarted(poll) => poll,
+            other => {
+                let running = matches!(other, Other::Running);
+                self.others[i] = other;
+                return running;
+            }
+        };
+        let mut threads = self.shared.threads.lock();
+        let Some(threads) = threads.as_mut() else {
+            return false;
+        };
+        match spawn_loop(&self.shared, i, poll, None, Vec::new()) {
+            Ok(h) => {
+                threads.push(h);
+                self.others[i] = Other::Running;
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "tcp data server: cannot start event loop {i}: {e}; loop 0 serves its share"
+                );
+                false
+            }
         }
     }
 

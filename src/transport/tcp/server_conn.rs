@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Instant;
@@ -63,8 +64,9 @@ pub struct ServeConn {
     pub stream: TcpStream,
     pub peer: SocketAddr,
     _ticket: Ticket,
-    /// Allocated on first input; quiet connections give it back.
-    buf: Option<Box<[u8]>>,
+    /// Allocated on first input, not zeroed (bytes `start..end` were
+    /// received); quiet connections give it back.
+    buf: Option<Box<[MaybeUninit<u8>]>>,
     start: usize,
     end: usize,
     /// A WRITE body still arriving: (next byte, bytes left, v2).
@@ -211,10 +213,16 @@ impl ServeConn {
             && self.replies.len() < MAX_QUEUED_REPLIES
             && self.end - self.start >= HEADER_LEN
         {
-            let raw: &[u8; HEADER_LEN] = buf[self.start..self.start + HEADER_LEN]
-                .try_into()
-                .expect("header slice");
-            let h = Header::decode(raw);
+            let mut raw = [0u8; HEADER_LEN];
+            // SAFETY: bytes `start..end` (a header's worth) were received.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    buf[self.start..].as_ptr().cast::<u8>(),
+                    raw.as_mut_ptr(),
+                    HEADER_LEN,
+                )
+            };
+            let h = Header::decode(&raw);
             if h.is_write() && self.queued_bodies > 0 {
                 // Earlier READs must leave with the bytes as they were.
                 break;
@@ -245,8 +253,11 @@ impl ServeConn {
                 let n = (self.end - self.start).min(len);
                 // SAFETY: `[addr, addr+len)` lies inside a region the owner
                 // registered and keeps alive while peers may transfer; `n`
-                // buffered bytes fit in it and our buffer never overlaps it.
-                unsafe { std::ptr::copy_nonoverlapping(buf[self.start..].as_ptr(), ptr, n) };
+                // buffered (received) bytes fit in it and our buffer never
+                // overlaps it.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(buf[self.start..].as_ptr().cast::<u8>(), ptr, n)
+                };
                 self.start += n;
                 if n == len {
                     self.write_done(v2);
@@ -284,9 +295,7 @@ impl ServeConn {
     /// One `recv` into the buffer. After a large WRITE only the next header
     /// is taken, so its body goes straight to memory.
     fn fill(&mut self) -> io::Result<usize> {
-        let buf = self
-            .buf
-            .get_or_insert_with(|| vec![0u8; INBUF].into_boxed_slice());
+        let buf = self.buf.get_or_insert_with(|| Box::new_uninit_slice(INBUF));
         if self.start > 0 {
             buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -298,7 +307,13 @@ impl ServeConn {
             INBUF - self.end
         };
         // SAFETY: the span is the free tail of our own buffer.
-        let n = unsafe { recv_raw(self.stream.as_raw_fd(), buf[self.end..].as_mut_ptr(), room) }?;
+        let n = unsafe {
+            recv_raw(
+                self.stream.as_raw_fd(),
+                buf[self.end..].as_mut_ptr().cast::<u8>(),
+                room,
+            )
+        }?;
         self.end += n;
         Ok(n)
     }
