@@ -27,6 +27,12 @@ fn writes(src: &Buf, seg: SegmentId, dst: &Buf, n: usize, len: usize) -> Vec<Tra
         .collect()
 }
 
+/// One small WRITE, so the endpoint is connected before what is measured.
+fn connect(a: &transfer_engine::TransferEngine, src: &Buf, seg: SegmentId, dst: &Buf) {
+    let st = run_batch(a, &[req(Opcode::Write, src.addr(), seg, dst.addr(), 8)], T);
+    assert_eq!(st[0].status, TaskStatus::Completed, "first transfer");
+}
+
 #[test]
 fn a_batch_costs_a_completion_per_chain_not_per_slice() {
     let a = rdma_engine(&["sig0"]);
@@ -38,9 +44,7 @@ fn a_batch_costs_a_completion_per_chain_not_per_slice() {
     register(&a, &src);
     register(&b, &dst);
     let seg = open(&a, &b);
-    // Warm up: the endpoint connects on the first transfer.
-    let st = run_batch(&a, &[req(Opcode::Write, src.addr(), seg, dst.addr(), 8)], T);
-    assert_eq!(st[0].status, TaskStatus::Completed);
+    connect(&a, &src, seg, &dst);
     let before = completions(&a);
     let st = run_batch(&a, &writes(&src, seg, &dst, n, len), T);
     assert!(
@@ -73,12 +77,7 @@ fn slices_before_a_failed_wr_of_their_chain_complete() {
     register(&b, &good);
     register(&b, &gone);
     let seg = open(&a, &b);
-    let st = run_batch(
-        &a,
-        &[req(Opcode::Write, src.addr(), seg, good.addr(), 8)],
-        T,
-    );
-    assert_eq!(st[0].status, TaskStatus::Completed);
+    connect(&a, &src, seg, &good);
     // The peer deregisters `gone`; our descriptor still names it, so the
     // last WR of the chain meets a remote access error on the wire.
     b.unregister_local_memory(gone.addr()).expect("unregister");
