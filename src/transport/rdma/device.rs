@@ -24,6 +24,16 @@ pub enum CompletionStatus {
     LocalError,
 }
 
+impl CompletionStatus {
+    /// A failure of the WR itself (not a flush).
+    pub fn is_error(self) -> bool {
+        matches!(
+            self,
+            CompletionStatus::RemoteError | CompletionStatus::LocalError
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Completion {
     pub wr_id: u64,
@@ -84,6 +94,12 @@ pub trait Device: Send + Sync {
     fn is_down(&self) -> bool;
     /// The port was ACTIVE when the device was opened.
     fn port_active(&self) -> bool;
+    /// A chain of WRs that ends in a READ gets a zero-length WRITE after
+    /// it, which alone is signaled: its success confirms the READs
+    /// (`MC_TE_RS_CONFIRM_READS`; see `inflight`).
+    fn confirms_reads(&self) -> bool {
+        false
+    }
     /// Block up to `timeout` for async events and append them to `out`
     /// (the context's event thread only).
     fn wait_events(&self, timeout: Duration, out: &mut Vec<DeviceEvent>);

@@ -9,6 +9,17 @@
 //! also ends its WRs before `k` that no completion named: they succeeded.
 //! The poller handles one completion per chain instead of one per WR.
 //!
+//! What a completion proves: a success, that its WR and every WR before it
+//! on the QP landed. An error, that the WRs before it landed (a failing WR
+//! completes whether signaled or not). A flush proves nothing about the
+//! WR before it: Linux rxe (6.1) ends a READ whose retried response it
+//! takes out of sequence with status success and no bytes, posts a
+//! completion only if it was signaled, and moves the QP to ERR; the WRs
+//! after it flush. So the slices a flush ends are done again (`poll.rs`),
+//! and on devices that can do this (`Device::confirms_reads`) a chain that
+//! ends in a READ carries one more WR, a zero-length WRITE, which alone is
+//! signaled: its success is what says the READs landed.
+//!
 //! DMA safety: an endpoint (its QPs) must outlive every WR posted on it.
 //! Each chain names its endpoint by a slot in this table, and the slot
 //! holds one `Arc<Endpoint>` with a count of the chains that name it.
@@ -25,8 +36,9 @@ use crate::id_map::IdMap;
 use super::endpoint_driver::Endpoint;
 use super::worker::Slice;
 
-/// Most WRs a chain may hold.
-const CHAIN_LIMIT: usize = 1 << INDEX_BITS;
+/// Most slices a chain may hold (one WR index is kept for the
+/// confirming WR).
+const CHAIN_LIMIT: usize = (1 << INDEX_BITS) - 1;
 
 /// Low bits of a WR id: the WR's index in its chain.
 const INDEX_BITS: u32 = 10;
@@ -44,7 +56,7 @@ pub fn wr_id(chain: u64, index: usize) -> u64 {
 }
 
 /// Chain and index of a WR id.
-fn split(wr_id: u64) -> (u64, usize) {
+pub fn split(wr_id: u64) -> (u64, usize) {
     (
         wr_id >> INDEX_BITS,
         (wr_id & ((1 << INDEX_BITS) - 1)) as usize,
@@ -64,6 +76,9 @@ pub struct Chain {
     pub ep: EpRef,
     pub qp: usize,
     pub posted_at: Instant,
+    /// A zero-length WRITE follows the slices' WRs (index `first +
+    /// slices.len()`) and is the chain's signaled WR.
+    pub confirm: bool,
     /// When its QP was moved to ERR with these WRs on it (past
     /// `MC_SLICE_TIMEOUT`, or a post the QP took only part of): the slices
     /// end when their completions (flushes) arrive, never before (the NIC
@@ -71,11 +86,17 @@ pub struct Chain {
     pub timed_out: Option<Instant>,
 }
 
-/// What one completion ended: `slices` in post order; all but the last
-/// succeeded without a completion of their own, the last has the
-/// completion's status.
+/// What one completion ended: `slices` in post order, each WR before the
+/// completed one (which is the last slice's, or the confirming WR when
+/// `by_confirm`).
 pub struct Ended {
     pub slices: Vec<Slice>,
+    /// The completion named the chain's confirming WR: every slice in
+    /// `slices` went out before it.
+    pub by_confirm: bool,
+    /// WRs ended (the slices, and the confirming WR if it was named): the
+    /// QP slots they give back.
+    pub wrs: usize,
     pub ep: EpRef,
     pub qp: usize,
     pub timed_out: bool,
@@ -115,7 +136,7 @@ impl<E> InflightMap<E> {
 
     /// Record chain `id`; its endpoint was held for it (`hold`).
     pub fn insert(&mut self, id: u64, chain: Chain) {
-        self.wrs += chain.slices.len();
+        self.wrs += chain.slices.len() + usize::from(chain.confirm);
         self.chains.insert(id, chain);
     }
 
@@ -169,10 +190,11 @@ impl<E> InflightMap<E> {
         let (id, index) = split(wr_id);
         let ch = self.chains.get_mut(&id)?;
         let k = index.checked_sub(ch.first)? + 1;
-        if k > ch.slices.len() {
+        let by_confirm = ch.confirm && k == ch.slices.len() + 1;
+        if k > ch.slices.len() && !by_confirm {
             return None;
         }
-        let chain_done = k == ch.slices.len();
+        let chain_done = by_confirm || (k == ch.slices.len() && !ch.confirm);
         let (ep, qp, timed_out) = (ch.ep, ch.qp, ch.timed_out.is_some());
         let slices = if chain_done {
             self.chains.remove(&id)?.slices
@@ -180,9 +202,12 @@ impl<E> InflightMap<E> {
             ch.first = index + 1;
             ch.slices.drain(..k).collect()
         };
-        self.wrs -= slices.len();
+        let wrs = slices.len() + usize::from(by_confirm);
+        self.wrs -= wrs;
         Some(Ended {
             slices,
+            by_confirm,
+            wrs,
             ep,
             qp,
             timed_out,
@@ -194,7 +219,7 @@ impl<E> InflightMap<E> {
     /// timeout's grace, shutdown).
     pub fn take(&mut self, id: u64) -> Option<(Chain, Arc<E>)> {
         let ch = self.chains.remove(&id)?;
-        self.wrs -= ch.slices.len();
+        self.wrs -= ch.slices.len() + usize::from(ch.confirm);
         let ep = self.endpoint(ch.ep)?.clone();
         // Never the last reference: `ep` is another.
         self.release(ch.ep);
@@ -202,14 +227,16 @@ impl<E> InflightMap<E> {
     }
 
     /// Take back the slices of chain `id` from index `at` of its post on
-    /// (the QP did not accept them).
+    /// (the QP did not accept them), and its confirming WR, which came
+    /// after them.
     pub fn split_off(&mut self, id: u64, at: usize) -> Vec<Slice> {
         let Some(ch) = self.chains.get_mut(&id) else {
             return Vec::new();
         };
         let keep = at.saturating_sub(ch.first).min(ch.slices.len());
         let back = ch.slices.split_off(keep);
-        self.wrs -= back.len();
+        self.wrs -= back.len() + usize::from(ch.confirm);
+        ch.confirm = false;
         back
     }
 
@@ -310,6 +337,7 @@ mod tests {
                 target_id: 1,
                 location: path,
                 retry: 0,
+                resent: 0,
                 local: 0,
                 lkey: 0,
                 path,
@@ -325,6 +353,7 @@ mod tests {
                 ep: held,
                 qp: 0,
                 posted_at: Instant::now(),
+                confirm: false,
                 timed_out: None,
             },
         );
@@ -420,7 +449,58 @@ mod tests {
         assert_eq!(chain_len(256), 128);
         assert_eq!(chain_len(1), 1);
         assert_eq!(chain_len(65535), CHAIN_LIMIT);
-        let id = wr_id(0x1234, CHAIN_LIMIT - 1);
-        assert_eq!(split(id), (0x1234, CHAIN_LIMIT - 1));
+        // The longest chain's confirming WR still has an index.
+        let id = wr_id(0x1234, CHAIN_LIMIT);
+        assert_eq!(split(id), (0x1234, CHAIN_LIMIT));
+    }
+
+    /// `post`, with a confirming WR after the slices.
+    fn post_confirmed(m: &mut InflightMap<()>, ep: &Arc<()>, id: u64, n: usize) {
+        post(m, ep, id, n);
+        m.chains.get_mut(&id).unwrap().confirm = true;
+        m.wrs += 1;
+    }
+
+    #[test]
+    fn a_confirmed_chain_ends_at_its_confirming_wr() {
+        let mut m = InflightMap::<()>::default();
+        let ep = Arc::new(());
+        post_confirmed(&mut m, &ep, 4, 3);
+        assert_eq!(m.len(), 4, "three READs and their confirmation");
+        let e = m.resolve(wr_id(4, 3)).expect("the confirming WR");
+        assert!(e.by_confirm && e.chain_done);
+        assert_eq!((sources(&e), e.wrs), (vec![0, 8, 16], 4));
+        assert!(m.is_empty() && m.chains.is_empty());
+    }
+
+    #[test]
+    fn a_flushed_confirmed_chain_ends_its_slices_then_its_confirmation() {
+        let mut m = InflightMap::<()>::default();
+        let ep = Arc::new(());
+        post_confirmed(&mut m, &ep, 6, 2);
+        // The QP died: each WR flushes, the confirming WR last.
+        let e = m.resolve(wr_id(6, 0)).unwrap();
+        assert!(!e.by_confirm && !e.chain_done && e.wrs == 1);
+        let e = m.resolve(wr_id(6, 1)).unwrap();
+        assert!(
+            !e.by_confirm && !e.chain_done,
+            "the confirmation is still out"
+        );
+        let e = m.resolve(wr_id(6, 2)).unwrap();
+        assert!(e.by_confirm && e.chain_done && e.slices.is_empty() && e.wrs == 1);
+        assert!(m.is_empty() && m.chains.is_empty());
+    }
+
+    #[test]
+    fn a_post_cut_before_the_confirmation_takes_it_back() {
+        let mut m = InflightMap::<()>::default();
+        let ep = Arc::new(());
+        post_confirmed(&mut m, &ep, 8, 4);
+        // The QP took the four READs but not the confirming WR.
+        assert!(m.split_off(8, 4).is_empty());
+        assert_eq!(m.len(), 4);
+        assert!(m.resolve(wr_id(8, 4)).is_none(), "no confirmation went out");
+        let e = m.resolve(wr_id(8, 3)).unwrap();
+        assert!(e.chain_done && e.wrs == 4);
     }
 }

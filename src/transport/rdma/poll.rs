@@ -44,7 +44,7 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
             let Some(end) = infl.resolve(c.wr_id) else {
                 continue;
             };
-            let n = end.slices.len();
+            let n = end.wrs;
             match bufs.eps.iter_mut().find(|e| e.0 == end.ep && e.1 == end.qp) {
                 Some(e) => e.3 += n,
                 None => {
@@ -63,9 +63,8 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
     }
     // One stats update per poll, before tasks can be seen complete.
     let (bytes, ok_bytes) = bufs.done.iter().fold((0, 0), |acc, (status, end)| {
-        let last = end.slices.len().saturating_sub(1);
         end.slices.iter().enumerate().fold(acc, |(b, ok), (k, s)| {
-            let moved = k < last || *status == CompletionStatus::Success;
+            let moved = landed(*status, end.by_confirm, k + 1 == end.slices.len());
             (b + s.length, ok + if moved { s.length } else { 0 })
         })
     });
@@ -82,16 +81,7 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
     }
     let mut done = std::mem::take(&mut bufs.done);
     for (status, end) in done.drain(..) {
-        let last = end.slices.len().saturating_sub(1);
-        for (k, slice) in end.slices.into_iter().enumerate() {
-            // WRs before the one completed succeeded without a completion.
-            let status = if k < last {
-                CompletionStatus::Success
-            } else {
-                status
-            };
-            slice_ended(sh, cw, bufs, status, slice, end.ep, end.timed_out);
-        }
+        chain_part_ended(sh, cw, bufs, status, end);
     }
     bufs.done = done;
     // May drop the last reference to an endpoint (and destroy its QPs):
@@ -100,56 +90,116 @@ pub fn poll_once(sh: &Shared, cw: &ContextWorkers, bufs: &mut PollBufs) -> bool 
     true
 }
 
-/// One slice's WR ended with `status`: done, retried or failed.
-fn slice_ended(
+/// Did slice `k` of `end` land? A success says so for its WR and every
+/// WR before it; an error, for the WRs before it; a flush, for none
+/// (see `inflight`).
+fn landed(status: CompletionStatus, by_confirm: bool, last: bool) -> bool {
+    let named = !by_confirm && last;
+    match status {
+        CompletionStatus::Success => true,
+        CompletionStatus::Flushed => false,
+        CompletionStatus::RemoteError | CompletionStatus::LocalError => !named,
+    }
+}
+
+/// A completion ended the slices of `end`: done, sent again or failed.
+fn chain_part_ended(
+    sh: &Shared,
+    cw: &ContextWorkers,
+    bufs: &PollBufs,
+    status: CompletionStatus,
+    end: Ended,
+) {
+    if status == CompletionStatus::Flushed {
+        sh.counters.flushed.fetch_add(1, Ordering::Relaxed);
+        if !end.timed_out {
+            qp_died(sh, cw, bufs.endpoint(end.ep));
+        }
+    }
+    if end.by_confirm && status.is_error() && !end.timed_out {
+        // The confirming WR itself failed; the READs before it landed.
+        sh.counters
+            .error_completions
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(ep) = bufs.endpoint(end.ep) {
+            ep.retire("confirming WR failed");
+            cw.ctx.forget_endpoint(&ep.peer_path, ep);
+        }
+    }
+    let (n, by_confirm) = (end.slices.len(), end.by_confirm);
+    for (k, slice) in end.slices.into_iter().enumerate() {
+        if landed(status, by_confirm, k + 1 == n) {
+            if end.timed_out {
+                sh.counters
+                    .timeouts_completed
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            slice.task.slice_succeeded(slice.length);
+        } else if end.timed_out {
+            // Its QP was moved to ERR past the timeout: this is its
+            // flush (or error). Only now may the slice end.
+            sh.counters
+                .timeouts_completed
+                .fetch_add(1, Ordering::Relaxed);
+            sh.fail_slice(slice);
+        } else if status == CompletionStatus::Flushed {
+            // Its QP died under it: not its fault, and maybe not even
+            // sent (a flush proves nothing about the WR before it).
+            sh.resend(slice, "flushed");
+        } else {
+            wr_failed(sh, cw, bufs, status, slice, end.ep);
+        }
+    }
+}
+
+/// A flush on an endpoint still taken as connected: its QP went to ERR
+/// without an error completion we saw (rxe's silent READ error, a
+/// responder-side error, a peer that reset its QP). Retire it at once, or
+/// every slice posted on it flushes in turn.
+fn qp_died(sh: &Shared, cw: &ContextWorkers, ep: Option<&Arc<Endpoint>>) {
+    let Some(ep) = ep else { return };
+    if !ep.state().connected() {
+        return;
+    }
+    sh.counters.qp_deaths.fetch_add(1, Ordering::Relaxed);
+    crate::warn_limited!(
+        "RDMA endpoint {} -> {}: a QP is in ERR with no error completion; retired, its slices go on through a fresh handshake",
+        cw.ctx.name,
+        ep.peer_path
+    );
+    ep.retire("QP in ERR without an error completion");
+    cw.ctx.forget_endpoint(&ep.peer_path, ep);
+}
+
+/// A slice's own WR completed in error: its endpoint is retired and the
+/// slice retried (one attempt consumed) or failed.
+fn wr_failed(
     sh: &Shared,
     cw: &ContextWorkers,
     bufs: &PollBufs,
     status: CompletionStatus,
     slice: Slice,
     ep: EpRef,
-    timed_out: bool,
 ) {
-    if timed_out {
-        // The QP of a timed-out WR is in ERR: this is its flush (or a
-        // late success). Only now may the slice end.
-        sh.counters
-            .timeouts_completed
-            .fetch_add(1, Ordering::Relaxed);
-        return match status {
-            CompletionStatus::Success => slice.task.slice_succeeded(slice.length),
-            _ => sh.fail_slice(slice),
-        };
-    }
-    match status {
-        CompletionStatus::Success => slice.task.slice_succeeded(slice.length),
-        CompletionStatus::Flushed => {
-            log::trace!("Worker: WR flush error, redispatching if retry allows");
-            sh.counters.flushed.fetch_add(1, Ordering::Relaxed);
-            sh.retry_or_fail(slice, "flushed");
+    sh.counters
+        .error_completions
+        .fetch_add(1, Ordering::Relaxed);
+    let path = sh.paths.get(slice.path);
+    if let Some(ep) = bufs.endpoint(ep) {
+        if ep.state().connected() {
+            // A dead connection needs a re-handshake: pace it.
+            cw.handshake_failed(&path, Instant::now());
         }
-        CompletionStatus::RemoteError | CompletionStatus::LocalError => {
-            sh.counters
-                .error_completions
-                .fetch_add(1, Ordering::Relaxed);
-            let path = sh.paths.get(slice.path);
-            if let Some(ep) = bufs.endpoint(ep) {
-                if ep.state().connected() {
-                    // A dead connection needs a re-handshake: pace it.
-                    cw.handshake_failed(&path, Instant::now());
-                }
-                ep.retire("work completion error");
-                cw.ctx.forget_endpoint(&path, ep);
-            }
-            // A dead local device is not the peer rail's fault.
-            let local_fault = status == CompletionStatus::LocalError || !cw.ctx.is_active();
-            if !local_fault {
-                sh.rails
-                    .failed(&path, sh.has_alternative_rail(slice.target_id, &path));
-            }
-            sh.retry_or_fail(slice, "work completion error");
-        }
+        ep.retire("work completion error");
+        cw.ctx.forget_endpoint(&path, ep);
     }
+    // A dead local device is not the peer rail's fault.
+    let local_fault = status == CompletionStatus::LocalError || !cw.ctx.is_active();
+    if !local_fault {
+        sh.rails
+            .failed(&path, sh.has_alternative_rail(slice.target_id, &path));
+    }
+    sh.retry_or_fail(slice, "work completion error");
 }
 
 /// Probe the peer of every endpoint whose WRs made no progress for

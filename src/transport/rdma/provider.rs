@@ -62,6 +62,7 @@ pub fn open(name: &str, cfg: &mut super::RdmaConfig) -> Result<Arc<dyn Device>> 
         max_inline_data: cfg.max_inline,
     };
     caps.max_inline_data = probe_inline(name, &pd, &cq, caps);
+    let confirm_reads = confirm_reads(name, ctx.software_roce(), cfg.max_wr);
     Ok(Arc::new(VerbsDevice {
         name: name.to_string(),
         ctx,
@@ -77,7 +78,33 @@ pub fn open(name: &str, cfg: &mut super::RdmaConfig) -> Result<Arc<dyn Device>> 
         sl: env_i64("MC_IB_SL", 0, 0, 15) as u8,
         pkey_index: super::limits::pkey_index(),
         rts: rts_from_env(),
+        confirm_reads,
     }))
+}
+
+/// `MC_TE_RS_CONFIRM_READS`: `auto` (default: on software RoCE devices),
+/// `1`/`on` or `0`/`off`. A confirming WR needs a second QP slot.
+fn confirm_reads(name: &str, software: bool, max_wr: u32) -> bool {
+    let v = crate::config::env_str("MC_TE_RS_CONFIRM_READS").map(|v| v.trim().to_ascii_lowercase());
+    let on = match v.as_deref() {
+        None | Some("") | Some("auto") => software,
+        Some("1") | Some("on") | Some("true") | Some("yes") => true,
+        Some("0") | Some("off") | Some("false") | Some("no") => false,
+        Some(other) => {
+            log::warn!("MC_TE_RS_CONFIRM_READS={other} is unknown (auto|1|0), using auto");
+            software
+        }
+    };
+    if on && max_wr < 2 {
+        log::warn!("RDMA device {name}: READs are not confirmed: MC_MAX_WR={max_wr} leaves no slot for the confirming WR");
+        return false;
+    }
+    if on {
+        log::info!(
+            "RDMA device {name}: chains ending in a READ are confirmed by a zero-length WRITE"
+        );
+    }
+    on
 }
 
 /// The largest inline size (≤ `caps.max_inline_data`) the device accepts
@@ -138,6 +165,7 @@ struct VerbsDevice {
     traffic_class: u8,
     sl: u8,
     rts: verbs::RtsAttrs,
+    confirm_reads: bool,
     pkey_index: u16,
 }
 
@@ -369,6 +397,10 @@ impl Device for VerbsDevice {
 
     fn is_down(&self) -> bool {
         self.down.load(Ordering::Acquire)
+    }
+
+    fn confirms_reads(&self) -> bool {
+        self.confirm_reads
     }
 
     fn port_active(&self) -> bool {

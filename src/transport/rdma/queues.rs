@@ -25,9 +25,12 @@ pub struct Slice {
     /// Location of the local buffer (key into our priority matrix),
     /// interned in `Shared::locations`.
     pub location: NameId,
-    /// Attempts consumed so far (`MC_RETRY_CNT` ≤ 127; 16 bits keep a
-    /// slice in one cache line).
-    pub retry: u16,
+    /// Attempts consumed so far (`MC_RETRY_CNT` ≤ 127; 8 bits each keep
+    /// a slice in one cache line).
+    pub retry: u8,
+    /// Times it was sent again because its QP died under it (a flush):
+    /// free of `retry`, up to `MC_RETRY_CNT` times.
+    pub resent: u8,
     /// Routing, filled by `Shared::route`.
     pub local: usize,
     pub lkey: u32,

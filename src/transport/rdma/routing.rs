@@ -165,6 +165,23 @@ impl Shared {
         }
     }
 
+    /// Send a slice again whose QP died under it (its WR flushed, or ended
+    /// unconfirmed): the slice was not at fault, so no attempt is consumed,
+    /// up to `MC_RETRY_CNT` such times (then each costs one).
+    pub fn resend(&self, mut s: Slice, why: &str) {
+        if u32::from(s.resent) >= self.cfg.retry_cnt {
+            return self.retry_or_fail(s, why);
+        }
+        s.resent += 1;
+        self.counters.resent.fetch_add(1, Ordering::Relaxed);
+        if self.route(&mut s) {
+            self.enqueue(s);
+        } else {
+            crate::warn_limited!("slice to {}: no route left ({why})", self.paths.get(s.path));
+            self.fail_slice(s);
+        }
+    }
+
     /// Move a slice off an inactive context without consuming an attempt.
     pub fn reroute(&self, mut s: Slice) {
         if self.route(&mut s) && self.contexts[s.local].is_active() {

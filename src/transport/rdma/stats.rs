@@ -123,8 +123,14 @@ pub struct Counters {
     pub retries: AtomicU64,
     /// Completions with an error status other than a flush.
     pub error_completions: AtomicU64,
-    /// Flush completions from retired endpoints.
+    /// Flush completions.
     pub flushed: AtomicU64,
+    /// Slices sent again, free of their retry budget, because their QP
+    /// died under them.
+    pub resent: AtomicU64,
+    /// Endpoints retired because a QP of theirs was found in ERR (a flush)
+    /// that no error completion and no retirement of ours explained.
+    pub qp_deaths: AtomicU64,
     /// Slices failed for good.
     pub failed_slices: AtomicU64,
     /// Handshakes completed (active or passive).
@@ -154,6 +160,8 @@ impl Counters {
             "retries": g(&self.retries),
             "error_completions": g(&self.error_completions),
             "flushed": g(&self.flushed),
+            "resent": g(&self.resent),
+            "qp_deaths": g(&self.qp_deaths),
             "failed_slices": g(&self.failed_slices),
             "handshakes": g(&self.handshakes),
             "evictions": g(&self.evictions),

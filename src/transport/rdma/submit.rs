@@ -147,6 +147,7 @@ impl Shared {
                     target_id: r.target_id,
                     location,
                     retry: 0,
+                    resent: 0,
                     local: to.local,
                     lkey: to.lkey,
                     path: pr.paths[to.peer],

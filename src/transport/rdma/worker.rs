@@ -17,11 +17,12 @@ use super::device::WorkRequest;
 use super::endpoint::{BackoffConfig, BackoffDecision, Gate, HandshakeBackoff};
 use super::endpoint_driver::Endpoint;
 use super::idle::{earliest, Idle, Sweep};
-use super::inflight::{chain_len, wr_id, Chain, InflightTable};
+use super::inflight::{chain_len, split, wr_id, Chain, InflightTable};
 use super::names::NameId;
 use super::poll::{poll_once, PollBufs};
 use super::queues::Signal;
 use super::Shared;
+use crate::task::Opcode;
 
 use super::queues::PassScratch;
 pub use super::queues::{Slice, Worker};
@@ -40,6 +41,9 @@ pub struct ContextWorkers {
     /// Re-handshake pacing per peer NIC path (outlives one-shot endpoints).
     backoff: Mutex<HashMap<String, HandshakeBackoff>>,
     backoff_cfg: BackoffConfig,
+    /// Chains ending in a READ get a confirming WR
+    /// (`Device::confirms_reads`).
+    pub confirm_reads: bool,
     /// Endpoints whose timed-out WRs never completed: their QPs are kept
     /// (never destroyed under a WR that may still move bytes) until shutdown.
     pub unflushed: Mutex<Vec<Arc<Endpoint>>>,
@@ -48,6 +52,7 @@ pub struct ContextWorkers {
 impl ContextWorkers {
     pub fn new(ctx: Arc<RdmaContext>, posters: usize, backoff: BackoffConfig) -> ContextWorkers {
         ContextWorkers {
+            confirm_reads: ctx.device.as_ref().is_some_and(|d| d.confirms_reads()),
             ctx,
             posters: (0..posters.max(1))
                 .map(|_| Arc::new(Worker::default()))
@@ -379,7 +384,9 @@ fn process_peer(
 }
 
 /// Post as many queued slices as QP and CQ depth allow, spread over the
-/// QPs, in chains whose last WR alone is signaled (`inflight`).
+/// QPs, in chains whose last WR alone is signaled (`inflight`). With
+/// `confirm_reads`, a chain ending in a READ is followed by its confirming
+/// WR, which takes a slot of its own.
 fn post_slices(
     sh: &Shared,
     cw: &ContextWorkers,
@@ -387,22 +394,35 @@ fn post_slices(
     slices: &mut VecDeque<Slice>,
     wrs: &mut Vec<WorkRequest>,
 ) -> bool {
+    let chain_max = chain_len(sh.cfg.max_wr);
+    let confirm = cw.confirm_reads;
+    // Slices that fit in `room` WR slots, each chain keeping one for its
+    // confirming WR when READs are confirmed.
+    let fits = |room: usize| {
+        if confirm {
+            room - room.div_ceil(chain_max + 1)
+        } else {
+            room
+        }
+    };
     let cq_room = sh.cfg.max_cqe.saturating_sub(cw.inflight.len());
-    let mut budget = slices.len().min(cq_room);
+    let mut budget = slices.len().min(fits(cq_room));
     let nqp = ep.num_qps();
     // Everything queued goes out now (the usual case): chains are cut
     // from the back, so the last one is what is left of the queue's
     // buffer, moved as it is (the buffer of a submit call's Vec).
     let all_go = budget == slices.len()
-        && (0..nqp).map(|i| ep.free_slots(i) as usize).sum::<usize>() >= budget;
-    let chain_max = chain_len(sh.cfg.max_wr);
+        && (0..nqp)
+            .map(|i| fits(ep.free_slots(i) as usize))
+            .sum::<usize>()
+            >= budget;
     let mut any = false;
     for i in 0..nqp {
         if budget == 0 {
             break;
         }
         let share = budget.div_ceil(nqp - i);
-        let n = share.min(ep.free_slots(i) as usize).min(slices.len());
+        let n = share.min(fits(ep.free_slots(i) as usize)).min(slices.len());
         if n == 0 {
             continue;
         }
@@ -424,6 +444,7 @@ fn post_slices(
                 } else {
                     slices.drain(..len).collect()
                 };
+                let confirmed = confirm && chain.last().is_some_and(|s| s.opcode == Opcode::Read);
                 for (k, s) in chain.iter().enumerate() {
                     wrs.push(WorkRequest {
                         wr_id: wr_id(base + c as u64, k),
@@ -433,9 +454,22 @@ fn post_slices(
                         lkey: s.lkey,
                         remote_addr: s.dest,
                         rkey: s.rkey,
-                        signaled: k + 1 == len,
+                        signaled: k + 1 == len && !confirmed,
                     });
                     posted_bytes += s.length;
+                }
+                if let Some(last) = chain.last().filter(|_| confirmed) {
+                    // Zero bytes at an address the chain already uses.
+                    wrs.push(WorkRequest {
+                        wr_id: wr_id(base + c as u64, len),
+                        opcode: Opcode::Write,
+                        local_addr: last.source,
+                        length: 0,
+                        lkey: last.lkey,
+                        remote_addr: last.dest,
+                        rkey: last.rkey,
+                        signaled: true,
+                    });
                 }
                 let held = infl.hold(ep);
                 infl.insert(
@@ -446,13 +480,14 @@ fn post_slices(
                         ep: held,
                         qp: i,
                         posted_at: now,
+                        confirm: confirmed,
                         timed_out: None,
                     },
                 );
             }
         }
         // Before the post: unaccepted WRs are subtracted again below.
-        cw.ctx.stats.posted_many(posted_bytes, wrs.len() as u64);
+        cw.ctx.stats.posted_many(posted_bytes, n as u64);
         let accepted = match ep.post(i, wrs) {
             Ok(k) => k.min(wrs.len()),
             Err(e) => {
@@ -460,28 +495,28 @@ fn post_slices(
                 0
             }
         };
-        budget -= accepted;
+        budget -= n;
         any |= accepted > 0;
         if accepted < wrs.len() {
-            take_back(cw, ep, (base, chain_max), n, accepted, slices);
+            take_back(cw, ep, base, wrs, accepted, slices);
             break;
         }
     }
     any
 }
 
-/// A post on `ep` took only the first `accepted` of the `n` WRs of chains
-/// `base..` (`chain_max` WRs each, the last maybe fewer): the rest go back
-/// to the queue front, in order. A chain cut short has no signaled WR on
-/// the QP: its QP goes to ERR so that its WRs still queued flush
-/// (completing them), and it ends at those flushes or after `flush_grace`
-/// (its WRs that completed silently before the ERR count as failed then:
-/// never a success not seen).
+/// A post on `ep` took only the first `accepted` of `wrs`, the WRs of
+/// chains `base..`: the slices not taken go back to the queue front, in
+/// order. A chain cut short has no signaled WR on the QP: its QP goes to
+/// ERR so that its WRs still queued flush (completing them), and it ends
+/// at those flushes or after `flush_grace` (its WRs that completed
+/// silently before the ERR count as failed then: never a success not
+/// seen).
 fn take_back(
     cw: &ContextWorkers,
     ep: &Arc<Endpoint>,
-    (base, chain_max): (u64, usize),
-    n: usize,
+    base: u64,
+    wrs: &[WorkRequest],
     accepted: usize,
     slices: &mut VecDeque<Slice>,
 ) {
@@ -489,23 +524,35 @@ fn take_back(
     let mut back: Vec<Slice> = Vec::new();
     {
         let mut infl = cw.inflight.lock();
-        for c in (0..n.div_ceil(chain_max)).rev() {
-            let (id, start) = (base + c as u64, c * chain_max);
+        // The first WR of each chain, from the last chain back.
+        let starts = wrs
+            .iter()
+            .enumerate()
+            .map(|(k, w)| (k, split(w.wr_id)))
+            .filter(|(_, (_, index))| *index == 0)
+            .map(|(k, (id, _))| (k, id))
+            .collect::<Vec<_>>();
+        for &(start, id) in starts.iter().rev() {
+            debug_assert!(id >= base);
             if start >= accepted {
                 if let Some((ch, _)) = infl.take(id) {
                     back.splice(0..0, ch.slices);
                 }
-            } else {
+                continue;
+            }
+            let had = infl
+                .chains
+                .get(&id)
+                .map_or(0, |c| c.slices.len() + usize::from(c.confirm));
+            if accepted - start < had {
                 let tail = infl.split_off(id, accepted - start);
-                if !tail.is_empty() {
-                    cut_short = true;
-                    if let Some(ch) = infl.chains.get_mut(&id) {
-                        ch.timed_out = Some(Instant::now());
-                    }
+                cut_short = true;
+                if let Some(ch) = infl.chains.get_mut(&id) {
+                    ch.timed_out = Some(Instant::now());
                 }
                 back.splice(0..0, tail);
-                break;
             }
+            break;
         }
     }
     for s in back.iter() {
@@ -516,9 +563,10 @@ fn take_back(
     }
     if cut_short {
         log::warn!(
-            "post on {} -> {} took {accepted} of {n} WRs; its QPs go to ERR to flush the rest",
+            "post on {} -> {} took {accepted} of {} WRs; its QPs go to ERR to flush the rest",
             cw.ctx.name,
-            ep.peer_path
+            ep.peer_path,
+            wrs.len()
         );
         ep.retire("post accepted in part");
         cw.ctx.forget_endpoint(&ep.peer_path, ep);

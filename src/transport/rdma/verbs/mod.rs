@@ -46,6 +46,13 @@ pub trait Context: Send + Sync {
     fn limits(&self) -> DeviceLimits {
         DeviceLimits::default()
     }
+    /// RoCE done in software (Linux rxe or siw, or the soft fabric). Linux
+    /// rxe can end a READ without its bytes and without an error completion
+    /// (`soft::fault::silent_read_errors` models it), so the transport
+    /// confirms READs on such devices (`MC_TE_RS_CONFIRM_READS`).
+    fn software_roce(&self) -> bool {
+        false
+    }
     /// Read the GID table again (after `GID_CHANGE`) and pick as at open
     /// time (`MC_GID_INDEX` or the automatic ranking): `(gid, index)`.
     /// Providers whose GIDs never change return the selected one.

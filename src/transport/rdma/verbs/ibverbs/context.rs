@@ -59,12 +59,15 @@ pub(super) struct IbvContext {
     pub handle: Arc<ContextHandle>,
     port: PortInfo,
     limits: DeviceLimits,
+    /// `ibv_device_attr::vendor_id`.
+    vendor_id: u32,
     /// `MC_GID_INDEX` (None: automatic ranking), for `reselect_gid`.
     gid_choice: Option<u8>,
 }
 
-/// `ibv_query_device`: the limits the transport clamps its settings to.
-fn query_limits(ctx: NonNull<ffi::ibv_context>, name: &str) -> Result<DeviceLimits> {
+/// `ibv_query_device`: the limits the transport clamps its settings to,
+/// and the vendor id.
+fn query_limits(ctx: NonNull<ffi::ibv_context>, name: &str) -> Result<(DeviceLimits, u32)> {
     // SAFETY: ibv_device_attr is a plain C struct; all-zero is valid.
     let mut attr: ffi::ibv_device_attr = unsafe { std::mem::zeroed() };
     // SAFETY: `ctx` is an open context and `attr` a valid out-parameter.
@@ -74,7 +77,7 @@ fn query_limits(ctx: NonNull<ffi::ibv_context>, name: &str) -> Result<DeviceLimi
         return Err(verb_error("ibv_query_device", "open", errno, name));
     }
     let positive = |v: libc::c_int| if v > 0 { v as u32 } else { u32::MAX };
-    Ok(DeviceLimits {
+    let limits = DeviceLimits {
         max_qp: positive(attr.max_qp),
         max_qp_wr: positive(attr.max_qp_wr),
         max_sge: positive(attr.max_sge),
@@ -85,8 +88,13 @@ fn query_limits(ctx: NonNull<ffi::ibv_context>, name: &str) -> Result<DeviceLimi
         } else {
             u64::MAX
         },
-    })
+    };
+    Ok((limits, attr.vendor_id))
 }
+
+/// Vendor ids of the kernel's software RoCE drivers: rxe (`RXE_VENDOR_ID`)
+/// and siw (`SIW_VENDOR_ID`, "bmt").
+const SOFTWARE_ROCE_VENDORS: [u32; 2] = [0x00ff_ffff, 0x0062_6d74];
 
 fn query_port_attr(
     ctx: NonNull<ffi::ibv_context>,
@@ -134,7 +142,7 @@ impl IbvContext {
                 log::warn!("{name}: cannot make the async event fd non-blocking");
             }
         }
-        let limits = query_limits(ctx, name)?;
+        let (limits, vendor_id) = query_limits(ctx, name)?;
         let attr = query_port_attr(ctx, name, opts.port)?;
         let (gid, gid_index) = pick_gid(ctx, name, opts.port, &attr, opts.gid_index)?;
         handle.gid = gid;
@@ -158,6 +166,7 @@ impl IbvContext {
             handle: Arc::new(handle),
             port,
             limits,
+            vendor_id,
             gid_choice: opts.gid_index,
         })
     }
@@ -235,6 +244,10 @@ impl Context for IbvContext {
 
     fn limits(&self) -> DeviceLimits {
         self.limits
+    }
+
+    fn software_roce(&self) -> bool {
+        SOFTWARE_ROCE_VENDORS.contains(&self.vendor_id)
     }
 
     fn reselect_gid(&self) -> Result<(Gid, u8)> {

@@ -311,7 +311,8 @@ impl IbvQp {
             };
             let wr = &mut list[i];
             wr.wr_id = w.wr_id;
-            wr.num_sge = 1;
+            // A zero-length WR (a READ's confirmation) carries no SGE.
+            wr.num_sge = i32::from(w.length > 0);
             wr.opcode = match w.opcode {
                 Opcode::Read => ffi::ibv_wr_opcode::IBV_WR_RDMA_READ,
                 Opcode::Write => ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE,

@@ -169,6 +169,10 @@ impl Context for SoftContext {
         &self.port
     }
 
+    fn software_roce(&self) -> bool {
+        true
+    }
+
     fn query_port(&self) -> Result<PortInfo> {
         Ok(PortInfo {
             active: self.device.is_up(),

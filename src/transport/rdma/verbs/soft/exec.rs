@@ -82,6 +82,9 @@ fn run(weak: Weak<Fabric>) {
 enum Outcome {
     Done(WcStatus),
     Lost(String),
+    /// rxe's silent READ error (`fault::silent_read_errors`): no bytes,
+    /// status success, QP → ERR.
+    SilentError,
 }
 
 /// What the head of a send queue needs next.
@@ -127,6 +130,19 @@ fn progress(fabric: &Fabric, qp: &Arc<QpShared>) -> Option<Instant> {
                     core.state = QpState::Err;
                 }
                 qp.complete(&wr, status);
+            }
+            Outcome::SilentError => {
+                core.sq.pop_front();
+                core.retransmit = None;
+                log::warn!(
+                    "soft QP {} on {}: wr_id {} READ ended silently (injected), QP → err",
+                    qp.qpn,
+                    qp.device.name,
+                    wr.wr_id
+                );
+                core.state = QpState::Err;
+                // Its flushes come from the next look at the queue.
+                qp.complete(&wr, WcStatus::Success);
             }
             Outcome::Lost(why) => {
                 let due = fabric.ack_timeout(rts.timeout).map(|d| Instant::now() + d);
@@ -243,6 +259,11 @@ fn execute(fabric: &Fabric, qp: &QpShared, wr: &WorkRequest, rtr: Option<&RtrAtt
     });
     if !remote_ok {
         return Outcome::Done(WcStatus::RemoteAccessError);
+    }
+    if wr.opcode == Opcode::Read
+        && super::fault::take_silent_read_error(&mut qp.device.faults.lock())
+    {
+        return Outcome::SilentError;
     }
     let (src, dst) = match wr.opcode {
         Opcode::Write => (wr.local_addr, wr.remote_addr),

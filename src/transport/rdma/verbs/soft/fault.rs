@@ -25,6 +25,7 @@ pub(crate) struct FaultSet {
     pub rts_delay: Option<Duration>,
     pub drop_next: u64,
     pub fail_next_modify: Option<i32>,
+    pub silent_read_errors: u64,
 }
 
 fn with_faults<R>(scope: Scope<'_>, f: impl FnOnce(&mut FaultSet) -> R) -> Result<R> {
@@ -59,6 +60,16 @@ pub fn delay_transition(scope: Scope<'_>, to: QpState, delay: Option<Duration>) 
 /// only when all `retry_cnt + 1` of its transmissions are lost.
 pub fn drop_next_packets(scope: Scope<'_>, n: u64) -> Result<()> {
     with_faults(scope, |f| f.drop_next = n)
+}
+
+/// The next `n` RDMA READs sent from a device in `scope` end as Linux
+/// rxe's completer (kernel 6.1) ends a READ whose retried response it
+/// takes out of sequence: none of its bytes land, the WR ends with status
+/// success (a completion only when it was signaled) and its QP goes to ERR,
+/// so the WRs after it flush. The transport must not report such a READ
+/// as done.
+pub fn silent_read_errors(scope: Scope<'_>, n: u64) -> Result<()> {
+    with_faults(scope, |f| f.silent_read_errors = n)
 }
 
 /// The next `modify_qp` of a QP in `scope` fails with `errno` and leaves the
@@ -155,6 +166,20 @@ pub(crate) fn take_drop(dev_faults: &mut FaultSet) -> bool {
     let mut all = fabric().all_faults.lock();
     if all.drop_next > 0 {
         all.drop_next -= 1;
+        return true;
+    }
+    false
+}
+
+/// Consume one silent-READ-error credit of `dev` or of the fabric.
+pub(crate) fn take_silent_read_error(dev_faults: &mut FaultSet) -> bool {
+    if dev_faults.silent_read_errors > 0 {
+        dev_faults.silent_read_errors -= 1;
+        return true;
+    }
+    let mut all = fabric().all_faults.lock();
+    if all.silent_read_errors > 0 {
+        all.silent_read_errors -= 1;
         return true;
     }
     false
