@@ -18,8 +18,13 @@ pub enum CompletionStatus {
     Success,
     /// The QP went to ERR (retirement): retry without a rail penalty.
     Flushed,
-    /// Remote side failed (transport retries exceeded, remote access, ...).
+    /// The path to the peer failed (transport or RNR retries exceeded, a
+    /// remote operation error, ...).
     RemoteError,
+    /// The peer refused this request (remote access or invalid request:
+    /// a stale rkey, an address outside its registered memory): the
+    /// request's fault, not the rail's.
+    RequestError,
     /// Local fault (protection, length, QP op).
     LocalError,
 }
@@ -29,7 +34,9 @@ impl CompletionStatus {
     pub fn is_error(self) -> bool {
         matches!(
             self,
-            CompletionStatus::RemoteError | CompletionStatus::LocalError
+            CompletionStatus::RemoteError
+                | CompletionStatus::RequestError
+                | CompletionStatus::LocalError
         )
     }
 }

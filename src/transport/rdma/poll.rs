@@ -98,7 +98,9 @@ fn landed(status: CompletionStatus, by_confirm: bool, last: bool) -> bool {
     match status {
         CompletionStatus::Success => true,
         CompletionStatus::Flushed => false,
-        CompletionStatus::RemoteError | CompletionStatus::LocalError => !named,
+        CompletionStatus::RemoteError
+        | CompletionStatus::RequestError
+        | CompletionStatus::LocalError => !named,
     }
 }
 
@@ -185,6 +187,21 @@ fn wr_failed(
         .error_completions
         .fetch_add(1, Ordering::Relaxed);
     let path = sh.paths.get(slice.path);
+    if status == CompletionStatus::RequestError {
+        // The peer refused this request (its rkey or range): trying it
+        // again fails the same way, and the rail serves other requests
+        // well. Its QP went to ERR: a fresh endpoint, no pacing.
+        sh.counters.request_errors.fetch_add(1, Ordering::Relaxed);
+        crate::warn_limited!(
+            "RDMA {:?} to {path}: the peer refused it (remote access or invalid request); failed",
+            slice.opcode
+        );
+        if let Some(ep) = bufs.endpoint(ep) {
+            ep.retire("request refused by the peer");
+            cw.ctx.forget_endpoint(&path, ep);
+        }
+        return sh.fail_slice(slice);
+    }
     if let Some(ep) = bufs.endpoint(ep) {
         if ep.state().connected() {
             // A dead connection needs a re-handshake: pace it.

@@ -308,6 +308,9 @@ fn classify(s: WcStatus) -> CompletionStatus {
         WcStatus::Success => CompletionStatus::Success,
         WcStatus::WrFlushError => CompletionStatus::Flushed,
         s if s.is_local_fault() => CompletionStatus::LocalError,
+        WcStatus::RemoteAccessError | WcStatus::RemoteInvalidRequestError => {
+            CompletionStatus::RequestError
+        }
         _ => CompletionStatus::RemoteError,
     }
 }

@@ -123,6 +123,9 @@ pub struct Counters {
     pub retries: AtomicU64,
     /// Completions with an error status other than a flush.
     pub error_completions: AtomicU64,
+    /// Error completions for requests the peer refused (remote access,
+    /// invalid request): failed at once, no rail paused.
+    pub request_errors: AtomicU64,
     /// Flush completions.
     pub flushed: AtomicU64,
     /// Slices sent again, free of their retry budget, because their QP
@@ -159,6 +162,7 @@ impl Counters {
         serde_json::json!({
             "retries": g(&self.retries),
             "error_completions": g(&self.error_completions),
+            "request_errors": g(&self.request_errors),
             "flushed": g(&self.flushed),
             "resent": g(&self.resent),
             "qp_deaths": g(&self.qp_deaths),
