@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::threads::ThreadCount;
+
 /// Upper bounds (µs) of upstream's latency buckets; one more for overflow.
 pub const BUCKETS_US: [u64; 19] = [
     10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000, 500000,
@@ -93,11 +95,13 @@ pub struct Reporter {
     pub counters: Arc<Counters>,
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    threads: ThreadCount,
 }
 
 impl Reporter {
     /// A running reporter if `MC_TE_METRIC` is 1/true/yes/on (any case).
-    pub fn from_env() -> Option<Reporter> {
+    /// Its thread is counted in `threads` (the engine's).
+    pub fn from_env(threads: &ThreadCount) -> Option<Reporter> {
         if !crate::config::env_flag("MC_TE_METRIC") {
             log::info!("Metrics reporting is disabled (set MC_TE_METRIC=1 to enable)");
             return None;
@@ -117,16 +121,15 @@ impl Reporter {
                 }
             },
         };
-        Some(Self::start(interval))
+        Some(Self::start(interval, threads.child()))
     }
 
-    pub fn start(interval_secs: u64) -> Reporter {
+    pub fn start(interval_secs: u64, threads: ThreadCount) -> Reporter {
         let counters = Arc::new(Counters::default());
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let (c, s) = (counters.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("te-metrics".into())
-            .spawn(move || {
+        let thread = threads
+            .spawn("te-metrics", move || {
                 log::info!("Metrics reporting thread started (interval: {interval_secs}s)");
                 loop {
                     {
@@ -151,7 +154,13 @@ impl Reporter {
             counters,
             stop,
             thread: Mutex::new(thread),
+            threads,
         }
+    }
+
+    /// 1 while the reporting thread runs.
+    pub fn threads(&self) -> usize {
+        self.threads.running()
     }
 
     /// Stop and join the thread. Idempotent.
@@ -205,7 +214,7 @@ mod tests {
 
     #[test]
     fn reporter_stops_promptly() {
-        let r = Reporter::start(3600);
+        let r = Reporter::start(3600, ThreadCount::default());
         let t = std::time::Instant::now();
         r.stop();
         assert!(t.elapsed() < Duration::from_secs(5));

@@ -95,9 +95,7 @@ fn install() -> Result<()> {
     }
     let (read_fd, write_fd) = (fds[0], fds[1]);
     PIPE_WRITE.store(write_fd, Ordering::Release);
-    std::thread::Builder::new()
-        .name("te-graceful".into())
-        .spawn(move || watch(read_fd))
+    crate::threads::spawn_process_wide("te-graceful", move || watch(read_fd))
         .map_err(|e| Error::Memory(format!("graceful shutdown: spawn watcher: {e}")))?;
     for signo in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: a zeroed sigaction is valid; we fill handler, mask and flags.

@@ -17,6 +17,7 @@ use crate::metadata::descriptor::{timestamp_now, PriorityMatrix, RpcMeta, Segmen
 use crate::metadata::{name, Metadata, SegmentId};
 use crate::net;
 use crate::task::{TaskStatus, TransferRequest};
+use crate::threads::ThreadCount;
 use crate::topology;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 use batch::{BatchTable, PendingNotify};
@@ -54,6 +55,9 @@ pub struct TransferEngine {
     destroyed: AtomicBool,
     /// `MC_TE_METRIC`: the per-interval report.
     metrics: Option<crate::metrics::Reporter>,
+    /// Every thread of this engine: its metadata's, its transports', the
+    /// reporter's (counted in children of it).
+    threads: ThreadCount,
 }
 
 impl TransferEngine {
@@ -69,7 +73,8 @@ impl TransferEngine {
         if local_server_name.is_empty() {
             return Err(Error::InvalidArgument("empty local_server_name".into()));
         }
-        let metadata = Metadata::new(metadata_conn, local_server_name)?;
+        let threads = ThreadCount::default();
+        let metadata = Metadata::with_threads(metadata_conn, local_server_name, threads.child())?;
         let (host, port) = name::parse_host_port(local_server_name, name::default_handshake_port());
         let listener;
         let rpc;
@@ -110,7 +115,8 @@ impl TransferEngine {
                 _ => None,
             },
             destroyed: AtomicBool::new(false),
-            metrics: crate::metrics::Reporter::from_env(),
+            metrics: crate::metrics::Reporter::from_env(&threads),
+            threads,
         });
         if metadata.is_p2p() {
             metadata.start_daemon(listener.expect("p2p listener"))?;
@@ -205,6 +211,7 @@ impl TransferEngine {
         let ctx = TransportContext {
             local_server_name: self.metadata.local_name(),
             metadata: self.metadata.clone(),
+            threads: self.threads.clone(),
         };
         let t: Arc<dyn Transport> = match proto {
             "tcp" => crate::transport::tcp::TcpTransport::install(ctx)?,
@@ -657,6 +664,13 @@ impl TransferEngine {
             m.stop();
         }
         log::info!("transfer engine '{}' destroyed", self.metadata.local_name());
+    }
+
+    /// Threads this engine has running (handshake daemon, keeper, transports'
+    /// threads, reporter), whatever else runs in the process; 0 once it is
+    /// shut down and its threads have ended.
+    pub fn threads(&self) -> usize {
+        self.threads.running()
     }
 
     pub fn is_destroyed(&self) -> bool {

@@ -18,6 +18,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 pub use super::http_rules::{handle, Flavor, Reply};
 use crate::error::{Error, Result};
+use crate::threads::ThreadCount;
 
 /// Largest accepted PUT body; larger ones get 413.
 pub const MAX_BODY: usize = 16 << 20;
@@ -139,6 +140,7 @@ pub struct MetadataServer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
+    threads: ThreadCount,
     map: Arc<MetadataMap>,
 }
 
@@ -166,11 +168,13 @@ impl MetadataServer {
         let server = Arc::new(server);
         let stop = Arc::new(AtomicBool::new(false));
         let mut handles = Vec::new();
+        let threads = ThreadCount::default();
         for i in 0..workers.max(1) {
             let (server, stop, map) = (server.clone(), stop.clone(), map.clone());
-            let h = std::thread::Builder::new()
-                .name(format!("te-md-http-{i}"))
-                .spawn(move || serve(&server, &stop, &map, flavor))
+            let h = threads
+                .spawn(format!("te-md-http-{i}"), move || {
+                    serve(&server, &stop, &map, flavor)
+                })
                 .map_err(|e| Error::Socket(format!("spawning a metadata worker: {e}")))?;
             handles.push(h);
         }
@@ -178,12 +182,18 @@ impl MetadataServer {
             addr: local,
             stop,
             workers: handles,
+            threads,
             map,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Worker threads running (tiny_http's own acceptor not counted).
+    pub fn threads(&self) -> usize {
+        self.threads.running()
     }
 
     /// `http://<addr>/metadata`, the connection string clients use.

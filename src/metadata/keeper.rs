@@ -8,6 +8,7 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 
 use super::Metadata;
+use crate::threads::ThreadCount;
 
 pub struct Keeper {
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -25,13 +26,13 @@ fn interval() -> Duration {
 }
 
 impl Keeper {
-    pub fn start(md: Weak<Metadata>) -> Keeper {
+    /// Its thread is counted in `threads` (the metadata's).
+    pub fn start(md: Weak<Metadata>, threads: ThreadCount) -> Keeper {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let s2 = stop.clone();
         let every = interval();
-        let thread = std::thread::Builder::new()
-            .name("te-md-keeper".into())
-            .spawn(move || loop {
+        let thread = threads
+            .spawn("te-md-keeper", move || loop {
                 {
                     let mut stopped = s2.0.lock();
                     if !*stopped {

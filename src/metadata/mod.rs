@@ -21,8 +21,9 @@ use std::sync::{Arc, Weak};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
+use crate::threads::ThreadCount;
 use descriptor::{RpcMeta, SegmentDesc};
-use handshake::{HandShakeDesc, HandshakeHandler, HandshakeServer, MsgType};
+use handshake::{HandShakeDesc, HandshakeHandler, HandshakeServer, HandshakeServerConfig, MsgType};
 use store::MetadataStore;
 
 /// `segment_id_t` of the C API. 0 is the local segment; peers count from 1.
@@ -55,11 +56,23 @@ pub struct Metadata {
     /// What we published, so the keeper can put it back if the store lost it.
     published_rpc: Mutex<Option<RpcMeta>>,
     keeper: Mutex<Option<keeper::Keeper>>,
+    /// The handshake daemon's threads and the keeper's.
+    threads: ThreadCount,
 }
 
 impl Metadata {
     /// Connect to the store named by `conn` (spec §3.1).
     pub fn new(conn: &str, local_name: &str) -> Result<Arc<Metadata>> {
+        Self::with_threads(conn, local_name, ThreadCount::default())
+    }
+
+    /// `new`, with the daemon's and keeper's threads counted in `threads`
+    /// (a child of the engine's count).
+    pub fn with_threads(
+        conn: &str,
+        local_name: &str,
+        threads: ThreadCount,
+    ) -> Result<Arc<Metadata>> {
         let store = store::connect(conn)?;
         let mut prefix = String::from("mooncake/");
         if let Some(id) = crate::config::env_str("MC_METADATA_CLUSTER_ID").filter(|s| !s.is_empty())
@@ -86,6 +99,7 @@ impl Metadata {
             cache_disabled: crate::config::env_is_set("MC_DISABLE_METACACHE"),
             published_rpc: Mutex::new(None),
             keeper: Mutex::new(None),
+            threads,
         }))
     }
 
@@ -124,7 +138,12 @@ impl Metadata {
             return Ok(());
         }
         let handler = Arc::new(DaemonHandler(Arc::downgrade(self)));
-        *slot = Some(HandshakeServer::start(listener, handler)?);
+        *slot = Some(HandshakeServer::start_counted(
+            listener,
+            handler,
+            HandshakeServerConfig::from_env(),
+            self.threads.clone(),
+        )?);
         Ok(())
     }
 
@@ -161,7 +180,10 @@ impl Metadata {
         *self.published_rpc.lock() = Some(meta.clone());
         let mut k = self.keeper.lock();
         if k.is_none() && self.store.is_some() {
-            *k = Some(keeper::Keeper::start(Arc::downgrade(self)));
+            *k = Some(keeper::Keeper::start(
+                Arc::downgrade(self),
+                self.threads.clone(),
+            ));
         }
         Ok(())
     }
@@ -491,6 +513,12 @@ impl Metadata {
     /// Notifications refused because the queue was full.
     pub fn refused_notifies(&self) -> u64 {
         self.notifies.refused()
+    }
+
+    /// Threads running for this metadata: the handshake daemon's and the
+    /// keeper's.
+    pub fn threads(&self) -> usize {
+        self.threads.running()
     }
 
     /// Stop the daemon; called once on engine destroy.

@@ -15,6 +15,7 @@ use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::handshake::HandShakeDesc;
 use crate::metadata::Metadata;
 use crate::task::{Task, TransferRequest};
+use crate::threads::ThreadCount;
 
 /// A region the owner registered, as the engine records it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +33,9 @@ pub struct TransportContext {
     /// The local segment name (P2P: `host:port`).
     pub local_server_name: String,
     pub metadata: Arc<Metadata>,
+    /// The owner's thread count (the engine's): the transport counts its
+    /// threads in a child of it.
+    pub threads: ThreadCount,
 }
 
 /// One request routed to a transport, with the task it completes and the

@@ -115,13 +115,9 @@ pub fn req(
     }
 }
 
-/// Number of threads and open descriptors of this process.
-pub fn threads_and_fds() -> (usize, usize) {
-    let t = std::fs::read_dir("/proc/self/task")
+/// Number of open descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
-        .unwrap_or(0);
-    let f = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    (t, f)
+        .unwrap_or(0)
 }

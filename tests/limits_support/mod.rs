@@ -1,6 +1,7 @@
-//! Helpers for the limit tests: raising the descriptor limit, counting the
-//! process's threads and memory, connecting from another loopback address,
-//! and capturing log lines.
+//! Helpers for the limit tests: raising the descriptor limit, measuring the
+//! process's memory, connecting from another loopback address, and capturing
+//! log lines. Threads are counted per engine or transport (their `threads()`),
+//! not per process: tests of one binary start and stop threads in parallel.
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -33,10 +34,6 @@ fn status_field(key: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{key} missing from /proc/self/status"))
-}
-
-pub fn threads() -> u64 {
-    status_field("Threads:")
 }
 
 pub fn rss_kib() -> u64 {
@@ -138,8 +135,8 @@ pub fn logged(needle: &str) -> Vec<String> {
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Run the tests of one binary one at a time: they count the process's
-/// threads and memory, which parallel tests would disturb.
+/// Run the tests of one binary one at a time: they measure the process's
+/// memory and hold thousands of sockets, which parallel tests would disturb.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use transfer_engine::metadata::descriptor::SegmentDesc;
 use transfer_engine::metadata::Metadata;
 use transfer_engine::task::{Opcode, Task, TaskStatus, TransferRequest};
+use transfer_engine::threads::ThreadCount;
 use transfer_engine::transport::tcp::config::TcpConfig;
 use transfer_engine::transport::tcp::TcpTransport;
 use transfer_engine::transport::{LocalBuffer, Submission, Transport, TransportContext};
@@ -20,6 +21,7 @@ pub fn ctx(name: &str) -> TransportContext {
     TransportContext {
         local_server_name: name.to_string(),
         metadata: Metadata::new("P2PHANDSHAKE", name).expect("metadata"),
+        threads: ThreadCount::default(),
     }
 }
 

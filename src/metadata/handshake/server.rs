@@ -32,6 +32,7 @@ use crate::config::{env_secs, env_u64};
 use crate::error::{Error, Result};
 use crate::metadata::json;
 use crate::serving::{accept_ready, AcceptGate, Admission, AdmissionLimits, RateLimited};
+use crate::threads::ThreadCount;
 
 /// What the server asks its owner for each request type.
 pub trait HandshakeHandler: Send + Sync {
@@ -113,6 +114,8 @@ pub struct HandshakeServer {
     event_loop: Mutex<Option<JoinHandle<()>>>,
     /// Handler threads, started by the loop (`HsLoop::start_workers`).
     workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// The loop and its handler threads.
+    threads: ThreadCount,
 }
 
 impl HandshakeServer {
@@ -125,6 +128,16 @@ impl HandshakeServer {
         listener: TcpListener,
         handler: Arc<dyn HandshakeHandler>,
         cfg: HandshakeServerConfig,
+    ) -> Result<Self> {
+        Self::start_counted(listener, handler, cfg, ThreadCount::default())
+    }
+
+    /// `start_with_config` with its threads counted in `threads` (its owner's).
+    pub fn start_counted(
+        listener: TcpListener,
+        handler: Arc<dyn HandshakeHandler>,
+        cfg: HandshakeServerConfig,
+        threads: ThreadCount,
     ) -> Result<Self> {
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
@@ -152,10 +165,10 @@ impl HandshakeServer {
             workers: workers.clone(),
             workers_started: false,
             stopping: stopping.clone(),
+            threads: threads.clone(),
         };
-        let t = std::thread::Builder::new()
-            .name("te-handshake".into())
-            .spawn(move || lp.run())
+        let t = threads
+            .spawn("te-handshake", move || lp.run())
             .map_err(|e| Error::Socket(format!("spawning handshake loop: {e}")))?;
         let server = HandshakeServer {
             port,
@@ -163,6 +176,7 @@ impl HandshakeServer {
             dispatch,
             event_loop: Mutex::new(Some(t)),
             workers,
+            threads,
         };
         log::info!("handshake daemon listening on port {port}");
         Ok(server)
@@ -170,6 +184,12 @@ impl HandshakeServer {
 
     pub fn local_port(&self) -> u16 {
         self.port
+    }
+
+    /// Threads running in its count: the event loop and the handler threads
+    /// (and, for `start_counted`, the other threads of its owner).
+    pub fn threads(&self) -> usize {
+        self.threads.running()
     }
 
     /// Stop accepting, close open connections, join threads. Idempotent.
@@ -236,6 +256,7 @@ struct HsLoop {
     workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
     workers_started: bool,
     stopping: Arc<AtomicBool>,
+    threads: ThreadCount,
 }
 
 /// The encoded reply to `frame`, or `None` (logged) when it has none.
@@ -259,9 +280,9 @@ impl HsLoop {
             for i in 0..self.cfg.workers.max(1) {
                 let d = self.dispatch.clone();
                 let h = self.handler.clone();
-                match std::thread::Builder::new()
-                    .name(format!("te-handshake-w{i}"))
-                    .spawn(move || worker(&d, h.as_ref()))
+                match self
+                    .threads
+                    .spawn(format!("te-handshake-w{i}"), move || worker(&d, h.as_ref()))
                 {
                     Ok(t) => workers.push(t),
                     Err(e) => {

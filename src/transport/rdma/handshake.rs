@@ -28,16 +28,14 @@ impl Shared {
         }
         let me = self.me.clone();
         let claimed = ep.clone();
-        let spawned = std::thread::Builder::new()
-            .name("te-rdma-handshake".into())
-            .spawn(move || {
-                let ok = ep.connect_active(&meta).is_ok();
-                if let Some(sh) = me.upgrade() {
-                    sh.handshake_done(&cw, &ep, ok);
-                }
-                ep.end_handshake();
-                cw.wake_all();
-            });
+        let spawned = self.threads.spawn("te-rdma-handshake", move || {
+            let ok = ep.connect_active(&meta).is_ok();
+            if let Some(sh) = me.upgrade() {
+                sh.handshake_done(&cw, &ep, ok);
+            }
+            ep.end_handshake();
+            cw.wake_all();
+        });
         if let Err(e) = spawned {
             log::error!("cannot start a handshake thread: {e}");
             claimed.end_handshake();

@@ -10,6 +10,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
 use crate::metadata::descriptor::PriorityMatrix;
+use crate::threads::ThreadCount;
 use crate::topology::hca_list;
 use crate::transport::TransportContext;
 
@@ -66,6 +67,7 @@ impl RdmaTransport {
             .map(|c| Arc::new(ContextWorkers::new(c.clone(), posters, cfg.backoff)))
             .collect();
         let rails = RailBook::new(cfg.rail_pause);
+        let threads = ctx.threads.child();
         let shared = Arc::new_cyclic(|me| Shared {
             tctx: ctx,
             contexts,
@@ -80,6 +82,7 @@ impl RdmaTransport {
             locations: Default::default(),
             next_generation: AtomicU64::new(1),
             me: me.clone(),
+            threads,
         });
         let mut threads = Vec::new();
         for cw in &shared.workers {
@@ -89,18 +92,23 @@ impl RdmaTransport {
             let single = shared.cfg.workers_per_ctx < 2;
             for k in 0..cw.posters.len() {
                 let (w, c) = (Arc::downgrade(&shared), cw.clone());
-                threads.push(spawn(format!("te-rdma-post-{}", cw.ctx.name), move || {
-                    worker::run_poster(w, c, k, single)
-                })?);
+                threads.push(spawn(
+                    &shared.threads,
+                    format!("te-rdma-post-{}", cw.ctx.name),
+                    move || worker::run_poster(w, c, k, single),
+                )?);
             }
             if !single {
                 let (w, c) = (Arc::downgrade(&shared), cw.clone());
-                threads.push(spawn(format!("te-rdma-poll-{}", cw.ctx.name), move || {
-                    worker::run_poller(w, c)
-                })?);
+                threads.push(spawn(
+                    &shared.threads,
+                    format!("te-rdma-poll-{}", cw.ctx.name),
+                    move || worker::run_poller(w, c),
+                )?);
             }
             let (w, c) = (Arc::downgrade(&shared), cw.clone());
             threads.push(spawn(
+                &shared.threads,
                 format!("te-rdma-event-{}", cw.ctx.name),
                 move || events::run_events(w, c),
             )?);
@@ -118,10 +126,13 @@ impl RdmaTransport {
     }
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(f)
+fn spawn(
+    count: &ThreadCount,
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    count
+        .spawn(name, f)
         .map_err(|e| Error::Context(format!("cannot start an RDMA worker thread: {e}")))
 }
 

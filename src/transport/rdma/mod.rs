@@ -74,6 +74,12 @@ impl RdmaTransport {
     pub fn counters(&self) -> serde_json::Value {
         self.shared.counters_json()
     }
+
+    /// Threads this transport has running: per context its posting, polling
+    /// and event threads, plus handshake and probe threads under way.
+    pub fn threads(&self) -> usize {
+        self.shared.threads.running()
+    }
 }
 
 impl Transport for RdmaTransport {

@@ -244,24 +244,22 @@ pub fn watch_stalled(sh: &Shared, cw: &Arc<ContextWorkers>) {
             continue;
         };
         let (me, cw) = (sh.me(), cw.clone());
-        let spawned = std::thread::Builder::new()
-            .name("te-rdma-probe".into())
-            .spawn(move || {
-                if let Some(sh) = me.upgrade() {
-                    let timeout = sh.liveness.connect_timeout;
-                    match super::liveness::probe(&sh.tctx.metadata, &server, timeout) {
-                        super::liveness::Probe::Alive => ep.touch(super::liveness::coarse_ms()),
-                        super::liveness::Probe::Gone(why) => {
-                            sh.counters.peers_gone.fetch_add(1, Ordering::Relaxed);
-                            sh.liveness.mark_dead(&server, &why, Instant::now());
-                            ep.retire("peer gone");
-                            cw.ctx.forget_endpoint(&path, &ep);
-                            cw.wake_all();
-                        }
+        let spawned = sh.threads.spawn("te-rdma-probe", move || {
+            if let Some(sh) = me.upgrade() {
+                let timeout = sh.liveness.connect_timeout;
+                match super::liveness::probe(&sh.tctx.metadata, &server, timeout) {
+                    super::liveness::Probe::Alive => ep.touch(super::liveness::coarse_ms()),
+                    super::liveness::Probe::Gone(why) => {
+                        sh.counters.peers_gone.fetch_add(1, Ordering::Relaxed);
+                        sh.liveness.mark_dead(&server, &why, Instant::now());
+                        ep.retire("peer gone");
+                        cw.ctx.forget_endpoint(&path, &ep);
+                        cw.wake_all();
                     }
                 }
-                ep.end_probe();
-            });
+            }
+            ep.end_probe();
+        });
         if let Err(e) = spawned {
             log::error!("cannot start a liveness probe thread: {e}");
         }

@@ -10,6 +10,7 @@ use parking_lot::RwLock;
 use crate::error::{Error, Result};
 use crate::metadata::descriptor::PriorityMatrix;
 use crate::metadata::name;
+use crate::threads::ThreadCount;
 use crate::transport::TransportContext;
 
 use super::config::RdmaConfig;
@@ -40,6 +41,9 @@ pub struct Shared {
     pub(super) locations: Names,
     pub(super) next_generation: AtomicU64,
     pub(super) me: Weak<Shared>,
+    /// Every thread of the transport: workers, pollers, event threads,
+    /// handshake and probe threads.
+    pub(super) threads: ThreadCount,
 }
 
 impl Shared {

@@ -17,6 +17,7 @@ use super::queue::Job;
 use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::Metadata;
 use crate::task::Opcode;
+use crate::threads::ThreadCount;
 use crate::transport::Submission;
 
 /// Jobs bound for one segment, with its peer (`None`: no peer, so they fail).
@@ -32,6 +33,8 @@ pub struct ClientShared {
     pub short_sends: AtomicU64,
     pub loops: ClientLoops,
     connectors: Mutex<Vec<JoinHandle<()>>>,
+    /// The transport's count, which holds the loops and connecting threads.
+    count: ThreadCount,
 }
 
 impl ClientShared {
@@ -55,9 +58,7 @@ impl ClientShared {
             return Err(io::Error::other("transport shutting down"));
         }
         g.retain(|h| !h.is_finished());
-        let h = std::thread::Builder::new()
-            .name("te-tcp-connect".into())
-            .spawn(move || connect(i))?;
+        let h = self.count.spawn("te-tcp-connect", move || connect(i))?;
         g.push(h);
         Ok(())
     }
@@ -80,15 +81,17 @@ pub struct TcpClient {
 }
 
 impl TcpClient {
-    pub fn new(cfg: TcpConfig, metadata: Arc<Metadata>) -> TcpClient {
+    /// Its threads are counted in `count` (the transport's).
+    pub fn new(cfg: TcpConfig, metadata: Arc<Metadata>, count: ThreadCount) -> TcpClient {
         TcpClient {
             shared: Arc::new(ClientShared {
-                loops: ClientLoops::new(cfg.client_threads, cfg.status_timeout),
+                loops: ClientLoops::new(cfg.client_threads, cfg.status_timeout, count.clone()),
                 cfg,
                 metadata,
                 stop: AtomicBool::new(false),
                 short_sends: AtomicU64::new(0),
                 connectors: Mutex::new(Vec::new()),
+                count,
             }),
             peers: Mutex::new(HashMap::new()),
         }

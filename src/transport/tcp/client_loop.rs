@@ -26,6 +26,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 
 use super::client_conn::{ClientConn, Drive};
+use crate::threads::ThreadCount;
 
 const WAKER: Token = Token(0);
 
@@ -68,6 +69,8 @@ pub struct ClientLoops {
     stop: Arc<AtomicBool>,
     /// Running loops; `None` once shut down (no loop starts after that).
     threads: Mutex<Option<Vec<JoinHandle<()>>>>,
+    /// The transport's count, which holds each loop.
+    count: ThreadCount,
     sweep_every: Duration,
     next_loop: AtomicUsize,
     next_token: AtomicUsize,
@@ -75,12 +78,14 @@ pub struct ClientLoops {
 
 impl ClientLoops {
     /// Up to `loops` loops, each started when it gets its first connection
-    /// (a process that only serves, or talks to one peer, runs fewer).
-    pub fn new(loops: usize, status_timeout: Duration) -> ClientLoops {
+    /// (a process that only serves, or talks to one peer, runs fewer),
+    /// counted in `count`.
+    pub fn new(loops: usize, status_timeout: Duration, count: ThreadCount) -> ClientLoops {
         ClientLoops {
             slots: (0..loops.max(1)).map(|_| OnceLock::new()).collect(),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Some(Vec::new())),
+            count,
             sweep_every: (status_timeout / 20)
                 .clamp(Duration::from_millis(5), Duration::from_millis(500)),
             next_loop: AtomicUsize::new(0),
@@ -179,13 +184,11 @@ impl ClientLoops {
         };
         // Published before the thread runs: its connect adopts into it.
         let _ = self.slots[i].set(slot.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("te-tcp-client-{i}"))
-            .spawn(move || {
-                connect(i);
-                l.slot.connecting.store(false, Ordering::Release);
-                l.run()
-            });
+        let spawned = self.count.spawn(format!("te-tcp-client-{i}"), move || {
+            connect(i);
+            l.slot.connecting.store(false, Ordering::Release);
+            l.run()
+        });
         match spawned {
             Ok(h) => threads.push(h),
             Err(e) => {

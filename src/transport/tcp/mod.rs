@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::metadata::descriptor::{BufferDesc, SegmentDesc};
+use crate::threads::ThreadCount;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
 use client::TcpClient;
 use config::TcpConfig;
@@ -40,6 +41,8 @@ pub struct TcpTransport {
     regions: Arc<Regions>,
     server: DataServer,
     client: TcpClient,
+    /// The data server's loops, the client's loops and connecting threads.
+    threads: ThreadCount,
 }
 
 impl TcpTransport {
@@ -52,13 +55,15 @@ impl TcpTransport {
     pub fn install_with_config(ctx: TransportContext, cfg: TcpConfig) -> Result<Arc<TcpTransport>> {
         let listener = crate::net::bind_in_rpc_range()?;
         let regions = Arc::new(Regions::default());
-        let server = DataServer::start(listener, regions.clone(), cfg.clone())?;
-        let client = TcpClient::new(cfg, ctx.metadata.clone());
+        let threads = ctx.threads.child();
+        let server = DataServer::start(listener, regions.clone(), cfg.clone(), threads.clone())?;
+        let client = TcpClient::new(cfg, ctx.metadata.clone(), threads.clone());
         Ok(Arc::new(TcpTransport {
             ctx,
             regions,
             server,
             client,
+            threads,
         }))
     }
 
@@ -82,6 +87,13 @@ impl TcpTransport {
     /// `lane_idle` has none).
     pub fn client_connections(&self) -> usize {
         self.client.connections()
+    }
+
+    /// Threads this transport has running: the data server's loops, the
+    /// client's loops and connecting threads. Does not grow with peers or
+    /// connections.
+    pub fn threads(&self) -> usize {
+        self.threads.running()
     }
 
     /// Client threads: the event loops plus connects under way. Does not

@@ -32,6 +32,7 @@ use super::regions::Regions;
 use super::server_conn::{Drive, Phase, ServeConn};
 use crate::error::{Error, Result};
 use crate::serving::{accept_ready, AcceptGate, Admission, AdmissionLimits, RateLimited, Ticket};
+use crate::threads::ThreadCount;
 
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -50,6 +51,8 @@ struct Shared {
     reclaimed: AtomicUsize,
     /// Running loops; `None` once shut down (no loop starts after that).
     threads: Mutex<Option<Vec<JoinHandle<()>>>>,
+    /// The transport's count, which holds each loop.
+    count: ThreadCount,
 }
 
 pub struct DataServer {
@@ -67,8 +70,14 @@ fn sock_err(what: &str, e: io::Error) -> Error {
 }
 
 impl DataServer {
-    /// Serve requests arriving on `listener` (already bound) against `regions`.
-    pub fn start(listener: TcpListener, regions: Arc<Regions>, cfg: TcpConfig) -> Result<Self> {
+    /// Serve requests arriving on `listener` (already bound) against
+    /// `regions`; the loops are counted in `count` (the transport's).
+    pub fn start(
+        listener: TcpListener,
+        regions: Arc<Regions>,
+        cfg: TcpConfig,
+        count: ThreadCount,
+    ) -> Result<Self> {
         let port = listener
             .local_addr()
             .map_err(|e| sock_err("listener address", e))?
@@ -105,6 +114,7 @@ impl DataServer {
             wakers,
             reclaimed: AtomicUsize::new(0),
             threads: Mutex::new(Some(Vec::new())),
+            count,
         });
         let mut polls = polls.into_iter();
         let first = polls.next().expect("at least one loop");
@@ -166,13 +176,11 @@ fn spawn_loop(
     others: Vec<Other>,
 ) -> io::Result<JoinHandle<()>> {
     let s = shared.clone();
-    std::thread::Builder::new()
-        .name(format!("te-tcp-serve-{i}"))
-        .spawn(move || {
-            let mut l = EventLoop::new(i, poll, listener, s);
-            l.others = others;
-            l.run()
-        })
+    shared.count.spawn(format!("te-tcp-serve-{i}"), move || {
+        let mut l = EventLoop::new(i, poll, listener, s);
+        l.others = others;
+        l.run()
+    })
 }
 
 struct EventLoop {

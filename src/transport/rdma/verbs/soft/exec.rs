@@ -24,9 +24,7 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 const SPIN: Duration = Duration::from_micros(50);
 
 pub(crate) fn start(fabric: Weak<Fabric>) {
-    let spawned = std::thread::Builder::new()
-        .name("te-soft-rdma".into())
-        .spawn(move || run(fabric));
+    let spawned = crate::threads::spawn_process_wide("te-soft-rdma", move || run(fabric));
     if let Err(e) = spawned {
         log::error!("soft RDMA fabric: cannot start the executor thread: {e}");
     }
