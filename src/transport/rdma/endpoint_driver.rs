@@ -96,6 +96,9 @@ pub struct Endpoint {
     /// `liveness::coarse_ms` of the last completion (or of the first post
     /// after idling): the stall watchdog probes the peer when it lags.
     last_progress_ms: std::sync::atomic::AtomicU64,
+    /// `coarse_ms` of the last completion (or first post after idling)
+    /// alone: a probe that finds the peer alive does not move it.
+    last_completion_ms: std::sync::atomic::AtomicU64,
     /// A liveness probe of the peer is running.
     probing: std::sync::atomic::AtomicBool,
     peer_gid_lookup: std::sync::OnceLock<PeerGidLookup>,
@@ -136,6 +139,7 @@ impl Endpoint {
             handshake_failed: std::sync::atomic::AtomicBool::new(false),
             handshake_running: std::sync::atomic::AtomicBool::new(false),
             last_progress_ms: std::sync::atomic::AtomicU64::new(0),
+            last_completion_ms: std::sync::atomic::AtomicU64::new(0),
             probing: std::sync::atomic::AtomicBool::new(false),
             peer_gid_lookup: std::sync::OnceLock::new(),
         })
@@ -444,19 +448,41 @@ impl Endpoint {
         self.outstanding[i].fetch_sub(n as u32, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// Progress was seen at `now_ms` (`liveness::coarse_ms`).
+    /// Progress was seen at `now_ms` (`liveness::coarse_ms`): a
+    /// completion, or a first post after idling.
     pub fn touch(&self, now_ms: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last_progress_ms.store(now_ms, Relaxed);
+        self.last_completion_ms.store(now_ms, Relaxed);
+    }
+
+    /// A probe found the peer alive at `now_ms`: the next probe waits a
+    /// probe period again (`stuck_ms` keeps counting).
+    pub fn probed_alive(&self, now_ms: u64) {
         self.last_progress_ms
             .store(now_ms, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Milliseconds without progress while WRs are in flight (0 when idle).
+    /// Milliseconds without progress or a probe while WRs are in flight (0
+    /// when idle).
     pub fn stalled_ms(&self, now_ms: u64) -> u64 {
         if self.outstanding() == 0 {
             return 0;
         }
         now_ms.saturating_sub(
             self.last_progress_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    /// Milliseconds without a completion while WRs are in flight (0 when
+    /// idle), whatever probes found.
+    pub fn stuck_ms(&self, now_ms: u64) -> u64 {
+        if self.outstanding() == 0 {
+            return 0;
+        }
+        now_ms.saturating_sub(
+            self.last_completion_ms
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
     }

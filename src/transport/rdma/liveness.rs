@@ -5,7 +5,10 @@
 //! an endpoint with WRs in flight makes no progress for
 //! `MC_TE_RS_RDMA_PROBE_MS`, and remembers a peer that refused for
 //! `MC_TE_RS_RDMA_DEAD_HOLD_MS`, so its queued slices fail at once instead of
-//! waiting out re-handshake backoff.
+//! waiting out re-handshake backoff. A peer that answers while an endpoint
+//! still gets no completion for `MC_TE_RS_RDMA_STALL_MS` is alive but its
+//! QP is not (restarted on the same address, endpoint replaced): that
+//! endpoint is retired and its slices go on through a fresh handshake.
 
 use std::collections::HashMap;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -61,6 +64,9 @@ pub struct PeerLiveness {
     marked: AtomicUsize,
     /// No progress this long with WRs in flight: probe the peer.
     pub probe_after: Duration,
+    /// No completion this long with WRs in flight: retire the endpoint,
+    /// whatever probes say.
+    pub stall_after: Duration,
     /// A gone peer's slices fail at once for this long; then a handshake is
     /// tried again (a restarted peer is found).
     pub hold: Duration,
@@ -68,22 +74,30 @@ pub struct PeerLiveness {
 }
 
 impl PeerLiveness {
-    pub fn new(probe_after: Duration, hold: Duration, connect_timeout: Duration) -> Self {
+    pub fn new(
+        probe_after: Duration,
+        stall_after: Duration,
+        hold: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
         PeerLiveness {
             dead: Mutex::new(HashMap::new()),
             marked: AtomicUsize::new(0),
             probe_after,
+            stall_after,
             hold,
             connect_timeout,
         }
     }
 
-    /// `MC_TE_RS_RDMA_PROBE_MS` (1000), `MC_TE_RS_RDMA_DEAD_HOLD_MS` (2000),
+    /// `MC_TE_RS_RDMA_PROBE_MS` (1000), `MC_TE_RS_RDMA_STALL_MS` (8000),
+    /// `MC_TE_RS_RDMA_DEAD_HOLD_MS` (2000),
     /// connect timeout `MC_HANDSHAKE_CONNECT_TIMEOUT` (upstream's, 5 s).
     pub fn from_env() -> Self {
         let ms = |name, d, lo, hi| Duration::from_millis(env_u64(name, d, lo, hi));
         PeerLiveness::new(
             ms("MC_TE_RS_RDMA_PROBE_MS", 1000, 10, 3_600_000),
+            ms("MC_TE_RS_RDMA_STALL_MS", 8000, 10, 3_600_000),
             ms("MC_TE_RS_RDMA_DEAD_HOLD_MS", 2000, 0, 3_600_000),
             crate::config::env_secs("MC_HANDSHAKE_CONNECT_TIMEOUT", 5, 1, 3599),
         )
@@ -134,6 +148,7 @@ mod tests {
     fn dead_mark_holds_then_expires() {
         let l = PeerLiveness::new(
             Duration::from_millis(10),
+            Duration::from_secs(8),
             Duration::from_millis(50),
             Duration::from_secs(1),
         );

@@ -226,6 +226,30 @@ fn wr_failed(
 pub fn watch_stalled(sh: &Shared, cw: &Arc<ContextWorkers>) {
     let now_ms = super::liveness::coarse_ms();
     let limit = sh.liveness.probe_after.as_millis() as u64;
+    let stuck_limit = sh.liveness.stall_after.as_millis() as u64;
+    let stuck: Vec<(String, Arc<Endpoint>)> = cw
+        .ctx
+        .endpoints
+        .lock()
+        .iter()
+        .filter(|(_, ep)| ep.stuck_ms(now_ms) >= stuck_limit)
+        .map(|(p, ep)| (p.clone(), ep.clone()))
+        .collect();
+    for (path, ep) in stuck {
+        // A live peer whose QP is gone (restarted on the same address, or
+        // its endpoint replaced) answers probes while our WRs go nowhere,
+        // and rxe retransmits to it forever: start over on a fresh
+        // endpoint. Its WRs flush and are sent again.
+        sh.counters.stalls.fetch_add(1, Ordering::Relaxed);
+        crate::warn_limited!(
+            "RDMA endpoint {} -> {path}: no completion for {} ms with WRs in flight (MC_TE_RS_RDMA_STALL_MS); retired, its slices go on through a fresh handshake",
+            cw.ctx.name,
+            ep.stuck_ms(now_ms)
+        );
+        ep.retire("no completion within MC_TE_RS_RDMA_STALL_MS");
+        cw.ctx.forget_endpoint(&path, &ep);
+        cw.wake_all();
+    }
     let stalled: Vec<(String, Arc<Endpoint>)> = cw
         .ctx
         .endpoints
@@ -248,7 +272,7 @@ pub fn watch_stalled(sh: &Shared, cw: &Arc<ContextWorkers>) {
             if let Some(sh) = me.upgrade() {
                 let timeout = sh.liveness.connect_timeout;
                 match super::liveness::probe(&sh.tctx.metadata, &server, timeout) {
-                    super::liveness::Probe::Alive => ep.touch(super::liveness::coarse_ms()),
+                    super::liveness::Probe::Alive => ep.probed_alive(super::liveness::coarse_ms()),
                     super::liveness::Probe::Gone(why) => {
                         sh.counters.peers_gone.fetch_add(1, Ordering::Relaxed);
                         sh.liveness.mark_dead(&server, &why, Instant::now());

@@ -126,6 +126,9 @@ pub struct Counters {
     /// Error completions for requests the peer refused (remote access,
     /// invalid request): failed at once, no rail paused.
     pub request_errors: AtomicU64,
+    /// Endpoints retired after no completion for `MC_TE_RS_RDMA_STALL_MS`
+    /// with WRs in flight.
+    pub stalls: AtomicU64,
     /// Flush completions.
     pub flushed: AtomicU64,
     /// Slices sent again, free of their retry budget, because their QP
@@ -163,6 +166,7 @@ impl Counters {
             "retries": g(&self.retries),
             "error_completions": g(&self.error_completions),
             "request_errors": g(&self.request_errors),
+            "stalls": g(&self.stalls),
             "flushed": g(&self.flushed),
             "resent": g(&self.resent),
             "qp_deaths": g(&self.qp_deaths),
