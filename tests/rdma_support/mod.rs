@@ -12,7 +12,7 @@ use transfer_engine::{
 /// Soft devices every RDMA test binary may use; faults are injected per
 /// device, so tests that inject faults use their own names.
 pub const DEVICES: &str =
-    "soft0,soft1,bad0,good0,dn0,dn1,ack0,ack1,race0,race1,load0,load1,sig0,sig1,sre0,sre1,sre2,sre3,sre4,sre5,stl0,stl1,stl2,fl0,fl1";
+    "soft0,soft1,bad0,good0,dn0,dn1,ack0,ack1,race0,race1,load0,load1,sig0,sig1,sre0,sre1,sre2,sre3,sre4,sre5,stl0,stl1,stl2,fl0,fl1,ch0,ch1";
 
 static ENV: Once = Once::new();
 
@@ -174,6 +174,151 @@ impl DeadAndGood {
             good_dst,
             sd,
             sg,
+        }
+    }
+}
+
+/// A verified WRITE/READ workload on its own thread: batches of `batch`
+/// blocks of `block` bytes between `local` (registered on the initiator)
+/// and `remote` (on the peer, segment `seg`), alternating WRITE and READ,
+/// each with a fresh pattern, every byte checked after every batch. Stops
+/// at the first task that is not COMPLETED or the first wrong byte.
+pub struct VerifiedWorkload {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    batches: Arc<std::sync::atomic::AtomicU64>,
+    done_at: Arc<std::sync::Mutex<Vec<Instant>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl VerifiedWorkload {
+    /// `local` and `remote` must outlive the workload (`finish` joins it)
+    /// and must not be touched by anyone else meanwhile.
+    pub fn start(
+        e: Arc<TransferEngine>,
+        seg: SegmentId,
+        local: &Buf,
+        remote: &Buf,
+        block: usize,
+        batch: usize,
+    ) -> VerifiedWorkload {
+        use std::sync::atomic::Ordering;
+        let size = block * batch;
+        assert!(local.len() >= size && remote.len() >= size);
+        let (local_addr, remote_addr) = (local.addr(), remote.addr());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let batches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let done_at = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, b, d) = (stop.clone(), batches.clone(), done_at.clone());
+        let thread = std::thread::spawn(move || -> Result<(), String> {
+            // SAFETY: the caller keeps both buffers alive until `finish`
+            // joined this thread, and leaves them to it; no transfer runs
+            // on them while this thread reads or writes them (it fills
+            // them before a batch and checks them after).
+            let local = unsafe { std::slice::from_raw_parts_mut(local_addr as *mut u8, size) };
+            // SAFETY: as above.
+            let remote = unsafe { std::slice::from_raw_parts_mut(remote_addr as *mut u8, size) };
+            let mut round = 0u64;
+            while !s.load(Ordering::Acquire) {
+                round += 1;
+                let want = pattern((round % 251) as u8, size);
+                let op = if round % 2 == 0 {
+                    Opcode::Write
+                } else {
+                    Opcode::Read
+                };
+                match op {
+                    Opcode::Write => local.copy_from_slice(&want),
+                    Opcode::Read => remote.copy_from_slice(&want),
+                }
+                let reqs: Vec<_> = (0..batch)
+                    .map(|i| {
+                        let off = (i * block) as u64;
+                        req(op, local_addr + off, seg, remote_addr + off, block as u64)
+                    })
+                    .collect();
+                let st = run_batch(&e, &reqs, Duration::from_secs(60));
+                if let Some(i) = st.iter().position(|s| s.status != TaskStatus::Completed) {
+                    return Err(format!("round {round} {op:?}: task {i} {:?}", st[i].status));
+                }
+                let landed = match op {
+                    Opcode::Write => &*remote,
+                    Opcode::Read => &*local,
+                };
+                if let Some(i) = (0..batch).find(|&i| {
+                    landed[i * block..(i + 1) * block] != want[i * block..(i + 1) * block]
+                }) {
+                    return Err(format!(
+                        "round {round} {op:?}: task {i} COMPLETED with wrong bytes"
+                    ));
+                }
+                d.lock().unwrap().push(Instant::now());
+                b.fetch_add(1, Ordering::Release);
+            }
+            Ok(())
+        });
+        VerifiedWorkload {
+            stop,
+            batches,
+            done_at,
+            thread: Some(thread),
+        }
+    }
+
+    /// Batches verified so far.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Wait (bounded) until `n` more batches were verified; false if the
+    /// workload stopped (a failure: see `finish`) or made no progress.
+    pub fn wait_batches(&self, n: u64, timeout: Duration) -> bool {
+        let target = self.batches() + n;
+        wait_until(timeout, || {
+            self.batches() >= target || self.thread.as_ref().is_none_or(|t| t.is_finished())
+        }) && self.batches() >= target
+    }
+
+    /// Why the workload stopped (joins it when it has), or that it is
+    /// still running.
+    pub fn why(&mut self) -> String {
+        match self.thread.take() {
+            Some(t) if t.is_finished() => match t.join() {
+                Ok(Ok(())) => "stopped".into(),
+                Ok(Err(e)) => e,
+                Err(_) => "workload thread panicked".into(),
+            },
+            t => {
+                self.thread = t;
+                "still running, no progress".into()
+            }
+        }
+    }
+
+    /// When the first batch after `t` was verified.
+    pub fn first_done_after(&self, t: Instant) -> Option<Instant> {
+        self.done_at
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .find(|d| *d > t)
+    }
+
+    /// Stop and join: the first failure, if any.
+    pub fn finish(mut self) -> Result<u64, String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let r = self.thread.take().expect("joined once").join();
+        r.map_err(|_| "workload thread panicked".to_string())??;
+        Ok(self.batches())
+    }
+}
+
+impl Drop for VerifiedWorkload {
+    fn drop(&mut self) {
+        // Never leave the thread running on buffers about to be freed.
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }
