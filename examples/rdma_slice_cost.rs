@@ -1,6 +1,6 @@
 //! Software CPU cost per RDMA slice on the soft fabric: CPU time of the RDMA
 //! transport's own threads (posting and polling workers, `te-rdma-*`) plus
-//! the submitting thread's time inside `submit_transfer`, per 4 KiB WRITE
+//! the submitting thread's time inside `submit_transfer`, per 4 KiB WRITE (or READ)
 //! slice. Excluded: the soft fabric's executor thread (`te-soft-rdma`, the
 //! "NIC": it copies the bytes and generates completions), and the CPU a post
 //! spends waking that thread when it sleeps (`soft::doorbell_wakes`: a NIC's
@@ -10,10 +10,14 @@
 //! so waiting is not counted), and whole-process CPU for reference.
 //!
 //! Then the completion latency of one-at-a-time transfers: one `block`-byte
-//! WRITE submitted, its status polled until COMPLETED, the next one after
+//! WRITE (or READ) submitted, its status polled until COMPLETED, the next one after
 //! it; p50/p99 of submit → completion seen.
 //!
-//! `MC_RDMA_PROVIDER=soft cargo run --release --example rdma_slice_cost [slices] [block] [latency_samples]`
+//! `MC_RDMA_PROVIDER=soft cargo run --release --example rdma_slice_cost [slices] [block] [latency_samples] [write|read]`
+//!
+//! READ chains carry a confirming zero-length WRITE on the soft fabric
+//! (`MC_TE_RS_CONFIRM_READS`, auto: on for software RoCE); compare with
+//! `MC_TE_RS_CONFIRM_READS=0` for its cost.
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +82,10 @@ fn main() {
     let slices: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(200_000);
     let block: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(4096);
     let batch = 256u64;
+    let opcode = match args.get(4).map(String::as_str) {
+        Some("read") => Opcode::Read,
+        _ => Opcode::Write,
+    };
     let m = r#"{"cpu:0":[["soft0"],[]],"*":[["soft0"],[]]}"#;
     let mk = || {
         let e = TransferEngine::new("P2PHANDSHAKE", "127.0.0.1", false).expect("engine");
@@ -95,7 +103,7 @@ fn main() {
     let seg = a.open_segment(&b.local_server_name()).unwrap();
     let reqs: Vec<TransferRequest> = (0..batch)
         .map(|i| TransferRequest {
-            opcode: Opcode::Write,
+            opcode,
             source: src.as_ptr() as u64 + i * block,
             target_id: seg,
             target_offset: dst.as_ptr() as u64 + i * block,
@@ -188,7 +196,7 @@ fn main() {
     lat.sort();
     let pct = |p: usize| lat[(lat.len() - 1) * p / 100].as_secs_f64() * 1e6;
     println!(
-        "one-at-a-time {block} B WRITE, submit -> completion seen ({samples} samples): p50 {:.1} us, p90 {:.1} us, p99 {:.1} us",
+        "one-at-a-time {block} B {opcode:?}, submit -> completion seen ({samples} samples): p50 {:.1} us, p90 {:.1} us, p99 {:.1} us",
         pct(50),
         pct(90),
         pct(99)
