@@ -75,6 +75,7 @@ impl RailState {
             Some(until) if now < until => false,
             Some(_) => {
                 self.rails.remove(path);
+                log::info!("rail {path}: pause over, in use again");
                 true
             }
             None => true,
