@@ -101,6 +101,31 @@ fn slices_before_a_failed_wr_of_their_chain_complete() {
         "remote bytes differ"
     );
     assert!(counter(&a, "error_completions") >= 1);
+    // The peer refused that one request (its buffer is gone): it failed
+    // at once, and the rail, which serves every other request well, was
+    // not paused (the only rail: a pause would fail the next transfers).
+    assert_eq!(counter(&a, "request_errors"), 1, "{}", links(&a));
+    assert_eq!(counter(&a, "retries"), 0, "{}", links(&a));
+    assert!(
+        links(&a)["paused_rails"].as_array().unwrap().is_empty(),
+        "{}",
+        links(&a)
+    );
+    for round in 0..6 {
+        let st = run_batch(&a, &writes(&src, seg, &good, n, len), T);
+        assert!(
+            st.iter().all(|s| s.status == TaskStatus::Completed),
+            "round {round}: {st:?}"
+        );
+        // The same stale request again: refused again, nothing else hurt.
+        let st = run_batch(&a, &reqs[n - 1..], T);
+        assert_eq!(st[0].status, TaskStatus::Failed);
+    }
+    assert!(
+        links(&a)["paused_rails"].as_array().unwrap().is_empty(),
+        "{}",
+        links(&a)
+    );
     a.shutdown();
     b.shutdown();
 }
