@@ -185,6 +185,7 @@ fn transfers_after_the_server_closed_idle_connections_complete() {
     let client = transport(TcpConfig::default());
     let tgt = target(server.data_port(), 2);
     rounds_after_idle_closes(&server, &client, &tgt);
+    eprintln!("re-sent requests: {}", client.resent_requests());
     client.shutdown();
     server.shutdown();
 }
@@ -260,6 +261,12 @@ fn requests_sent_before_the_servers_close_arrived_are_resent() {
     let relay = slow_fin_relay(server.data_port(), Duration::from_millis(300));
     let tgt = target(relay, 2);
     rounds_after_idle_closes(&server, &client, &tgt);
+    // Each round after the first met a dead pooled connection.
+    assert!(
+        client.resent_requests() >= ROUNDS - 1,
+        "re-sent {} requests in {ROUNDS} rounds",
+        client.resent_requests()
+    );
     client.shutdown();
     server.shutdown();
 }
