@@ -46,6 +46,11 @@ impl RateLimited {
         self.log(log::Level::Warn, msg);
     }
 
+    /// Log `msg` at info level unless rate-limited.
+    pub fn info(&self, msg: std::fmt::Arguments<'_>) {
+        self.log(log::Level::Info, msg);
+    }
+
     /// Log `msg` at error level unless rate-limited.
     pub fn error(&self, msg: std::fmt::Arguments<'_>) {
         self.log(log::Level::Error, msg);

@@ -31,6 +31,8 @@ pub struct ClientShared {
     pub stop: AtomicBool,
     /// Submissions sent on the short path.
     pub short_sends: AtomicU64,
+    /// Requests re-sent because a pooled connection turned out dead.
+    pub resent: AtomicU64,
     pub loops: ClientLoops,
     connectors: Mutex<Vec<JoinHandle<()>>>,
     /// The transport's count, which holds the loops and connecting threads.
@@ -90,6 +92,7 @@ impl TcpClient {
                 metadata,
                 stop: AtomicBool::new(false),
                 short_sends: AtomicU64::new(0),
+                resent: AtomicU64::new(0),
                 connectors: Mutex::new(Vec::new()),
                 count,
             }),
@@ -129,6 +132,7 @@ impl TcpClient {
                 local: req.source,
                 remote: req.target_offset,
                 len: req.length,
+                resends: 0,
             };
             match &mut run {
                 Some((t, _, jobs)) if Arc::ptr_eq(t, s.target) => jobs.push(job),
@@ -183,6 +187,12 @@ impl TcpClient {
     /// Submissions the submitting thread sent itself (diagnostics, tests).
     pub fn short_path_sends(&self) -> u64 {
         self.shared.short_sends.load(Ordering::Relaxed)
+    }
+
+    /// Requests re-sent on a new connection because the one they went out
+    /// on ended before answering (diagnostics, tests).
+    pub fn resent_requests(&self) -> u64 {
+        self.shared.resent.load(Ordering::Relaxed)
     }
 
     /// Open data connections over all peers (diagnostics, tests).

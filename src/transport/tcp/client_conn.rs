@@ -11,6 +11,16 @@
 //! `Fate`: a rejected or broken head request fails, the ones behind it are
 //! retried on another connection, so a bad request never takes innocent
 //! pipelined neighbours down with it.
+//!
+//! A pooled connection may be dead without our knowing yet: the peer
+//! closed it while idle (its idle timeout) or was replaced, and its FIN is
+//! still on the way. A request that goes out on it is not failed for that:
+//! when such a connection ends (EOF or reset) before any byte of an answer
+//! came back, its head request is re-sent on another connection (a bounded
+//! number of times per request), as is a head request none of whose bytes
+//! left. Nothing is re-sent after its task was settled, so a caller never
+//! sees a request fail and then land; and a repeated READ, or WRITE of the
+//! same bytes to the same range, is idempotent.
 
 use std::collections::VecDeque;
 use std::io;
@@ -46,8 +56,12 @@ pub const READ_WINDOW: usize = 2 << 20;
 const DRIVE_BUDGET: usize = 4 << 20;
 /// A connection quiet this long gives its receive buffer back.
 const BUFFER_KEEP: Duration = Duration::from_secs(1);
+/// A connection open this long counts as pooled even if it never carried
+/// a request (the peer may have closed it for want of one).
+const POOLED_AFTER: Duration = Duration::from_secs(1);
 
 static FAIL_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
+static RESEND_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
 
 /// One request's bytes on their way out.
 struct Out {
@@ -91,7 +105,36 @@ struct State {
     last_progress: Instant,
     /// Last time requests were handed to this connection (idle close).
     last_used: Instant,
+    /// A request on it was answered (the connection has been reused since).
+    served: bool,
+    /// What is outstanding went out on a pooled connection that had nothing
+    /// outstanding, and no byte has come back since: if it ends now, the
+    /// peer had most likely closed it before our requests reached it.
+    pooled_burst: bool,
     scratch: Vec<Job>,
+}
+
+impl State {
+    fn new(now: Instant) -> State {
+        State {
+            out: VecDeque::new(),
+            unsent: 0,
+            inflight: VecDeque::new(),
+            unanswered: 0,
+            read_bytes: 0,
+            inb: InBuf::new(INBUF_CAP),
+            status: [0; STATUS_LEN],
+            status_got: 0,
+            body_got: 0,
+            broken: false,
+            rx_drained: false,
+            last_progress: now,
+            last_used: now,
+            served: false,
+            pooled_burst: false,
+            scratch: Vec::new(),
+        }
+    }
 }
 
 /// What happens to a connection's requests when it ends.
@@ -99,10 +142,17 @@ struct State {
 pub enum Fate {
     /// Closed by our side (shutdown, idle): everything in flight fails.
     FailAll,
-    /// The head request failed; those behind it are retried on another
-    /// connection. The server works strictly in order and stops at the
-    /// failure, and a repeated READ/WRITE of the same range is idempotent.
-    RetryBehindHead,
+    /// The peer refused the head request, which fails; those behind it are
+    /// retried on another connection. The server works strictly in order
+    /// and stops at the failure, and a repeated READ/WRITE of the same
+    /// range is idempotent.
+    Rejected,
+    /// The connection broke (I/O error, EOF, a malformed answer). As
+    /// `Rejected`, except that the head request is re-sent instead of
+    /// failed, up to the per-request bound, when none of its bytes left or
+    /// when `stale`: the connection was pooled and ended before anything
+    /// of an answer came back (see the module comment).
+    Broken { stale: bool },
     /// The peer stopped moving bytes: fail in-flight and queued work.
     PeerDead,
 }
@@ -130,10 +180,15 @@ struct Settle {
     failed: Vec<Job>,
     retry: Vec<Job>,
     fail_queue: bool,
+    /// Head requests among `retry` re-sent instead of failed.
+    resent: usize,
 }
 
 impl Settle {
     fn apply(self, peer: &Peer) {
+        if self.resent > 0 {
+            peer.note_resent(self.resent);
+        }
         self.ok.into_iter().for_each(Job::succeed);
         self.failed.into_iter().for_each(Job::fail);
         if !self.retry.is_empty() {
@@ -158,6 +213,11 @@ pub struct ClientConn {
     state: Mutex<State>,
     /// Found the queue empty with room to spare: a push should drive it.
     hungry: AtomicBool,
+    opened: Instant,
+    /// Times one request may be re-sent after a connection it went out on
+    /// broke (`Fate::Broken`): more than the peer's connections, each of
+    /// which may be a stale pooled one.
+    max_resends: u8,
 }
 
 impl ClientConn {
@@ -172,27 +232,14 @@ impl ClientConn {
         ClientConn {
             v2: peer.key.v2,
             depth: peer.cfg.pipeline_depth.max(1),
+            max_resends: peer.cfg.lanes_per_peer.clamp(1, 16) as u8 + 1,
+            opened: now,
             peer,
             stream,
             loop_index,
             token,
             name,
-            state: Mutex::new(State {
-                out: VecDeque::new(),
-                unsent: 0,
-                inflight: VecDeque::new(),
-                unanswered: 0,
-                read_bytes: 0,
-                inb: InBuf::new(INBUF_CAP),
-                status: [0; STATUS_LEN],
-                status_got: 0,
-                body_got: 0,
-                broken: false,
-                rx_drained: false,
-                last_progress: now,
-                last_used: now,
-                scratch: Vec::new(),
-            }),
+            state: Mutex::new(State::new(now)),
             hungry: AtomicBool::new(false),
         }
     }
@@ -298,6 +345,7 @@ impl ClientConn {
             // The stall clock starts when work arrives, not at the last
             // byte of the previous burst.
             g.last_progress = now;
+            g.pooled_burst = g.served || now.saturating_duration_since(self.opened) >= POOLED_AFTER;
         }
         g.last_used = now;
         for j in jobs {
@@ -502,6 +550,7 @@ impl ClientConn {
                 }
                 settle.ok.push(j);
             }
+            st.served = true;
             st.status_got = 0;
             st.body_got = 0;
             answered += 1;
@@ -519,6 +568,9 @@ impl ClientConn {
         match r {
             Ok((n, short)) => {
                 st.last_progress = Instant::now();
+                // The peer answers: whatever ends this connection now, it
+                // was alive when our requests came.
+                st.pooled_burst = false;
                 *budget = budget.saturating_sub(n);
                 st.rx_drained = short;
                 Ok(())
@@ -532,18 +584,15 @@ impl ClientConn {
     }
 
     /// The short path: send from the caller's thread if the connection is
-    /// idle right now (nothing in flight, nobody driving it, not closed by
-    /// the server), else hand the jobs back at once. Saves a loop wake-up;
-    /// the loop reads the answer.
+    /// idle right now (nothing in flight, nobody driving it), else hand the
+    /// jobs back at once. Saves a loop wake-up; the loop reads the answer.
+    /// No syscall checks first whether the server closed it: the loop sees
+    /// that close, and re-sends the requests (`Fate::Broken`).
     pub fn try_send_idle(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
         let Some(mut g) = self.state.try_lock() else {
             return Err(jobs);
         };
         if g.broken || !g.inflight.is_empty() || !g.out.is_empty() || jobs.len() > self.depth {
-            return Err(jobs);
-        }
-        // Idle yet readable: the server closed it (the loop will see).
-        if sock::poll_readable(self.fd(), Duration::ZERO).unwrap_or(true) {
             return Err(jobs);
         }
         self.enqueue(&mut g, jobs.into_iter());
@@ -614,7 +663,7 @@ impl ClientConn {
     }
 
     fn fail_locked(&self, g: &mut State, f: Fail, settle: &mut Settle) {
-        match f {
+        let why = match f {
             Fail::Rejected => {
                 let (op, len) = g
                     .inflight
@@ -625,18 +674,27 @@ impl ClientConn {
                     "tcp: {} rejected {op} of {len} bytes: address range not registered there",
                     self.name
                 ));
+                return self.break_locked(g, Fate::Rejected, settle);
             }
-            Fail::Broken(why) if g.inflight.is_empty() && g.out.is_empty() => {
-                log::debug!("tcp: idle connection to {} ended: {why}", self.name);
-            }
-            Fail::Broken(why) => {
-                FAIL_LOG.warn(format_args!(
-                    "tcp: connection to {} failed: {why}",
-                    self.name
-                ));
-            }
+            Fail::Broken(why) => why,
+        };
+        let idle = g.inflight.is_empty() && g.out.is_empty();
+        let stale = g.pooled_burst;
+        self.break_locked(g, Fate::Broken { stale }, settle);
+        if idle {
+            log::debug!("tcp: idle connection to {} ended: {why}", self.name);
+        } else if settle.resent > 0 {
+            RESEND_LOG.info(format_args!(
+                "tcp: connection to {} ended before answering ({why}; the peer closed it while \
+                 idle, or was replaced); re-sending its requests on a new connection",
+                self.name
+            ));
+        } else {
+            FAIL_LOG.warn(format_args!(
+                "tcp: connection to {} failed: {why}",
+                self.name
+            ));
         }
-        self.break_locked(g, Fate::RetryBehindHead, settle);
     }
 
     /// Mark broken, stop the socket and hand every request to `settle`.
@@ -644,6 +702,7 @@ impl ClientConn {
         g.broken = true;
         self.hungry.store(false, Ordering::SeqCst);
         sock::shutdown_fd(self.fd());
+        let head_left = head_bytes_left(g);
         let mut jobs: Vec<Job> = g.inflight.drain(..).collect();
         jobs.extend(g.out.drain(..).filter_map(|o| o.unanswered));
         g.unsent = 0;
@@ -656,15 +715,46 @@ impl ClientConn {
                 settle.failed.extend(jobs);
                 settle.fail_queue = true;
             }
-            Fate::RetryBehindHead => {
-                // No retry cap needed: every broken connection fails its
-                // head request, so this always makes progress.
+            Fate::Rejected => {
+                // No retry cap needed: the head failed, so this made progress.
                 let mut it = jobs.into_iter();
                 settle.failed.extend(it.next());
                 settle.retry.extend(it);
             }
+            Fate::Broken { stale } => {
+                // Each break either fails the head or spends one of its
+                // bounded re-sends, so this always makes progress.
+                let mut it = jobs.into_iter();
+                if let Some(mut head) = it.next() {
+                    if (stale || !head_left) && head.resends < self.max_resends {
+                        head.resends += 1;
+                        settle.resent += 1;
+                        settle.retry.push(head);
+                    } else {
+                        settle.failed.push(head);
+                    }
+                }
+                settle.retry.extend(it);
+            }
         }
     }
+}
+
+/// Whether any byte of the head request (the first one `break_locked`
+/// settles: the front of `inflight`, else of `out`) was handed to the
+/// socket. Only looked at when a connection ends.
+fn head_bytes_left(g: &State) -> bool {
+    if g.inflight.is_empty() {
+        // Only unanswered (v1) WRITEs wait in `out`.
+        return g.out.front().is_some_and(|o| o.sent > 0);
+    }
+    // The answered requests still in `out` are the tail of `inflight`: if
+    // fewer than all, the head was sent whole.
+    let mut queued = g.out.iter().filter(|o| o.unanswered.is_none());
+    if queued.clone().count() < g.inflight.len() {
+        return true;
+    }
+    queued.next().is_some_and(|o| o.sent > 0)
 }
 
 fn check_status(b: &[u8; STATUS_LEN]) -> Result<(), Fail> {
@@ -676,5 +766,63 @@ fn check_status(b: &[u8; STATUS_LEN]) -> Result<(), Fail> {
             "malformed status frame {:016x}",
             u64::from_le_bytes(*b)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Opcode, Task, TransferRequest};
+
+    fn job(write: bool) -> Job {
+        let task = Arc::new(Task::new(TransferRequest {
+            opcode: if write { Opcode::Write } else { Opcode::Read },
+            source: 0,
+            target_id: 1,
+            target_offset: 0,
+            length: 64,
+        }));
+        task.set_slices(1);
+        Job {
+            task,
+            write,
+            local: 0,
+            remote: 0,
+            len: 64,
+            resends: 0,
+        }
+    }
+
+    fn out(sent: usize, unanswered: Option<Job>) -> Out {
+        Out {
+            header: [0; HEADER_LEN],
+            body_addr: 0,
+            body_len: 64,
+            sent,
+            unanswered,
+        }
+    }
+
+    #[test]
+    fn head_bytes_left_follows_the_head_request() {
+        let mut g = State::new(Instant::now());
+        assert!(!head_bytes_left(&g), "nothing at all");
+        // v2: two requests in flight, both still wholly in `out`.
+        g.inflight.extend([job(true), job(false)]);
+        g.out.extend([out(0, None), out(0, None)]);
+        assert!(!head_bytes_left(&g), "no byte of the head left");
+        g.out[0].sent = 3;
+        assert!(head_bytes_left(&g), "part of the head left");
+        // The head sent whole: only the second is still in `out`.
+        g.out.pop_front();
+        g.out[0].sent = 0;
+        assert!(head_bytes_left(&g), "head sent, its answer pending");
+        // v1 WRITEs only: the head is the front of `out`.
+        let mut g = State::new(Instant::now());
+        g.out
+            .extend([out(0, Some(job(true))), out(0, Some(job(true)))]);
+        assert!(!head_bytes_left(&g));
+        g.out[0].sent = 1;
+        assert!(head_bytes_left(&g));
     }
 }

@@ -83,6 +83,13 @@ impl TcpTransport {
         self.client.short_path_sends()
     }
 
+    /// Requests re-sent on a new connection because a pooled one turned
+    /// out closed by the peer (idle timeout, replaced peer) before it
+    /// answered them.
+    pub fn resent_requests(&self) -> u64 {
+        self.client.resent_requests()
+    }
+
     /// Open client data connections over all peers (a peer idle for
     /// `lane_idle` has none).
     pub fn client_connections(&self) -> usize {
@@ -155,6 +162,7 @@ impl Transport for TcpTransport {
             "client_connections": self.client.connections(),
             "client_threads": self.client.threads(),
             "short_path_sends": self.client.short_path_sends(),
+            "resent_requests": self.client.resent_requests(),
         })
     }
 

@@ -215,6 +215,11 @@ impl Peer {
         }
     }
 
+    /// Requests re-sent after the connection they went out on broke.
+    pub fn note_resent(&self, n: usize) {
+        self.client.resent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// A connection on the short path broke: have its loop close it.
     pub fn conn_broke(&self, loop_index: usize, token: usize) {
         self.client.drive(loop_index, token);

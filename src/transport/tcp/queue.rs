@@ -16,6 +16,9 @@ pub struct Job {
     /// Absolute address in the peer's memory.
     pub remote: u64,
     pub len: u64,
+    /// Times it was re-sent because the connection it went out on turned
+    /// out dead (see `client_conn::Fate::Broken`); bounded per job.
+    pub resends: u8,
 }
 
 impl Job {
@@ -130,6 +133,7 @@ mod tests {
                 local: 0,
                 remote: 0,
                 len,
+                resends: 0,
             },
             task,
         )

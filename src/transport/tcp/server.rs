@@ -157,6 +157,12 @@ impl DataServer {
         for h in threads {
             let _ = h.join();
         }
+        // Connections loop 0 dealt to a loop that stopped before taking
+        // them: close them now (only loop 0 deals, and it has ended), or
+        // their peers would wait for answers until their status timeout.
+        for inbox in &self.shared.inboxes {
+            inbox.lock().clear();
+        }
         log::info!("tcp data server on port {} stopped", self.port);
     }
 }

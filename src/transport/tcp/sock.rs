@@ -107,28 +107,6 @@ pub unsafe fn recv_nb(fd: RawFd, spans: &[IoSpan]) -> io::Result<usize> {
     }
 }
 
-/// Wait up to `timeout` for `fd` to become readable (data, EOF or error).
-pub fn poll_readable(fd: RawFd, timeout: Duration) -> io::Result<bool> {
-    let mut p = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    loop {
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut p, 1, ms) };
-        if n < 0 {
-            let e = last_err();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        return Ok(n > 0);
-    }
-}
-
 /// Wake every thread blocked on `fd` (recv returns 0, send fails); the fd
 /// itself stays open until its owner drops it.
 pub fn shutdown_fd(fd: RawFd) {
