@@ -363,7 +363,7 @@ fn process_peer(
                     }
                 } else {
                     for s in slices {
-                        sh.fail_slice(s);
+                        sh.give_up(s, "handshakes to the peer NIC capped");
                     }
                 }
                 Step::Progress
