@@ -57,6 +57,12 @@ impl Fallback {
         *self.carrier.write() = c;
     }
 
+    /// Slices with no RDMA path left have somewhere to go (both
+    /// transports installed, the failover on).
+    pub fn has_carrier(&self) -> bool {
+        self.carrier.read().is_some()
+    }
+
     fn carrier(&self) -> Option<Arc<dyn SliceCarrier>> {
         self.carrier.read().clone()
     }
@@ -109,9 +115,23 @@ impl Shared {
     /// RDMA has no path left for `s` (none of its WRs is in flight): send
     /// it over TCP if both sides allow, else fail it.
     pub fn give_up(&self, s: Slice, why: &str) {
+        if let Some(s) = self.try_carry(s, why) {
+            self.fail_slice(s);
+        }
+    }
+
+    /// `give_up` for a slice that could also go on waiting for RDMA: it
+    /// goes over TCP if both sides allow, else it comes back.
+    pub fn try_carry(&self, s: Slice, why: &str) -> Option<Slice> {
+        if !self.fallback.has_carrier() {
+            return Some(s);
+        }
         let Some(desc) = self.tctx.metadata.segment_desc(s.target_id) else {
-            return self.fail_slice(s);
+            return Some(s);
         };
+        if offers_tcp(&desc, s.dest, s.length).is_none() {
+            return Some(s);
+        }
         let target = s.target_id;
         let slice = CarriedSlice {
             task: s.task,
@@ -121,6 +141,7 @@ impl Shared {
             length: s.length,
         };
         self.carry_or_fail(target, &desc, slice, why);
+        None
     }
 
     /// `give_up` for a piece that never became a slice (no first route).
