@@ -53,6 +53,9 @@ pub struct TransferEngine {
     /// `MC_SLICE_TIMEOUT` (seconds): WAITING older than this reads TIMEOUT.
     slice_timeout: Option<Duration>,
     destroyed: AtomicBool,
+    /// `MC_TE_RS_TCP_FALLBACK` (default on): with rdma and tcp installed,
+    /// RDMA slices with no path left go over TCP to peers that offer it.
+    tcp_fallback: bool,
     /// `MC_TE_METRIC`: the per-interval report.
     metrics: Option<crate::metrics::Reporter>,
     /// Every thread of this engine: its metadata's, its transports', the
@@ -115,6 +118,7 @@ impl TransferEngine {
                 _ => None,
             },
             destroyed: AtomicBool::new(false),
+            tcp_fallback: tcp_fallback_enabled(),
             metrics: crate::metrics::Reporter::from_env(&threads),
             threads,
         });
@@ -223,6 +227,7 @@ impl TransferEngine {
             }
         };
         self.transports.write().push(t.clone());
+        self.wire_fallback();
         let handler_target = t.clone();
         self.metadata
             .set_connection_handler(Some(Arc::new(move |req| handler_target.on_connection(req))));
@@ -240,6 +245,37 @@ impl TransferEngine {
             buffers.len()
         );
         Ok(())
+    }
+
+    /// With rdma and tcp both installed (either order) and
+    /// `MC_TE_RS_TCP_FALLBACK` on, the tcp transport carries the RDMA
+    /// slices that have no RDMA path left.
+    fn wire_fallback(&self) {
+        if !self.tcp_fallback {
+            return;
+        }
+        let (Some(rdma), Some(tcp)) = (
+            self.transport_by_protocol("rdma"),
+            self.transport_by_protocol("tcp"),
+        ) else {
+            return;
+        };
+        if let Some(carrier) = tcp.carrier() {
+            rdma.set_fallback(Some(carrier));
+            log::info!("RDMA slices with no path left will go over TCP (MC_TE_RS_TCP_FALLBACK)");
+        }
+    }
+
+    /// The TCP data port to advertise in an `rdma` descriptor as
+    /// `tcp_fallback_port`: only with both transports installed and the
+    /// failover on, so descriptors of single-transport engines keep their
+    /// exact bytes.
+    fn fallback_port(&self) -> Option<u16> {
+        if !self.tcp_fallback || self.transport_by_protocol("rdma").is_none() {
+            return None;
+        }
+        let port = self.transport_by_protocol("tcp")?.carrier()?.data_port();
+        (port != 0).then_some(port)
     }
 
     /// `uninstallTransport`: a no-op upstream; kept so.
@@ -261,6 +297,9 @@ impl TransferEngine {
             ..Default::default()
         };
         primary.describe(&mut desc, &buffers);
+        if desc.protocol == "rdma" {
+            desc.tcp_fallback_port = self.fallback_port();
+        }
         self.metadata.set_local_desc(desc)
     }
 
@@ -676,6 +715,16 @@ impl TransferEngine {
     pub fn is_destroyed(&self) -> bool {
         self.destroyed.load(Ordering::Acquire)
     }
+}
+
+/// `MC_TE_RS_TCP_FALLBACK`: on unless `0`, `false`, `no` or `off`.
+fn tcp_fallback_enabled() -> bool {
+    !matches!(
+        env_str("MC_TE_RS_TCP_FALLBACK")
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref(),
+        Some("0" | "false" | "no" | "off")
+    )
 }
 
 impl Drop for TransferEngine {

@@ -65,6 +65,12 @@ pub struct SegmentDesc {
     pub rdma_server_name: Option<String>,
     #[serde(default)]
     pub tcp_data_port: u16,
+    /// te-rs only: the TCP data port of an `rdma` segment whose owner also
+    /// runs the tcp transport and lets peers move slices over it when no
+    /// RDMA path is left (`MC_TE_RS_TCP_FALLBACK`). Written only then; the
+    /// C++ engine reads the keys it knows and ignores this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_fallback_port: Option<u16>,
     #[serde(default = "default_proto_version")]
     pub tcp_proto_version: u32,
     #[serde(default)]
@@ -257,6 +263,21 @@ mod tests {
         assert_eq!(lens, [1048576, 65536, 4096]);
         assert!(desc.buffers.iter().all(|b| b.name == desc.name));
         assert!(desc.buffers[0].addr > desc.buffers[1].addr);
+    }
+
+    #[test]
+    fn tcp_fallback_port_is_written_only_when_set_and_keeps_key_order() {
+        let mut desc: SegmentDesc =
+            serde_json::from_str(vector!("tcp_segment_1_buffer.http.json")).unwrap();
+        assert_eq!(desc.tcp_fallback_port, None);
+        assert!(!to_compact(&desc).contains("tcp_fallback_port"));
+        desc.tcp_fallback_port = Some(15123);
+        let text = to_compact(&desc);
+        let at = |k: &str| text.find(&format!("\"{k}\"")).unwrap();
+        assert!(at("tcp_data_port") < at("tcp_fallback_port"));
+        assert!(at("tcp_fallback_port") < at("tcp_proto_version"));
+        let back: SegmentDesc = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.tcp_fallback_port, Some(15123));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::handshake::HandShakeDesc;
 use crate::metadata::Metadata;
-use crate::task::{Task, TransferRequest};
+use crate::task::{Opcode, Task, TransferRequest};
 use crate::threads::ThreadCount;
 
 /// A region the owner registered, as the engine records it.
@@ -46,6 +46,29 @@ pub struct Submission<'a> {
     pub request: TransferRequest,
     pub task: Arc<Task>,
     pub target: &'a Arc<SegmentDesc>,
+}
+
+/// A piece of a task another transport could not move, handed to a
+/// carrier (RDMA → TCP failover). Its task already counts it as a slice;
+/// the carrier ends it exactly once (`slice_succeeded` / `slice_failed`).
+pub struct CarriedSlice {
+    pub task: Arc<Task>,
+    pub opcode: Opcode,
+    /// Local address.
+    pub source: u64,
+    /// Absolute address in the peer's memory.
+    pub dest: u64,
+    pub length: u64,
+}
+
+/// A transport that can move other transports' slices to a peer (TCP).
+pub trait SliceCarrier: Send + Sync {
+    /// The port peers reach it on (advertised as `tcp_fallback_port`).
+    fn data_port(&self) -> u16;
+
+    /// Move `slices` to segment `peer`, whose carrier listens on `port`.
+    /// Never blocks on the network; failures end slices as failed.
+    fn carry(&self, peer: &str, port: u16, slices: Vec<CarriedSlice>);
 }
 
 pub trait Transport: Send + Sync {
@@ -86,6 +109,15 @@ pub trait Transport: Send + Sync {
     fn links(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+
+    /// This transport as a carrier of other transports' slices, if it is one.
+    fn carrier(self: Arc<Self>) -> Option<Arc<dyn SliceCarrier>> {
+        None
+    }
+
+    /// A carrier for the slices this transport has no path for (`None`:
+    /// they fail, as without one). Transports without failover ignore it.
+    fn set_fallback(&self, _carrier: Option<Arc<dyn SliceCarrier>>) {}
 
     /// Stop threads and close sockets; called once by the engine on destroy.
     fn shutdown(&self);

@@ -12,7 +12,7 @@ use transfer_engine::{
 /// Soft devices every RDMA test binary may use; faults are injected per
 /// device, so tests that inject faults use their own names.
 pub const DEVICES: &str =
-    "soft0,soft1,bad0,good0,dn0,dn1,ack0,ack1,race0,race1,load0,load1,sig0,sig1,sre0,sre1,sre2,sre3,sre4,sre5,stl0,stl1,stl2,fl0,fl1,ch0,ch1";
+    "soft0,soft1,bad0,good0,dn0,dn1,ack0,ack1,race0,race1,load0,load1,sig0,sig1,sre0,sre1,sre2,sre3,sre4,sre5,stl0,stl1,stl2,fl0,fl1,ch0,ch1,tfo0,tfo1,tfo2,tfo3,tfo4,tfo5";
 
 static ENV: Once = Once::new();
 
@@ -32,6 +32,18 @@ pub fn matrix(devs: &[&str]) -> String {
 pub fn rdma_engine(devs: &[&str]) -> Arc<TransferEngine> {
     soft_env();
     let e = TransferEngine::new("P2PHANDSHAKE", "127.0.0.1", false).expect("create engine");
+    e.install_transport("rdma", Some(&matrix(devs)))
+        .expect("install rdma");
+    e
+}
+
+/// An engine with the tcp transport and then rdma (the last installed is
+/// the one its descriptor names, so peers reach it over RDMA and may fail
+/// over to its TCP data port).
+pub fn rdma_tcp_engine(devs: &[&str]) -> Arc<TransferEngine> {
+    soft_env();
+    let e = TransferEngine::new("P2PHANDSHAKE", "127.0.0.1", false).expect("create engine");
+    e.install_transport("tcp", None).expect("install tcp");
     e.install_transport("rdma", Some(&matrix(devs)))
         .expect("install rdma");
     e

@@ -78,6 +78,7 @@ impl RdmaTransport {
             counters: Counters::default(),
             rails,
             liveness: liveness::PeerLiveness::from_env(),
+            fallback: Default::default(),
             paths: Default::default(),
             locations: Default::default(),
             next_generation: AtomicU64::new(1),
@@ -139,6 +140,9 @@ fn spawn(
 impl RdmaTransport {
     pub(super) fn stop(&self) {
         let sh = &self.shared;
+        // From here on a slice with no RDMA path fails (the tcp transport
+        // may be shutting down too).
+        sh.fallback.set_carrier(None);
         for cw in &sh.workers {
             cw.stop.store(true, Ordering::Release);
             cw.wake_all();

@@ -20,6 +20,7 @@ mod diagnostics;
 pub mod endpoint;
 pub mod endpoint_driver;
 pub mod events;
+pub mod fallback;
 mod handshake;
 mod idle;
 mod inflight;
@@ -52,7 +53,7 @@ use parking_lot::Mutex;
 use crate::error::Result;
 use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::handshake::HandShakeDesc;
-use crate::transport::{LocalBuffer, Submission, Transport};
+use crate::transport::{LocalBuffer, SliceCarrier, Submission, Transport};
 
 pub use config::RdmaConfig;
 pub use shared::Shared;
@@ -113,6 +114,10 @@ impl Transport for RdmaTransport {
 
     fn links(&self) -> serde_json::Value {
         self.shared.links()
+    }
+
+    fn set_fallback(&self, carrier: Option<Arc<dyn SliceCarrier>>) {
+        self.shared.fallback.set_carrier(carrier);
     }
 
     fn shutdown(&self) {

@@ -2,10 +2,12 @@
 //! what happens when an attempt fails (retry on another route or fail).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use crate::metadata::descriptor::SegmentDesc;
 use crate::metadata::name;
 use crate::metadata::SegmentId;
+use crate::transport::SliceCarrier;
 
 use super::memory::Region;
 use super::names::NameId;
@@ -151,17 +153,20 @@ impl Shared {
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
         if u32::from(s.retry) >= self.cfg.retry_cnt {
             crate::warn_limited!(
-                "slice to {} failed after {} attempts ({why})",
+                "slice to {} ended RDMA after {} attempts ({why})",
                 self.paths.get(s.path),
                 s.retry
             );
-            return self.fail_slice(s);
+            return self.give_up(s, why);
         }
         if self.route(&mut s) {
             self.enqueue(s);
         } else {
-            crate::warn_limited!("slice to {}: no route left ({why})", self.paths.get(s.path));
-            self.fail_slice(s);
+            crate::warn_limited!(
+                "slice to {}: no RDMA route left ({why})",
+                self.paths.get(s.path)
+            );
+            self.give_up(s, why);
         }
     }
 
@@ -177,8 +182,11 @@ impl Shared {
         if self.route(&mut s) {
             self.enqueue(s);
         } else {
-            crate::warn_limited!("slice to {}: no route left ({why})", self.paths.get(s.path));
-            self.fail_slice(s);
+            crate::warn_limited!(
+                "slice to {}: no RDMA route left ({why})",
+                self.paths.get(s.path)
+            );
+            self.give_up(s, why);
         }
     }
 
@@ -231,6 +239,8 @@ pub(super) struct PeerRoutes {
     pub(super) usable: Vec<bool>,
     /// First-attempt peer choice per buffer index, filled as slices need it.
     firsts: Vec<(usize, FirstPeer)>,
+    /// The target's failover window is open: new slices go over TCP.
+    pub(super) tcp: Option<(Arc<dyn SliceCarrier>, u16)>,
 }
 
 /// Buffers of one target whose first-attempt choice a call keeps (a call
@@ -254,6 +264,7 @@ impl PeerRoutes {
             usable: names.iter().map(|p| sh.rails.usable(p)).collect(),
             paths,
             firsts: Vec::new(),
+            tcp: sh.tcp_now(target_id, desc),
         }
     }
 

@@ -36,6 +36,9 @@ pub struct Shared {
     pub rails: RailBook,
     /// Peers found gone by a probe or a refused handshake.
     pub liveness: liveness::PeerLiveness,
+    /// The TCP carrier for slices with no RDMA path left, and per peer the
+    /// time new submissions skip RDMA (`fallback.rs`).
+    pub fallback: super::fallback::Fallback,
     /// Peer NIC paths and buffer locations slices refer to by id.
     pub(super) paths: Names,
     pub(super) locations: Names,

@@ -157,6 +157,12 @@ pub struct Counters {
     /// Of those, WRs whose completion never came within the flush grace:
     /// slice ended, QP kept alive until shutdown.
     pub timeouts_unflushed: AtomicU64,
+    /// Slices with no RDMA path left that went over the TCP transport
+    /// instead (failover), at give-up or at submit in a failover window.
+    pub tcp_fallback: AtomicU64,
+    /// Times a peer failed over to TCP with no failover window open (each
+    /// opens one: new submissions skip RDMA until it closes).
+    pub tcp_fallback_windows: AtomicU64,
 }
 
 impl Counters {
@@ -179,6 +185,8 @@ impl Counters {
             "timeouts": g(&self.timeouts),
             "timeouts_completed": g(&self.timeouts_completed),
             "timeouts_unflushed": g(&self.timeouts_unflushed),
+            "tcp_fallback_slices": g(&self.tcp_fallback),
+            "tcp_fallback_windows": g(&self.tcp_fallback_windows),
         })
     }
 }

@@ -5,8 +5,9 @@
 use std::sync::atomic::Ordering;
 
 use crate::error::{Error, Result};
-use crate::transport::Submission;
+use crate::transport::{CarriedSlice, Submission};
 
+use super::fallback::offers_tcp;
 use super::names::NameId;
 use super::routing::{LocalTier, PeerRoutes};
 use super::shared::Shared;
@@ -113,17 +114,31 @@ impl Shared {
             // The last slice takes the request's reference to its task:
             // one refcount increment and decrement less per request.
             let mut held = Some(s.task);
+            let mut carried: Vec<CarriedSlice> = Vec::new();
             for (k, p) in pieces.iter().enumerate() {
                 let Some(task) = held.as_ref() else { break };
                 let (source, dest) = (r.source + p.offset, r.target_offset + p.offset);
+                let piece = || CarriedSlice {
+                    task: task.clone(),
+                    opcode: r.opcode,
+                    source,
+                    dest,
+                    length: p.len,
+                };
+                if pr.tcp.is_some() && offers_tcp(s.target, dest, p.len).is_some() {
+                    // The target failed over a moment ago: TCP until its
+                    // window closes (no RDMA attempt per request).
+                    carried.push(piece());
+                    continue;
+                }
                 // Routed before the slice exists; the slice holds ids, not
                 // shared strings (no refcounts other threads touch).
                 let src = mem.find_near(source, region);
                 let Some(to) = sh.route_first((source, dest, p.len), s.target, pr, local, src)
                 else {
-                    log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
-                    sh.counters.failed_slices.fetch_add(1, Ordering::Relaxed);
-                    task.slice_failed();
+                    if !sh.carry_or_fail(r.target_id, s.target, piece(), "no RDMA route") {
+                        log::error!("no RDMA route to segment {} for {dest:#x}", r.target_id);
+                    }
                     continue;
                 };
                 let task = if k + 1 == pieces.len() {
@@ -153,6 +168,12 @@ impl Shared {
                     path: pr.paths[to.peer],
                     rkey: to.rkey,
                 });
+            }
+            if let (Some((carrier, port)), false) = (&pr.tcp, carried.is_empty()) {
+                sh.counters
+                    .tcp_fallback
+                    .fetch_add(carried.len() as u64, Ordering::Relaxed);
+                carrier.carry(&s.target.name, *port, carried);
             }
         }
         drop(mem);

@@ -334,9 +334,25 @@ fn process_peer(
                 sh.start_handshake(cw.clone(), ep);
                 Step::Progress
             }
-            // Backing off: the slices wait, no retry consumed.
+            // Backing off: the slices wait, no retry consumed. Handshakes
+            // to this NIC are failing: with no other rail, the slices the
+            // peer lets go over TCP go now instead of waiting it out.
             BackoffDecision::WaitUntil(until) => {
                 ep.end_handshake();
+                let alone = sh.fallback.has_carrier()
+                    && slices
+                        .front()
+                        .is_some_and(|s| !sh.has_alternative_rail(s.target_id, &path));
+                if alone {
+                    let why = "handshakes to the peer NIC failing";
+                    slices = slices
+                        .into_iter()
+                        .filter_map(|s| sh.try_carry(s, why))
+                        .collect();
+                    if slices.is_empty() {
+                        return Step::Progress;
+                    }
+                }
                 me.put_back(id, slices);
                 Step::Parked(Some(until))
             }
@@ -363,7 +379,7 @@ fn process_peer(
                     }
                 } else {
                     for s in slices {
-                        sh.fail_slice(s);
+                        sh.give_up(s, "handshakes to the peer NIC capped");
                     }
                 }
                 Step::Progress

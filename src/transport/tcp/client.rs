@@ -154,6 +154,24 @@ impl TcpClient {
         }
     }
 
+    /// Jobs whose tasks already count them as slices (another transport's,
+    /// failing over) to segment `name`, data port `port`. The peer is a
+    /// te-rs engine (it advertised the port for this), so it speaks v2.
+    pub fn carry(&self, name: &str, port: u16, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if port == 0 || self.shared.stop.load(Ordering::Acquire) {
+            return jobs.into_iter().for_each(Job::fail);
+        }
+        let key = PeerKey {
+            name: name.to_string(),
+            port,
+            v2: !self.shared.cfg.force_v1,
+        };
+        Self::hand_over(self.peer(key), jobs);
+    }
+
     fn hand_over(peer: Option<Arc<Peer>>, jobs: Vec<Job>) {
         match peer {
             Some(p) => p.push(jobs),

@@ -26,8 +26,11 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::metadata::descriptor::{BufferDesc, SegmentDesc};
+use crate::task::Opcode;
 use crate::threads::ThreadCount;
-use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
+use crate::transport::{
+    CarriedSlice, LocalBuffer, SliceCarrier, Submission, Transport, TransportContext,
+};
 use client::TcpClient;
 use config::TcpConfig;
 use regions::Regions;
@@ -154,6 +157,10 @@ impl Transport for TcpTransport {
         self.client.start_first_loop();
     }
 
+    fn carrier(self: Arc<Self>) -> Option<Arc<dyn SliceCarrier>> {
+        Some(self)
+    }
+
     fn links(&self) -> serde_json::Value {
         serde_json::json!({
             "protocol": "tcp",
@@ -169,6 +176,26 @@ impl Transport for TcpTransport {
     fn shutdown(&self) {
         self.client.shutdown();
         self.server.shutdown();
+    }
+}
+
+impl SliceCarrier for TcpTransport {
+    fn data_port(&self) -> u16 {
+        TcpTransport::data_port(self)
+    }
+
+    fn carry(&self, peer: &str, port: u16, slices: Vec<CarriedSlice>) {
+        let jobs = slices
+            .into_iter()
+            .map(|s| queue::Job {
+                task: s.task,
+                write: s.opcode == Opcode::Write,
+                local: s.source,
+                remote: s.dest,
+                len: s.length,
+            })
+            .collect();
+        self.client.carry(peer, port, jobs);
     }
 }
 
