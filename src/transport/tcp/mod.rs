@@ -193,6 +193,7 @@ impl SliceCarrier for TcpTransport {
                 local: s.source,
                 remote: s.dest,
                 len: s.length,
+                resends: 0,
             })
             .collect();
         self.client.carry(peer, port, jobs);
