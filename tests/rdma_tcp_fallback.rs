@@ -6,8 +6,6 @@
 
 mod rdma_support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -56,68 +54,20 @@ fn outage_and_heal(a_devs: &[&str], b_devs: &[&str], down: &[&str]) {
         desc.tcp_fallback_port.is_some_and(|p| p != 0),
         "a peer with rdma and tcp offers its TCP data port: {desc:?}"
     );
-    let (local_addr, remote_addr) = (local.addr(), remote.addr());
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let batches = Arc::new(AtomicU64::new(0));
-    let worker = {
-        let (a, stop, batches) = (a.clone(), stop.clone(), batches.clone());
-        std::thread::spawn(move || -> Result<(), String> {
-            let local = unsafe_slice(local_addr, size);
-            let remote = unsafe_slice(remote_addr, size);
-            let mut round = 0u64;
-            while !stop.load(Ordering::Acquire) {
-                round += 1;
-                let want = pattern((round % 251) as u8, size);
-                let op = if round % 2 == 0 {
-                    Opcode::Write
-                } else {
-                    Opcode::Read
-                };
-                match op {
-                    Opcode::Write => local.copy_from_slice(&want),
-                    Opcode::Read => remote.copy_from_slice(&want),
-                }
-                let reqs: Vec<_> = (0..BATCH)
-                    .map(|i| {
-                        let off = (i * BLOCK) as u64;
-                        req(op, local_addr + off, seg, remote_addr + off, BLOCK as u64)
-                    })
-                    .collect();
-                let st = run_batch(&a, &reqs, Duration::from_secs(60));
-                if let Some(i) = st.iter().position(|s| s.status != TaskStatus::Completed) {
-                    return Err(format!("round {round} {op:?}: task {i} {:?}", st[i].status));
-                }
-                let landed = match op {
-                    Opcode::Write => &*remote,
-                    Opcode::Read => &*local,
-                };
-                if landed != &want[..] {
-                    return Err(format!("round {round} {op:?}: COMPLETED with wrong bytes"));
-                }
-                batches.fetch_add(1, Ordering::Release);
-            }
-            Ok(())
-        })
+    let mut w = VerifiedWorkload::start(a.clone(), seg, &local, &remote, BLOCK, BATCH);
+    let fail = |w: &mut VerifiedWorkload, what: &str| -> ! {
+        panic!("{what} ({}): {}", w.why(), links(&a));
     };
-    let fail = |what: &str| -> ! {
-        stop.store(true, Ordering::Release);
-        panic!("{what}: {}", links(&a));
-    };
-    let wait_batches = |n: u64| {
-        let target = batches.load(Ordering::Acquire) + n;
-        let ok = wait_until(Duration::from_secs(60), || {
-            batches.load(Ordering::Acquire) >= target || worker.is_finished()
-        });
-        if !ok || worker.is_finished() {
-            fail("the workload made no progress or ended");
+    let wait_batches = |w: &mut VerifiedWorkload, n: u64| {
+        if !w.wait_batches(n, Duration::from_secs(60)) {
+            fail(w, "the workload made no progress or ended");
         }
     };
 
     // Over RDMA while the rails are up.
-    wait_batches(3);
+    wait_batches(&mut w, 3);
     if carried(&a) != 0 || posted(&a, ndev) == 0 {
-        fail("slices went over TCP with RDMA up");
+        fail(&mut w, "slices went over TCP with RDMA up");
     }
 
     // Every rail down: the workload goes on over TCP, and RDMA is tried
@@ -126,14 +76,14 @@ fn outage_and_heal(a_devs: &[&str], b_devs: &[&str], down: &[&str]) {
         fault::port_down(d, false).unwrap();
     }
     if !wait_until(Duration::from_secs(30), || {
-        counter(&a, "tcp_fallback_windows") >= 3 || worker.is_finished()
+        counter(&a, "tcp_fallback_windows") >= 3
     }) {
-        fail("RDMA was not tried again after a failover window");
+        fail(&mut w, "RDMA was not tried again after a failover window");
     }
     let during = carried(&a);
-    wait_batches(4);
+    wait_batches(&mut w, 4);
     if carried(&a) < during + 2 * BATCH as u64 {
-        fail("batches completed during the outage without TCP");
+        fail(&mut w, "batches completed during the outage without TCP");
     }
 
     // Rails back: new requests return to RDMA once the failover window
@@ -145,7 +95,7 @@ fn outage_and_heal(a_devs: &[&str], b_devs: &[&str], down: &[&str]) {
         if !wait_until(Duration::from_secs(10), || {
             links(&a)["devices"][i]["active"] == true
         }) {
-            fail("a NIC is not active again");
+            fail(&mut w, "a NIC is not active again");
         }
     }
     // Within a failover window (at most 4 s) plus a paused peer rail's
@@ -154,12 +104,10 @@ fn outage_and_heal(a_devs: &[&str], b_devs: &[&str], down: &[&str]) {
     let mut back = false;
     while !back && Instant::now() < deadline {
         let (c0, p0) = (carried(&a), posted(&a, ndev));
-        wait_batches(2);
+        wait_batches(&mut w, 2);
         back = carried(&a) == c0 && posted(&a, ndev) >= p0 + 2 * BATCH as u64;
     }
-    stop.store(true, Ordering::Release);
-    let r = worker.join().expect("workload thread");
-    r.unwrap();
+    w.finish().unwrap();
     assert!(back, "traffic did not return to RDMA: {}", links(&a));
     assert_eq!(counter(&a, "failed_slices"), 0, "{}", links(&a));
     println!(
@@ -220,14 +168,4 @@ fn a_peer_without_tcp_offers_no_failover() {
     fault::port_up("tfo2").unwrap();
     a.shutdown();
     b.shutdown();
-}
-
-/// The registered buffer at `addr` as a slice the workload thread owns
-/// while the transfers on it are quiet (it writes before a batch and reads
-/// after it, never during).
-fn unsafe_slice(addr: u64, len: usize) -> &'static mut [u8] {
-    // SAFETY: `addr..addr+len` is a live Vec of the test that outlives the
-    // worker thread (joined before the buffers drop), and no transfer on it
-    // runs while the thread touches it.
-    unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) }
 }

@@ -159,15 +159,7 @@ impl Shared {
             );
             return self.give_up(s, why);
         }
-        if self.route(&mut s) {
-            self.enqueue(s);
-        } else {
-            crate::warn_limited!(
-                "slice to {}: no RDMA route left ({why})",
-                self.paths.get(s.path)
-            );
-            self.give_up(s, why);
-        }
+        self.route_again(s, why);
     }
 
     /// Send a slice again whose QP died under it (its WR flushed, or ended
@@ -179,6 +171,11 @@ impl Shared {
         }
         s.resent += 1;
         self.counters.resent.fetch_add(1, Ordering::Relaxed);
+        self.route_again(s, why);
+    }
+
+    /// Queue a slice on a fresh route, or give it up when none is left.
+    fn route_again(&self, mut s: Slice, why: &str) {
         if self.route(&mut s) {
             self.enqueue(s);
         } else {
