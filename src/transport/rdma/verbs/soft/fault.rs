@@ -159,30 +159,23 @@ pub fn retransmits(device: &str) -> Result<u64> {
 
 /// Consume one dropped-packet credit of `dev` or of the fabric.
 pub(crate) fn take_drop(dev_faults: &mut FaultSet) -> bool {
-    if dev_faults.drop_next > 0 {
-        dev_faults.drop_next -= 1;
-        return true;
-    }
-    let mut all = fabric().all_faults.lock();
-    if all.drop_next > 0 {
-        all.drop_next -= 1;
-        return true;
-    }
-    false
+    take_credit(dev_faults, |f| &mut f.drop_next)
 }
 
 /// Consume one silent-READ-error credit of `dev` or of the fabric.
 pub(crate) fn take_silent_read_error(dev_faults: &mut FaultSet) -> bool {
-    if dev_faults.silent_read_errors > 0 {
-        dev_faults.silent_read_errors -= 1;
-        return true;
-    }
-    let mut all = fabric().all_faults.lock();
-    if all.silent_read_errors > 0 {
-        all.silent_read_errors -= 1;
-        return true;
-    }
-    false
+    take_credit(dev_faults, |f| &mut f.silent_read_errors)
+}
+
+/// Consume one credit of the counter `field` selects: the device's
+/// first, else the fabric-wide one.
+fn take_credit(dev_faults: &mut FaultSet, field: fn(&mut FaultSet) -> &mut u64) -> bool {
+    let take = |credits: &mut u64| {
+        let had = *credits > 0;
+        *credits = credits.saturating_sub(1);
+        had
+    };
+    take(field(dev_faults)) || take(field(&mut fabric().all_faults.lock()))
 }
 
 /// A `QP_FATAL` on QP `qpn`, as a NIC raises it: the QP goes to ERR (its
