@@ -17,48 +17,14 @@ use std::time::{Duration, Instant};
 
 use tcp_support::*;
 use transfer_engine::metadata::descriptor::SegmentDesc;
-use transfer_engine::task::{Opcode, Task, TaskStatus, TransferRequest};
+use transfer_engine::task::{Opcode, TaskStatus};
 use transfer_engine::transport::tcp::config::TcpConfig;
 use transfer_engine::transport::tcp::TcpTransport;
-use transfer_engine::transport::{Submission, Transport};
+use transfer_engine::transport::Transport;
 use transfer_engine::TransferEngine;
 
 const LIMIT: Duration = Duration::from_secs(30);
 const ROUNDS: u64 = 20;
-
-/// Submit `(write, local, remote, len)` requests in one call (one run to the
-/// peer, so several may be pipelined on one connection).
-fn submit_all(
-    t: &TcpTransport,
-    tgt: &Arc<SegmentDesc>,
-    reqs: &[(bool, u64, u64, u64)],
-) -> Vec<Arc<Task>> {
-    let mut subs = Vec::new();
-    let mut tasks = Vec::new();
-    for &(write, source, remote, length) in reqs {
-        let request = TransferRequest {
-            opcode: if write { Opcode::Write } else { Opcode::Read },
-            source,
-            target_id: 1,
-            target_offset: remote,
-            length,
-        };
-        let task = Arc::new(Task::new(request));
-        tasks.push(task.clone());
-        subs.push((request, task));
-    }
-    t.submit(
-        subs.into_iter()
-            .map(|(request, task)| Submission {
-                request,
-                task,
-                target: tgt,
-            })
-            .collect(),
-    )
-    .expect("submit");
-    tasks
-}
 
 fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;

@@ -58,21 +58,37 @@ pub fn submit(
     remote: u64,
     length: u64,
 ) -> Arc<Task> {
-    let request = TransferRequest {
-        opcode: if write { Opcode::Write } else { Opcode::Read },
-        source,
-        target_id: 1,
-        target_offset: remote,
-        length,
-    };
-    let task = Arc::new(Task::new(request));
-    t.submit(vec![Submission {
-        request,
-        task: task.clone(),
-        target,
-    }])
-    .expect("submit");
-    task
+    let mut tasks = submit_all(t, target, &[(write, source, remote, length)]);
+    tasks.pop().expect("one task")
+}
+
+/// Submit `(write, local, remote, len)` requests in one call (one run to the
+/// peer, so several may be pipelined on one connection); their tasks.
+pub fn submit_all(
+    t: &TcpTransport,
+    target: &Arc<SegmentDesc>,
+    reqs: &[(bool, u64, u64, u64)],
+) -> Vec<Arc<Task>> {
+    let mut subs = Vec::new();
+    let mut tasks = Vec::new();
+    for &(write, source, remote, length) in reqs {
+        let request = TransferRequest {
+            opcode: if write { Opcode::Write } else { Opcode::Read },
+            source,
+            target_id: 1,
+            target_offset: remote,
+            length,
+        };
+        let task = Arc::new(Task::new(request));
+        tasks.push(task.clone());
+        subs.push(Submission {
+            request,
+            task,
+            target,
+        });
+    }
+    t.submit(subs).expect("submit");
+    tasks
 }
 
 /// Poll until terminal; panics (fails the test) after `limit`.
