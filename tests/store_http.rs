@@ -12,9 +12,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use transfer_engine::metadata::http_rules::query_param;
 use transfer_engine::metadata::http_server::MetadataServer;
 use transfer_engine::metadata::store::http::HttpStore;
-use transfer_engine::metadata::store::{self, urlcode, MetadataStore};
+use transfer_engine::metadata::store::{self, MetadataStore};
 use transfer_engine::Error;
 
 fn server() -> MetadataServer {
@@ -293,7 +294,7 @@ fn requests_match_the_cpp_engine_captures() {
             (p.next().unwrap().to_string(), p.next().unwrap().to_string())
         };
         let query = target.split_once('?').unwrap().1;
-        let key = urlcode::query_param(query, "key").unwrap();
+        let key = query_param(query, "key").unwrap();
         let response = std::fs::read(&resp_path).unwrap();
         let resp_text = String::from_utf8_lossy(&response).to_string();
         let resp_body = resp_text.split_once("\r\n\r\n").unwrap().1.to_string();

@@ -127,14 +127,7 @@ pub struct RpcMeta {
 
 /// Local time as `YYYY-MM-DD HH:MM:SS.uuuuuu`, the descriptor timestamp format.
 pub fn timestamp_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as libc::time_t;
-    // SAFETY: `tm` is plain data; localtime_r only writes into it and reads `secs`.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the duration of the call.
-    unsafe { libc::localtime_r(&secs, &mut tm) };
+    let (tm, micros) = crate::logging::local_now();
     format!(
         "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:06}",
         tm.tm_year + 1900,
@@ -143,7 +136,7 @@ pub fn timestamp_now() -> String {
         tm.tm_hour,
         tm.tm_min,
         tm.tm_sec,
-        now.subsec_micros()
+        micros
     )
 }
 

@@ -10,7 +10,6 @@
 //! DELETE always 200, any PUT overwrites, other methods 405.
 
 use super::http_server::{MetadataMap, PutOutcome};
-use super::store::urlcode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Flavor {
@@ -52,7 +51,7 @@ pub fn handle(
 ) -> Reply {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let query = query.split_once('#').map_or(query, |(q, _)| q);
-    let key = urlcode::query_param(query, "key");
+    let key = query_param(query, "key");
     match flavor {
         Flavor::Master => master(map, method, path, key, body),
         Flavor::GoExample => go_example(map, method, key, body),
@@ -255,5 +254,30 @@ mod tests {
         assert_eq!(call(&m, F, "PUT", RPC, None).0, 400);
         assert_eq!(call(&m, F, "PUT", "/metadata", Some("{}")).0, 400);
         assert_eq!(call(&m, F, "GET", "/metadata", None).0, 404);
+    }
+}
+
+/// The decoded value of parameter `name` in a raw query string, decoded as
+/// form decoders (Go's `url.ParseQuery`, Python's `parse_qs`) do.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod query_tests {
+    use super::query_param;
+
+    #[test]
+    fn finds_and_decodes_the_key() {
+        assert_eq!(
+            query_param("x=1&key=mooncake%2Fram%2Fa", "key").as_deref(),
+            Some("mooncake/ram/a")
+        );
+        assert_eq!(query_param("key=a+b%2fc", "key").as_deref(), Some("a b/c"));
+        assert_eq!(query_param("x=1", "key"), None);
+        assert_eq!(query_param("key=", "key").as_deref(), Some(""));
+        assert_eq!(query_param("key", "key").as_deref(), Some(""));
     }
 }

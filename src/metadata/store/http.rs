@@ -5,8 +5,9 @@
 use std::io::Read;
 use std::time::Duration;
 
-use super::{urlcode, MetadataStore};
+use super::MetadataStore;
 use crate::error::{Error, Result};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// Mooncake's libcurl timeouts (transfer_metadata_plugin.cpp).
 const TOTAL_TIMEOUT: Duration = Duration::from_millis(3000);
@@ -80,9 +81,17 @@ impl HttpStore {
     }
 }
 
+/// What `curl_easy_escape` (Mooncake's HTTP client) escapes: every byte but
+/// RFC 3986's unreserved `A-Za-z0-9-._~`, as uppercase `%XX`.
+const CURL_ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 pub(crate) fn key_url(base: &str, key: &str) -> String {
     let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}key={}", urlcode::escape(key))
+    format!("{base}{sep}key={}", utf8_percent_encode(key, CURL_ESCAPED))
 }
 
 impl MetadataStore for HttpStore {
@@ -183,5 +192,29 @@ mod tests {
             Ok(_) => panic!("https must be refused"),
         }
         assert!(HttpStore::new("http://").is_err());
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::key_url;
+
+    #[test]
+    fn keys_are_escaped_like_curl() {
+        let q = |k| {
+            key_url("http://h/m", k)
+                .split_once("key=")
+                .unwrap()
+                .1
+                .to_string()
+        };
+        assert_eq!(
+            q("mooncake/rpc_meta/127.0.0.1:22067"),
+            "mooncake%2Frpc_meta%2F127.0.0.1%3A22067"
+        );
+        assert_eq!(q("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(q("a b+c"), "a%20b%2Bc");
+        assert_eq!(q("é"), "%C3%A9");
+        assert_eq!(key_url("http://h/m?x=1", "k"), "http://h/m?x=1&key=k");
     }
 }

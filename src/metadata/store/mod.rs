@@ -4,7 +4,6 @@
 pub mod etcd;
 pub mod http;
 pub mod redis;
-pub mod urlcode;
 
 use crate::error::{Error, Result};
 
