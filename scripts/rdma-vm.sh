@@ -22,8 +22,12 @@
 #   TE_VM_MEM      guest memory in MiB (default 4096).
 # Inside the guest: TE_VM=1, TE_VM_OUT, RXE_ADDR0/RXE_ADDR1 (the IPv4
 # addresses of rxe0/veth0 and rxe1/veth1), RXE_NETDEV0/RXE_NETDEV1, and the
-# command rxe-routes, which restores the pair's routes after a link was
-# set down and up again.
+# command rxe-routes, which restores the routes after a link was set down
+# and up again.
+# Rails: four more devices rxe2..rxe5 on veths vr2..vr5 whose other ends
+# (vb2..vb5) are ports of one bridge br0, so every rail device reaches every
+# other one and taking vrN down takes only rxeN down (RXE_RAIL_DEVS,
+# RXE_RAIL_NETDEVS, RXE_RAIL_ADDRS, space-separated, in that order).
 #
 # Facts and pitfalls: ../shared/reference/softroce-vm.md (boots are slow under
 # emulation: batch many checks into one COMMAND).
@@ -84,7 +88,7 @@ cp /bin/busybox "$IR/bin/busybox"
 for a in sh mount umount mkdir insmod poweroff sleep cat echo chroot ln ls; do
     ln -s busybox "$IR/bin/$a"
 done
-mods="virtio_pci 9pnet_virtio 9p overlay veth crc32_generic crc32-pclmul rdma_rxe ib_uverbs rdma_ucm"
+mods="virtio_pci 9pnet_virtio 9p overlay veth bridge crc32_generic crc32-pclmul rdma_rxe ib_uverbs rdma_ucm"
 : >"$IR/modules/order"
 for m in $mods; do
     modprobe -d "$KDIR/root" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1=="insmod" {print $2}'
@@ -137,6 +141,8 @@ cat >"$OUT/.guest.sh" <<GUEST
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root TE_VM=1 TE_VM_OUT=$OUT
 export RXE_ADDR0=169.254.77.1 RXE_ADDR1=169.254.77.2 RXE_NETDEV0=veth0 RXE_NETDEV1=veth1
+export RXE_RAIL_DEVS="rxe2 rxe3 rxe4 rxe5" RXE_RAIL_NETDEVS="vr2 vr3 vr4 vr5"
+export RXE_RAIL_ADDRS="169.254.78.2 169.254.78.3 169.254.78.4 169.254.78.5"
 status=$OUT/.status
 echo 255 >\$status
 # Neighbours and per-direction routes die with a link that goes down:
@@ -149,6 +155,15 @@ ip neigh replace \$RXE_ADDR1 lladdr \$mac1 dev veth0 nud permanent
 ip neigh replace \$RXE_ADDR0 lladdr \$mac0 dev veth1 nud permanent
 ip route replace table 101 \$RXE_ADDR0 dev veth1 src \$RXE_ADDR1
 ip route replace table 102 \$RXE_ADDR1 dev veth0 src \$RXE_ADDR0
+# Rails on br0: from each rail address, every other one leaves by its own veth.
+for i in 2 3 4 5; do
+    [ -e /sys/class/net/vr\$i ] || continue
+    for j in 2 3 4 5; do
+        [ \$i = \$j ] && continue
+        ip neigh replace 169.254.78.\$j lladdr \$(cat /sys/class/net/vr\$j/address) dev vr\$i nud permanent
+        ip route replace table 1\$i\$i 169.254.78.\$j dev vr\$i src 169.254.78.\$i
+    done
+done
 ROUTES
 chmod +x /usr/local/sbin/rxe-routes
 setup() {
@@ -168,9 +183,22 @@ setup() {
     ip rule del pref 0 lookup local
     rdma link add rxe0 type rxe netdev veth0 || return 1
     rdma link add rxe1 type rxe netdev veth1 || return 1
+    ip link add br0 type bridge || return 1
+    ip link set br0 up
+    for i in 2 3 4 5; do
+        ip link add vr\$i type veth peer name vb\$i || return 1
+        ip link set vb\$i master br0
+        ip addr add 169.254.78.\$i/24 dev vr\$i
+        ip link set vb\$i up && ip link set vr\$i up
+        echo 1 >/proc/sys/net/ipv4/conf/vr\$i/accept_local
+        echo 0 >/proc/sys/net/ipv4/conf/vr\$i/rp_filter
+        ip rule add pref 11 iif lo from 169.254.78.\$i lookup 1\$i\$i
+        rdma link add rxe\$i type rxe netdev vr\$i || return 1
+    done
+    rxe-routes || return 1
     for t in \$(seq 1 100); do
         n=\$(rdma link show 2>/dev/null | grep -c 'state ACTIVE')
-        [ "\$n" -ge 2 ] && return 0
+        [ "\$n" -ge 6 ] && return 0
         sleep 0.1
     done
     rdma link show
