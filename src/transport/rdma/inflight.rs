@@ -338,6 +338,7 @@ mod tests {
                 location: path,
                 retry: 0,
                 resent: 0,
+                refused: false,
                 local: 0,
                 lkey: 0,
                 path,

@@ -188,17 +188,36 @@ fn wr_failed(
         .fetch_add(1, Ordering::Relaxed);
     let path = sh.paths.get(slice.path);
     if status == CompletionStatus::RequestError {
-        // The peer refused this request (its rkey or range): trying it
-        // again fails the same way, and the rail serves other requests
-        // well. Its QP went to ERR: a fresh endpoint, no pacing.
+        // The peer refused this request (its rkey or range). A stale key
+        // is refused again, and the rail serves other requests well: no
+        // pause. But rxe (kernel 6.1) also refuses a valid WRITE now and
+        // then (its responder's state after retransmissions), so the
+        // request gets one more try on a fresh endpoint before it fails.
+        // Its QP went to ERR: a fresh endpoint, no pacing.
         sh.counters.request_errors.fetch_add(1, Ordering::Relaxed);
+        let again = !slice.refused;
         crate::warn_limited!(
-            "RDMA {:?} to {path}: the peer refused it (remote access or invalid request); failed",
-            slice.opcode
+            "RDMA {:?} to {path} from {}: the peer refused it (remote access or invalid request; \
+             remote {:#x}+{}, rkey {:#x}); {}",
+            slice.opcode,
+            cw.ctx.name,
+            slice.dest,
+            slice.length,
+            slice.rkey,
+            if again {
+                "sent once more"
+            } else {
+                "refused twice, failed"
+            }
         );
         if let Some(ep) = bufs.endpoint(ep) {
             ep.retire("request refused by the peer");
             cw.ctx.forget_endpoint(&path, ep);
+        }
+        if again {
+            let mut slice = slice;
+            slice.refused = true;
+            return sh.retry_or_fail(slice, "refused by the peer");
         }
         return sh.fail_slice(slice);
     }

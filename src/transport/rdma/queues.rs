@@ -31,6 +31,9 @@ pub struct Slice {
     /// Times it was sent again because its QP died under it (a flush):
     /// free of `retry`, up to `MC_RETRY_CNT` times.
     pub resent: u8,
+    /// The peer refused it once (remote access / invalid request): sent
+    /// once more on a fresh endpoint, failed if refused again.
+    pub refused: bool,
     /// Routing, filled by `Shared::route`.
     pub local: usize,
     pub lkey: u32,

@@ -163,6 +163,7 @@ impl Shared {
                     location,
                     retry: 0,
                     resent: 0,
+                    refused: false,
                     local: to.local,
                     lkey: to.lkey,
                     path: pr.paths[to.peer],

@@ -461,6 +461,20 @@ fn post_slices(
                     slices.drain(..len).collect()
                 };
                 let confirmed = confirm && chain.last().is_some_and(|s| s.opcode == Opcode::Read);
+                if log::log_enabled!(log::Level::Trace) {
+                    for s in &chain {
+                        log::trace!(
+                            "post {:?} {} -> {} qp {i}: {:#x}+{} rkey {:#x} (slice path {})",
+                            s.opcode,
+                            cw.ctx.name,
+                            ep.peer_path,
+                            s.dest,
+                            s.length,
+                            s.rkey,
+                            sh.paths.get(s.path)
+                        );
+                    }
+                }
                 for (k, s) in chain.iter().enumerate() {
                     wrs.push(WorkRequest {
                         wr_id: wr_id(base + c as u64, k),
