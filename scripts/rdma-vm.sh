@@ -150,20 +150,25 @@ echo 255 >\$status
 mkdir -p /usr/local/sbin
 cat >/usr/local/sbin/rxe-routes <<'ROUTES'
 #!/bin/bash
-mac0=\$(cat /sys/class/net/veth0/address); mac1=\$(cat /sys/class/net/veth1/address)
-ip neigh replace \$RXE_ADDR1 lladdr \$mac1 dev veth0 nud permanent
-ip neigh replace \$RXE_ADDR0 lladdr \$mac0 dev veth1 nud permanent
-ip route replace table 101 \$RXE_ADDR0 dev veth1 src \$RXE_ADDR1
-ip route replace table 102 \$RXE_ADDR1 dev veth0 src \$RXE_ADDR0
+# One 'ip' process for every entry: a guest busy with a workload spawns
+# processes slowly.
+{
+read mac0 </sys/class/net/veth0/address; read mac1 </sys/class/net/veth1/address
+echo "neigh replace \$RXE_ADDR1 lladdr \$mac1 dev veth0 nud permanent"
+echo "neigh replace \$RXE_ADDR0 lladdr \$mac0 dev veth1 nud permanent"
+echo "route replace table 101 \$RXE_ADDR0 dev veth1 src \$RXE_ADDR1"
+echo "route replace table 102 \$RXE_ADDR1 dev veth0 src \$RXE_ADDR0"
 # Rails on br0: from each rail address, every other one leaves by its own veth.
 for i in 2 3 4 5; do
     [ -e /sys/class/net/vr\$i ] || continue
     for j in 2 3 4 5; do
         [ \$i = \$j ] && continue
-        ip neigh replace 169.254.78.\$j lladdr \$(cat /sys/class/net/vr\$j/address) dev vr\$i nud permanent
-        ip route replace table 1\$i\$i 169.254.78.\$j dev vr\$i src 169.254.78.\$i
+        read mac </sys/class/net/vr\$j/address
+        echo "neigh replace 169.254.78.\$j lladdr \$mac dev vr\$i nud permanent"
+        echo "route replace table 1\$i\$i 169.254.78.\$j dev vr\$i src 169.254.78.\$i"
     done
 done
+} | ip -force -batch -
 ROUTES
 chmod +x /usr/local/sbin/rxe-routes
 setup() {

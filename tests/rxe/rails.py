@@ -52,6 +52,7 @@ def set_link(netdev, up):
 
 def flapper(stop, log):
     """Rail 1 of the target (rxe2), then of the initiator (rxe3), alternately."""
+    t0 = time.monotonic()
     try:
         for k in range(FLAPS):
             i = k % 2
@@ -59,11 +60,11 @@ def flapper(stop, log):
                 return
             set_link(NETDEVS[i], False)
             wait_port(DEVS[i], False)
-            log.append("%s down" % DEVS[i])
+            log.append("%.1fs %s down" % (time.monotonic() - t0, DEVS[i]))
             time.sleep(DOWN_S)
             set_link(NETDEVS[i], True)
             wait_port(DEVS[i], True)
-            log.append("%s up" % DEVS[i])
+            log.append("%.1fs %s up" % (time.monotonic() - t0, DEVS[i]))
     except Exception as e:  # reported by the check
         log.append("flapper error: %s" % e)
     finally:
