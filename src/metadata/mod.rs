@@ -455,6 +455,22 @@ impl Metadata {
         }
     }
 
+    /// Re-read `name`'s descriptor now, bypassing the cache, and keep it in
+    /// the cache when `name` is cached (a TCP data connection checks its
+    /// owner's incarnation so; later submits then see the new owner).
+    pub fn reread_desc(&self, name: &str) -> Result<Arc<SegmentDesc>> {
+        let desc = Arc::new(self.fetch_desc(name)?);
+        let mut cache = self.segments.write();
+        if let Some(id) = cache.by_name.get(name).copied() {
+            if let Some(entry) = cache.by_id.get_mut(&id) {
+                if !entry.1.same_content(&desc) {
+                    entry.1 = desc.clone();
+                }
+            }
+        }
+        Ok(desc)
+    }
+
     /// `syncSegmentCache`: re-fetch `name` if cached, or every cached segment.
     pub fn sync_segment_cache(&self, name: Option<&str>) {
         let ids: Vec<SegmentId> = {
