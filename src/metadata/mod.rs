@@ -471,6 +471,19 @@ impl Metadata {
         Ok(desc)
     }
 
+    /// The segment name whose descriptor names RDMA server `server` (NIC
+    /// paths carry the RDMA server name; in store modes it is not the
+    /// segment's name). `server` itself when no cached segment names it.
+    pub fn segment_name_of_rdma_server(&self, server: &str) -> String {
+        let cache = self.segments.read();
+        cache
+            .by_id
+            .values()
+            .find(|(_, d)| d.name == server || d.rdma_server_name.as_deref() == Some(server))
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| server.to_string())
+    }
+
     /// `syncSegmentCache`: re-fetch `name` if cached, or every cached segment.
     pub fn sync_segment_cache(&self, name: Option<&str>) {
         let ids: Vec<SegmentId> = {
