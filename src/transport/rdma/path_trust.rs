@@ -35,13 +35,50 @@ pub enum Verdict {
     Reject(&'static str),
 }
 
-/// Per (local NIC path, peer NIC path).
-#[derive(Default)]
+/// Per (local NIC path, peer NIC path), at most `cap` pairs.
 pub struct PathTrust {
     pairs: Mutex<HashMap<(String, String), Trust>>,
+    cap: usize,
 }
 
+impl Default for PathTrust {
+    fn default() -> Self {
+        PathTrust::with_cap(crate::config::env_u64(
+            "MC_TE_RS_RDMA_TRUSTED_PATHS",
+            65536,
+            16,
+            1 << 24,
+        ) as usize)
+    }
+}
+
+static FULL_LOG: crate::serving::RateLimited =
+    crate::serving::RateLimited::new(module_path!(), std::time::Duration::from_secs(5));
+
 impl PathTrust {
+    pub fn with_cap(cap: usize) -> PathTrust {
+        PathTrust {
+            pairs: Mutex::new(HashMap::new()),
+            cap,
+        }
+    }
+
+    /// Make room for one more pair: a full table forgets one (its pair is
+    /// then believed as a peer without incarnation would be, as upstream).
+    fn make_room(&self, pairs: &mut HashMap<(String, String), Trust>, key: &(String, String)) {
+        if pairs.len() < self.cap || pairs.contains_key(key) {
+            return;
+        }
+        let victim = pairs.keys().next().cloned();
+        if let Some(v) = victim {
+            pairs.remove(&v);
+            FULL_LOG.warn(format_args!(
+                "RDMA: {} NIC path pairs known (MC_TE_RS_RDMA_TRUSTED_PATHS); forgetting {} -> {}",
+                self.cap, v.0, v.1
+            ));
+        }
+    }
+
     /// Stamp an outgoing Connection request: our incarnation and the pair's
     /// secret (a new one when there is none yet).
     pub fn stamp(&self, local: &str, peer: &str, ours: Option<&str>, req: &mut HandShakeDesc) {
@@ -50,12 +87,12 @@ impl PathTrust {
         };
         req.te_rs_incarnation = Some(ours.to_string());
         let mut pairs = self.pairs.lock();
-        let t = pairs
-            .entry((local.to_string(), peer.to_string()))
-            .or_insert(Trust {
-                peer_incarnation: None,
-                secret: None,
-            });
+        let key = (local.to_string(), peer.to_string());
+        self.make_room(&mut pairs, &key);
+        let t = pairs.entry(key).or_insert(Trust {
+            peer_incarnation: None,
+            secret: None,
+        });
         let secret = t.secret.get_or_insert_with(new_incarnation);
         req.te_rs_path_secret = Some(secret.clone());
     }
@@ -72,8 +109,11 @@ impl PathTrust {
     /// We accepted the peer's request: its incarnation and secret are the
     /// pair's now.
     pub fn accepted_request(&self, local: &str, peer: &str, req: &HandShakeDesc) {
-        self.pairs.lock().insert(
-            (local.to_string(), peer.to_string()),
+        let mut pairs = self.pairs.lock();
+        let key = (local.to_string(), peer.to_string());
+        self.make_room(&mut pairs, &key);
+        pairs.insert(
+            key,
             Trust {
                 peer_incarnation: req.te_rs_incarnation.clone(),
                 secret: req.te_rs_path_secret.clone(),
@@ -113,6 +153,20 @@ mod tests {
             te_rs_path_secret: secret.map(str::to_string),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_full_table_forgets_a_pair_instead_of_growing() {
+        let t = PathTrust::with_cap(16);
+        for i in 0..100 {
+            t.accepted_request("a@x", &format!("p{i}@y"), &req(Some("i"), Some("s")));
+        }
+        assert_eq!(t.pairs.lock().len(), 16);
+        // The newest pair is kept.
+        assert!(matches!(
+            t.judge("a@x", "p99@y", &req(None, None)),
+            Verdict::Reject(_)
+        ));
     }
 
     #[test]
