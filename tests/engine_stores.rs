@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use transfer_engine::metadata::store::http::HttpStore;
+use transfer_engine::metadata::store::MetadataStore;
 use transfer_engine::{Opcode, TaskStatus, TransferEngine};
 
 const T: Duration = Duration::from_secs(30);
@@ -254,6 +256,81 @@ fn persisted_metadata_server_loses_nothing_on_restart() {
     let _ = std::fs::remove_file(&dir);
 }
 
+/// Shut `e` down and put back the keys it had published under `name`, as a
+/// process killed with SIGKILL leaves them: its RPC port is closed.
+fn crash_leaving_keys(url: &str, name: &str, e: &TransferEngine) -> Vec<(String, String)> {
+    let store = HttpStore::new(url).unwrap();
+    let keys = [
+        format!("mooncake/rpc_meta/{name}"),
+        format!("mooncake/ram/{name}"),
+    ];
+    let kept: Vec<(String, String)> = keys
+        .iter()
+        .map(|k| (k.clone(), store.get(k).unwrap().expect("published key")))
+        .collect();
+    e.shutdown();
+    for (k, v) in &kept {
+        store.set(k, v).unwrap();
+    }
+    kept
+}
+
+/// A second engine asking for a live engine's name is refused, as upstream
+/// is by the master's metadata server; the first keeps its key and stays
+/// reachable under it.
+#[test]
+fn a_live_engines_name_is_refused_to_a_second_engine() {
+    let server = MetaServer::start(free_port(), None);
+    let url = server.url();
+    let pid = std::process::id();
+    let name = format!("taken-{pid}");
+    let first = engine(&url, &name);
+    let store = HttpStore::new(&url).unwrap();
+    let key = format!("mooncake/rpc_meta/{name}");
+    let held = store.get(&key).unwrap().expect("first engine's rpc_meta");
+    let remote = Guarded::new(4096);
+    first
+        .register_local_memory(remote.addr(), 4096, "cpu:0", true)
+        .unwrap();
+
+    match TransferEngine::new(&url, &name, false) {
+        Err(e) => {
+            assert_eq!(e.err_code(), -200, "ERR_METADATA as upstream: {e}");
+            assert!(e.to_string().contains("held by a live engine"), "{e}");
+        }
+        Ok(_) => panic!("a second engine took the live name '{name}'"),
+    }
+    // Through the C API too: createTransferEngine returns NULL.
+    let (c_url, c_name) = (
+        std::ffi::CString::new(url.clone()).unwrap(),
+        std::ffi::CString::new(name.clone()).unwrap(),
+    );
+    // SAFETY: valid NUL-terminated strings; a NULL ip is ignored.
+    let h = unsafe {
+        transfer_engine::ffi::engine::createTransferEngine(
+            c_url.as_ptr(),
+            c_name.as_ptr(),
+            std::ptr::null(),
+            0,
+            0,
+        )
+    };
+    assert!(h.is_null(), "createTransferEngine must refuse a live name");
+
+    assert_eq!(store.get(&key).unwrap().as_deref(), Some(held.as_str()));
+    let peer = engine(&url, &format!("taken-peer-{pid}"));
+    let id = peer.open_segment(&name).unwrap();
+    let mut local = Guarded::new(4096);
+    local.data_mut().copy_from_slice(&pattern(3, 4096));
+    let st = run_batch(
+        &peer,
+        &[req(Opcode::Write, local.addr(), id, remote.addr(), 4096)],
+        T,
+    );
+    assert_eq!(st[0].status, TaskStatus::Completed);
+    assert!(remote.data() == local.data());
+}
+
 #[test]
 fn stale_descriptor_of_a_crashed_process_does_not_leak() {
     let server = MetaServer::start(free_port(), None);
@@ -263,12 +340,18 @@ fn stale_descriptor_of_a_crashed_process_does_not_leak() {
     let m = Guarded::new(8192);
     old.register_local_memory(m.addr(), 8192, "cpu:0", true)
         .unwrap();
-    // "Crash": leak the engine so nothing is unpublished.
-    std::mem::forget(old);
+    // "Crash": what the engine published stays in the store, its ports close.
+    let left_behind = crash_leaving_keys(&url, &name, &old);
     let new = engine(&url, &name);
     assert!(
         new.metadata().local_desc().unwrap().buffers.is_empty(),
         "a new engine must not inherit the buffers of a crashed one"
+    );
+    let store = HttpStore::new(&url).unwrap();
+    assert_ne!(
+        store.get(&left_behind[0].0).unwrap().as_deref(),
+        Some(left_behind[0].1.as_str()),
+        "the new engine publishes its own rpc_meta over the crashed one's"
     );
     let peer = engine(&url, &format!("peer-of-crashy-{}", std::process::id()));
     let id = peer.open_segment(&name).unwrap();

@@ -13,7 +13,9 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::{env_i64, env_is_set, env_str};
 use crate::error::{Error, Result};
-use crate::metadata::descriptor::{timestamp_now, PriorityMatrix, RpcMeta, SegmentDesc};
+use crate::metadata::descriptor::{
+    new_incarnation, timestamp_now, PriorityMatrix, RpcMeta, SegmentDesc,
+};
 use crate::metadata::{name, Metadata, SegmentId};
 use crate::net;
 use crate::task::{TaskStatus, TransferRequest};
@@ -61,6 +63,9 @@ pub struct TransferEngine {
     /// Every thread of this engine: its metadata's, its transports', the
     /// reporter's (counted in children of it).
     threads: ThreadCount,
+    /// Random per engine, published in our descriptor (`te_rs_incarnation`):
+    /// peers tell this engine from an earlier one with the same name.
+    incarnation: String,
 }
 
 impl TransferEngine {
@@ -121,6 +126,7 @@ impl TransferEngine {
             tcp_fallback: tcp_fallback_enabled(),
             metrics: crate::metrics::Reporter::from_env(&threads),
             threads,
+            incarnation: new_incarnation(),
         });
         if metadata.is_p2p() {
             metadata.start_daemon(listener.expect("p2p listener"))?;
@@ -294,6 +300,7 @@ impl TransferEngine {
         let mut desc = SegmentDesc {
             name: self.metadata.local_name(),
             timestamp: timestamp_now(),
+            te_rs_incarnation: Some(self.incarnation.clone()),
             ..Default::default()
         };
         primary.describe(&mut desc, &buffers);
@@ -304,6 +311,11 @@ impl TransferEngine {
     }
 
     // ---- segments -----------------------------------------------------------
+
+    /// This engine's incarnation id (`te_rs_incarnation` in its descriptor).
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
 
     pub fn open_segment(&self, name: &str) -> Result<SegmentId> {
         self.metadata

@@ -3,12 +3,18 @@
 //! caught panic returns. Bodies say *why* they refuse, never *what* to
 //! return for it.
 
+use std::collections::HashMap;
 use std::ffi::c_int;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use super::INVALID_BATCH;
 use crate::error::{err, status, Error};
+use crate::serving::ratelog::RateLimited;
 
 /// Why a C call did not do its work.
 #[derive(Debug)]
@@ -42,9 +48,24 @@ impl<T> About<T> for Result<T, Error> {
 /// What an `ffi_fn!` body returns: the value for C, or why it has none.
 pub(crate) type Outcome<F> = Result<<F as ReturnFamily>::Ret, Refusal>;
 
-/// Log why an argument is refused and return the refusal.
+/// Log why an argument is refused and return the refusal. At most one line
+/// a second per C function, the next one saying how many were held back: a
+/// thread polling a destroyed handle must not fill the disk.
 pub(crate) fn refuse(func: &str, why: fmt::Arguments<'_>) -> Refusal {
-    log::error!("{func}: {why}");
+    static LIMITS: LazyLock<Mutex<HashMap<String, Arc<RateLimited>>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    let limit = {
+        let mut limits = LIMITS.lock();
+        match limits.get(func) {
+            Some(l) => l.clone(),
+            None => {
+                let l = Arc::new(RateLimited::new(module_path!(), Duration::from_secs(1)));
+                limits.insert(func.to_owned(), l.clone());
+                l
+            }
+        }
+    };
+    limit.error(format_args!("{func}: {why}"));
     Refusal::Argument
 }
 

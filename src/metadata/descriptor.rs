@@ -73,6 +73,12 @@ pub struct SegmentDesc {
     pub tcp_fallback_port: Option<u16>,
     #[serde(default = "default_proto_version")]
     pub tcp_proto_version: u32,
+    /// te-rs only: the owner's incarnation, 16 hex digits drawn at random
+    /// per engine. A te-rs initiator compares it on every new data
+    /// connection to notice that a new process took the segment's name and
+    /// ports; the C++ engine reads the keys it knows and ignores this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub te_rs_incarnation: Option<String>,
     #[serde(default)]
     pub timestamp: String,
 }
@@ -123,6 +129,22 @@ impl SegmentDesc {
 pub struct RpcMeta {
     pub ip_or_host_name: String,
     pub rpc_port: u16,
+}
+
+/// A fresh incarnation id: 64 random bits from the kernel, as 16 hex digits.
+pub fn new_incarnation() -> String {
+    let mut v = 0u64;
+    // SAFETY: getrandom writes at most 8 bytes into `v`, which has 8.
+    let n = unsafe { libc::getrandom((&mut v as *mut u64).cast(), 8, 0) };
+    if n != 8 {
+        // No entropy syscall: time and pid still differ between processes.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        v = t ^ ((std::process::id() as u64) << 32);
+    }
+    format!("{v:016x}")
 }
 
 /// Local time as `YYYY-MM-DD HH:MM:SS.uuuuuu`, the descriptor timestamp format.

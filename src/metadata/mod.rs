@@ -15,8 +15,9 @@ pub mod notify_queue;
 pub mod store;
 
 use std::collections::HashMap;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -29,6 +30,10 @@ use store::MetadataStore;
 /// `segment_id_t` of the C API. 0 is the local segment; peers count from 1.
 pub type SegmentId = i32;
 pub const LOCAL_SEGMENT_ID: SegmentId = 0;
+
+/// How long engine creation tries the RPC port of the engine that holds
+/// its name before taking the name over.
+const HOLDER_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Answers Connection handshakes on behalf of the installed transport.
 pub type ConnectionHandler = Arc<dyn Fn(&HandShakeDesc) -> HandShakeDesc + Send + Sync>;
@@ -176,6 +181,7 @@ impl Metadata {
 
     pub fn publish_rpc_meta(self: &Arc<Self>, meta: &RpcMeta) -> Result<()> {
         let key = self.rpc_meta_key(&self.local_name());
+        self.refuse_live_holder(&key, meta)?;
         self.store_set(&key, &self.store_text(meta))?;
         *self.published_rpc.lock() = Some(meta.clone());
         let mut k = self.keeper.lock();
@@ -186,6 +192,50 @@ impl Metadata {
             ));
         }
         Ok(())
+    }
+
+    /// Refuse to take a name another live engine holds (upstream's engine is
+    /// refused by the master's metadata server the same way, and fails
+    /// `init` with ERR_METADATA): the first engine keeps its key. A holder
+    /// whose RPC port accepts no connection is a crashed predecessor, and its
+    /// key is taken over.
+    fn refuse_live_holder(&self, key: &str, ours: &RpcMeta) -> Result<()> {
+        let Some(s) = &self.store else {
+            return Ok(());
+        };
+        let Some(text) = s.get(key)? else {
+            return Ok(());
+        };
+        let Ok(holder) = serde_json::from_str::<RpcMeta>(&text) else {
+            return Ok(()); // not an engine's entry: overwrite it, as upstream
+        };
+        if holder == *ours {
+            return Ok(());
+        }
+        let live = (holder.ip_or_host_name.as_str(), holder.rpc_port)
+            .to_socket_addrs()
+            .ok()
+            .into_iter()
+            .flatten()
+            .any(|a| TcpStream::connect_timeout(&a, HOLDER_CONNECT_TIMEOUT).is_ok());
+        if !live {
+            log::warn!(
+                "{key} in {} names {}:{}, which accepts no connection (a crashed engine): taking the name over",
+                s.describe(),
+                holder.ip_or_host_name,
+                holder.rpc_port
+            );
+            return Ok(());
+        }
+        let msg = format!(
+            "Failed to set location of {}: the name is held by a live engine at {}:{} (in {}); choose another name or destroy that engine first",
+            self.local_name(),
+            holder.ip_or_host_name,
+            holder.rpc_port,
+            s.describe()
+        );
+        log::error!("{msg}");
+        Err(Error::Metadata(msg))
     }
 
     /// Put our keys back if the store lost them (e.g. a metadata server
@@ -403,6 +453,35 @@ impl Metadata {
                 self.segment_desc(id)
             }
         }
+    }
+
+    /// Re-read `name`'s descriptor now, bypassing the cache, and keep it in
+    /// the cache when `name` is cached (a TCP data connection checks its
+    /// owner's incarnation so; later submits then see the new owner).
+    pub fn reread_desc(&self, name: &str) -> Result<Arc<SegmentDesc>> {
+        let desc = Arc::new(self.fetch_desc(name)?);
+        let mut cache = self.segments.write();
+        if let Some(id) = cache.by_name.get(name).copied() {
+            if let Some(entry) = cache.by_id.get_mut(&id) {
+                if !entry.1.same_content(&desc) {
+                    entry.1 = desc.clone();
+                }
+            }
+        }
+        Ok(desc)
+    }
+
+    /// The segment name whose descriptor names RDMA server `server` (NIC
+    /// paths carry the RDMA server name; in store modes it is not the
+    /// segment's name). `server` itself when no cached segment names it.
+    pub fn segment_name_of_rdma_server(&self, server: &str) -> String {
+        let cache = self.segments.read();
+        cache
+            .by_id
+            .values()
+            .find(|(_, d)| d.name == server || d.rdma_server_name.as_deref() == Some(server))
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| server.to_string())
     }
 
     /// `syncSegmentCache`: re-fetch `name` if cached, or every cached segment.

@@ -15,7 +15,10 @@ use crate::metadata::json;
 pub struct CallOptions {
     /// `MC_HANDSHAKE_CONNECT_TIMEOUT` (default 5 s, 1..3599).
     pub connect_timeout: Duration,
-    /// Per-read timeout while waiting for the reply (upstream 60 s).
+    /// `MC_HANDSHAKE_REPLY_TIMEOUT_SEC` (default 60 s as upstream, 1..3599):
+    /// the whole budget for sending the request and receiving the reply, so a
+    /// stalled peer (stopped, or accepting and never answering) cannot hold a
+    /// call longer, however it trickles bytes.
     pub read_timeout: Duration,
 }
 
@@ -23,9 +26,15 @@ impl Default for CallOptions {
     fn default() -> Self {
         CallOptions {
             connect_timeout: crate::config::env_secs("MC_HANDSHAKE_CONNECT_TIMEOUT", 5, 1, 3599),
-            read_timeout: Duration::from_secs(60),
+            read_timeout: reply_timeout(),
         }
     }
+}
+
+/// `MC_HANDSHAKE_REPLY_TIMEOUT_SEC`, read once per process.
+pub fn reply_timeout() -> Duration {
+    static T: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *T.get_or_init(|| crate::config::env_secs("MC_HANDSHAKE_REPLY_TIMEOUT_SEC", 60, 1, 3599))
 }
 
 /// One request/reply exchange with `host:port`; returns the reply JSON text.
@@ -99,17 +108,30 @@ fn call_addr(
 ) -> Result<String> {
     let stream = TcpStream::connect_timeout(&addr, opts.connect_timeout)
         .map_err(|e| Error::Socket(format!("connecting to {addr}: {e}")))?;
-    let sock_err = |what: &str, e: Error| Error::Socket(format!("{what} {addr}: {e}"));
+    let deadline = Instant::now() + opts.read_timeout;
+    let sock_err = |what: &str, e: Error| {
+        if Instant::now() >= deadline {
+            Error::Socket(format!(
+                "{what} {addr}: no reply within {:?} (MC_HANDSHAKE_REPLY_TIMEOUT_SEC): {e}",
+                opts.read_timeout
+            ))
+        } else {
+            Error::Socket(format!("{what} {addr}: {e}"))
+        }
+    };
     let _ = stream.set_nodelay(true);
     stream
-        .set_read_timeout(Some(opts.read_timeout))
-        .and_then(|_| stream.set_write_timeout(Some(opts.read_timeout)))
+        .set_write_timeout(Some(opts.read_timeout))
         .map_err(|e| sock_err("configuring socket to", e.into()))?;
     frame::write_frame(&mut &stream, framing, json)
         .map_err(|e| sock_err("sending handshake to", e))?;
     while_waiting();
     spin_for_reply(&stream);
-    let reply = frame::read_frame(&mut &stream, frame::max_frame_len()).map_err(|e| match e {
+    let mut timed = DeadlineReader {
+        stream: &stream,
+        deadline,
+    };
+    let reply = frame::read_frame(&mut timed, frame::max_frame_len()).map_err(|e| match e {
         Error::MalformedJson(m) => Error::MalformedJson(format!("reply from {addr}: {m}")),
         e => sock_err("reading handshake reply from", e),
     })?;
@@ -123,6 +145,25 @@ fn call_addr(
     }
     String::from_utf8(reply.json)
         .map_err(|e| Error::MalformedJson(format!("reply from {addr}: {e}")))
+}
+
+/// Reads that end at `deadline`: each read waits at most what is left, so
+/// a peer trickling its reply byte by byte cannot stretch the call.
+struct DeadlineReader<'a> {
+    stream: &'a TcpStream,
+    deadline: Instant,
+}
+
+impl std::io::Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut stream = self.stream;
+        std::io::Read::read(&mut stream, buf)
+    }
 }
 
 /// How long a call waits for the reply spinning before it sleeps in the

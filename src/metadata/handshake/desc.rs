@@ -26,6 +26,13 @@ pub struct HandShakeDesc {
     pub ready_ack: Option<bool>,
     #[serde(default)]
     pub reply_msg: String,
+    /// te-rs only: the sender's engine incarnation (`path_trust.rs`); the
+    /// C++ engine reads the keys it knows and ignores this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub te_rs_incarnation: Option<String>,
+    /// te-rs only: the NIC path pair's secret, sent by the active side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub te_rs_path_secret: Option<String>,
 }
 
 impl HandShakeDesc {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard, RwLock};
 
+use super::path_trust::PathTrust;
 use crate::error::{Error, Result};
 use crate::metadata::handshake::HandShakeDesc;
 use crate::metadata::name;
@@ -152,6 +153,11 @@ impl Endpoint {
 
     pub fn state(&self) -> EndpointState {
         self.machine.lock().state()
+    }
+
+    /// The peer's QP numbers while connected or connecting with them.
+    pub fn peer_qpns(&self) -> Option<Vec<u32>> {
+        self.machine.lock().peer_qpns().map(<[u32]>::to_vec)
     }
 
     pub fn qp_nums(&self) -> Vec<u32> {
@@ -309,7 +315,8 @@ impl Endpoint {
 
     /// Active connect, run on a handshake thread after the gate said
     /// `Connect`. Returns when the attempt is over.
-    pub fn connect_active(&self, meta: &Metadata) -> Result<()> {
+    pub fn connect_active(&self, meta: &Metadata, trust: &PathTrust) -> Result<()> {
+        let ours = meta.local_desc().and_then(|d| d.te_rs_incarnation.clone());
         let mut p = Pending::default();
         {
             let mut m = self.machine.lock();
@@ -347,10 +354,13 @@ impl Endpoint {
                     meta.send_handshake(&server, &req)
                 }
             } else {
+                let mut req = req;
+                trust.stamp(&self.local_path, &self.peer_path, ours.as_deref(), &mut req);
                 meta.send_handshake(&server, &req).map(|mut r| {
                     if self.mode.legacy {
                         r.ready_ack = None;
                     }
+                    trust.accepted_reply(&self.local_path, &self.peer_path, &r);
                     r
                 })
             };

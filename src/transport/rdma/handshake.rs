@@ -11,6 +11,7 @@ use crate::metadata::name;
 use super::endpoint;
 use super::endpoint_driver::{Endpoint, PassiveOutcome};
 use super::liveness;
+use super::path_trust::Verdict;
 use super::shared::Shared;
 use super::worker::ContextWorkers;
 
@@ -18,9 +19,10 @@ impl Shared {
     /// Run the active handshake for `ep` off the worker thread.
     pub fn start_handshake(&self, cw: Arc<ContextWorkers>, ep: Arc<Endpoint>) {
         let meta = self.tctx.metadata.clone();
+        let trust = self.trust.clone();
         if ep.is_loopback() {
             // No RPC: QPs connect to themselves right here.
-            let ok = ep.connect_active(&meta).is_ok();
+            let ok = ep.connect_active(&meta, &trust).is_ok();
             self.handshake_done(&cw, &ep, ok);
             ep.end_handshake();
             cw.wake_all();
@@ -29,7 +31,7 @@ impl Shared {
         let me = self.me.clone();
         let claimed = ep.clone();
         let spawned = self.threads.spawn("te-rdma-handshake", move || {
-            let ok = ep.connect_active(&meta).is_ok();
+            let ok = ep.connect_active(&meta, &trust).is_ok();
             if let Some(sh) = me.upgrade() {
                 sh.handshake_done(&cw, &ep, ok);
             }
@@ -104,9 +106,26 @@ impl Shared {
                     ))
                 }
             };
+            if let Some(why) = sh.refuse_replacement(&ep, req) {
+                crate::warn_limited!(
+                    "rejected handshake from {} claiming to replace the live endpoint {} -> {}: {why}",
+                    req.local_nic_path,
+                    ep.local_path,
+                    ep.peer_path
+                );
+                return HandShakeDesc::rejected(format!(
+                    "handshake for the live endpoint of {} not believed: {why}",
+                    req.local_nic_path
+                ));
+            }
             match ep.on_request(req) {
-                PassiveOutcome::Reply(r) => {
+                PassiveOutcome::Reply(mut r) => {
                     if r.reply_msg.is_empty() {
+                        if !req.is_ready_ack() {
+                            sh.trust
+                                .accepted_request(&ep.local_path, &ep.peer_path, req);
+                            r.te_rs_incarnation = sh.our_incarnation();
+                        }
                         sh.counters.handshakes.fetch_add(1, Ordering::Relaxed);
                     } else {
                         log::warn!(
@@ -125,5 +144,47 @@ impl Shared {
             "Local RDMA endpoint unavailable for {}",
             req.local_nic_path
         ))
+    }
+
+    /// Our engine's incarnation, as our descriptor publishes it.
+    fn our_incarnation(&self) -> Option<String> {
+        self.tctx
+            .metadata
+            .local_desc()
+            .and_then(|d| d.te_rs_incarnation.clone())
+    }
+
+    /// Why `req` may not replace `ep`, when it would (the endpoint is
+    /// connected and the request names other QPs) and does not prove it
+    /// comes from the peer (`path_trust.rs`). `None`: go ahead.
+    fn refuse_replacement(&self, ep: &Endpoint, req: &HandShakeDesc) -> Option<String> {
+        if req.is_ready_ack() || !ep.state().connected() {
+            return None;
+        }
+        if ep.peer_qpns().is_none_or(|q| q == req.qp_num) {
+            return None;
+        }
+        match self.trust.judge(&ep.local_path, &ep.peer_path, req) {
+            Verdict::Believe => None,
+            Verdict::Reject(why) => Some(why.to_string()),
+            Verdict::IfPublished(claimed) => {
+                let server = name::split_nic_path(&req.local_nic_path).map(|(s, _)| s)?;
+                let segment = self.tctx.metadata.segment_name_of_rdma_server(server);
+                match self.tctx.metadata.reread_desc(&segment) {
+                    Ok(d) if d.te_rs_incarnation.as_deref() == Some(claimed.as_str()) => {
+                        log::info!(
+                            "RDMA peer {} restarted (incarnation {claimed} published); replacing its endpoint",
+                            req.local_nic_path
+                        );
+                        None
+                    }
+                    Ok(d) => Some(format!(
+                        "it claims incarnation {claimed}, the peer publishes {}",
+                        d.te_rs_incarnation.as_deref().unwrap_or("none")
+                    )),
+                    Err(e) => Some(format!("cannot read the peer's descriptor: {e}")),
+                }
+            }
+        }
     }
 }

@@ -79,6 +79,7 @@ impl RdmaTransport {
             rails,
             liveness: liveness::PeerLiveness::from_env(),
             fallback: Default::default(),
+            trust: Default::default(),
             paths: Default::default(),
             locations: Default::default(),
             next_generation: AtomicU64::new(1),

@@ -30,6 +30,7 @@ pub mod liveness;
 pub mod memory;
 mod names;
 pub mod passive_cap;
+pub mod path_trust;
 mod poll;
 pub mod provider;
 mod queues;

@@ -39,6 +39,8 @@ pub struct Shared {
     /// The TCP carrier for slices with no RDMA path left, and per peer the
     /// time new submissions skip RDMA (`fallback.rs`).
     pub fallback: super::fallback::Fallback,
+    /// Who may replace a connected endpoint (`path_trust.rs`).
+    pub trust: Arc<super::path_trust::PathTrust>,
     /// Peer NIC paths and buffer locations slices refer to by id.
     pub(super) paths: Names,
     pub(super) locations: Names,

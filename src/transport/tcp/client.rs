@@ -33,10 +33,14 @@ pub struct ClientShared {
     pub short_sends: AtomicU64,
     /// Requests re-sent because a pooled connection turned out dead.
     pub resent: AtomicU64,
+    /// Peers found replaced by a new engine (a new incarnation).
+    pub replaced: AtomicU64,
     pub loops: ClientLoops,
     connectors: Mutex<Vec<JoinHandle<()>>>,
     /// The transport's count, which holds the loops and connecting threads.
     count: ThreadCount,
+    /// One per data endpoint and owner incarnation.
+    peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
 }
 
 impl ClientShared {
@@ -65,6 +69,23 @@ impl ClientShared {
         Ok(())
     }
 
+    /// The peer for `key`, made on first use; `None` after shutdown. A
+    /// new key drops the peers retired because their owner was replaced.
+    pub fn peer(self: &Arc<Self>, key: PeerKey) -> Option<Arc<Peer>> {
+        let mut peers = self.peers.lock();
+        // Checked under the lock shutdown drains, so no peer outlives it.
+        if self.stop.load(Ordering::Acquire) {
+            return None;
+        }
+        if let Some(p) = peers.get(&key) {
+            return Some(p.clone());
+        }
+        peers.retain(|_, p| !p.is_retired());
+        let p = Arc::new(Peer::new(key.clone(), self.cfg.clone(), self.clone()));
+        peers.insert(key, p.clone());
+        Some(p)
+    }
+
     pub fn threads(&self) -> usize {
         let loops = self.loops.threads();
         let connecting = self
@@ -79,7 +100,6 @@ impl ClientShared {
 
 pub struct TcpClient {
     shared: Arc<ClientShared>,
-    peers: Mutex<HashMap<PeerKey, Arc<Peer>>>,
 }
 
 impl TcpClient {
@@ -93,10 +113,11 @@ impl TcpClient {
                 stop: AtomicBool::new(false),
                 short_sends: AtomicU64::new(0),
                 resent: AtomicU64::new(0),
+                replaced: AtomicU64::new(0),
                 connectors: Mutex::new(Vec::new()),
                 count,
+                peers: Mutex::new(HashMap::new()),
             }),
-            peers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -133,6 +154,7 @@ impl TcpClient {
                 remote: req.target_offset,
                 len: req.length,
                 resends: 0,
+                after_break: false,
             };
             match &mut run {
                 Some((t, _, jobs)) if Arc::ptr_eq(t, s.target) => jobs.push(job),
@@ -140,11 +162,7 @@ impl TcpClient {
                     if let Some(r) = run.take() {
                         Self::hand_over(r.1, r.2);
                     }
-                    let key = PeerKey {
-                        name: s.target.name.clone(),
-                        port: s.target.tcp_data_port,
-                        v2: s.target.tcp_proto_version >= 2 && !self.shared.cfg.force_v1,
-                    };
+                    let key = PeerKey::of(s.target, self.shared.cfg.force_v1);
                     run = Some((s.target.clone(), self.peer(key), vec![job]));
                 }
             }
@@ -168,6 +186,8 @@ impl TcpClient {
             name: name.to_string(),
             port,
             v2: !self.shared.cfg.force_v1,
+            // RDMA's fallback slices: the RDMA side checks the owner.
+            incarnation: None,
         };
         Self::hand_over(self.peer(key), jobs);
     }
@@ -180,15 +200,7 @@ impl TcpClient {
     }
 
     fn peer(&self, key: PeerKey) -> Option<Arc<Peer>> {
-        let mut peers = self.peers.lock();
-        // Checked under the lock shutdown drains, so no peer outlives it.
-        if self.shared.stop.load(Ordering::Acquire) {
-            return None;
-        }
-        let p = peers.entry(key.clone()).or_insert_with(|| {
-            Arc::new(Peer::new(key, self.shared.cfg.clone(), self.shared.clone()))
-        });
-        Some(p.clone())
+        self.shared.peer(key)
     }
 
     /// openSegment waits for a peer's descriptor: start the first event
@@ -213,9 +225,19 @@ impl TcpClient {
         self.shared.resent.load(Ordering::Relaxed)
     }
 
+    /// Peers whose owner turned out replaced by a new engine.
+    pub fn replaced_owners(&self) -> u64 {
+        self.shared.replaced.load(Ordering::Relaxed)
+    }
+
     /// Open data connections over all peers (diagnostics, tests).
     pub fn connections(&self) -> usize {
-        self.peers.lock().values().map(|p| p.connections()).sum()
+        self.shared
+            .peers
+            .lock()
+            .values()
+            .map(|p| p.connections())
+            .sum()
     }
 
     /// Client threads running: event loops and connecting threads. Does
@@ -226,14 +248,14 @@ impl TcpClient {
 
     /// Number of peers seen (diagnostics).
     pub fn peer_count(&self) -> usize {
-        self.peers.lock().len()
+        self.shared.peers.lock().len()
     }
 
     /// Fail queued work, join the connecting threads, then stop the loops,
     /// which fail what is in flight.
     pub fn shutdown(&self) {
         self.shared.stop.store(true, Ordering::Release);
-        let peers: Vec<Arc<Peer>> = self.peers.lock().drain().map(|(_, p)| p).collect();
+        let peers: Vec<Arc<Peer>> = self.shared.peers.lock().drain().map(|(_, p)| p).collect();
         for p in &peers {
             p.queue.stop();
         }

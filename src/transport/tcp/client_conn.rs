@@ -678,6 +678,7 @@ impl ClientConn {
             }
             Fail::Broken(why) => why,
         };
+        self.peer.note_broken();
         let idle = g.inflight.is_empty() && g.out.is_empty();
         let stale = g.pooled_burst;
         self.break_locked(g, Fate::Broken { stale }, settle);
@@ -790,6 +791,7 @@ mod tests {
             remote: 0,
             len: 64,
             resends: 0,
+            after_break: false,
         }
     }
 

@@ -170,6 +170,7 @@ impl Transport for TcpTransport {
             "client_threads": self.client.threads(),
             "short_path_sends": self.client.short_path_sends(),
             "resent_requests": self.client.resent_requests(),
+            "replaced_owners": self.client.replaced_owners(),
         })
     }
 
@@ -194,6 +195,7 @@ impl SliceCarrier for TcpTransport {
                 remote: s.dest,
                 len: s.length,
                 resends: 0,
+                after_break: false,
             })
             .collect();
         self.client.carry(peer, port, jobs);

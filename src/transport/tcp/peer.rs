@@ -14,7 +14,7 @@
 //! submitting thread sends them itself (`push`), which saves a wake-up.
 
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use super::client_conn::ClientConn;
 use super::config::TcpConfig;
 use super::queue::{Job, JobQueue};
 use super::sock;
+use crate::metadata::descriptor::SegmentDesc;
 use crate::serving::RateLimited;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -33,6 +34,21 @@ pub struct PeerKey {
     pub name: String,
     pub port: u16,
     pub v2: bool,
+    /// The owner's `te_rs_incarnation` (te-rs peers): every new connection
+    /// checks that the process behind the port is still this one.
+    pub incarnation: Option<String>,
+}
+
+impl PeerKey {
+    /// The data endpoint a descriptor names.
+    pub fn of(desc: &SegmentDesc, force_v1: bool) -> PeerKey {
+        PeerKey {
+            name: desc.name.clone(),
+            port: desc.tcp_data_port,
+            v2: desc.tcp_proto_version >= 2 && !force_v1,
+            incarnation: desc.te_rs_incarnation.clone(),
+        }
+    }
 }
 
 pub struct Peer {
@@ -42,6 +58,11 @@ pub struct Peer {
     pub queue: JobQueue,
     links: Mutex<Links>,
     max_links: usize,
+    /// A connection to the owner broke since it was last checked: jobs
+    /// pushed now are marked `after_break`.
+    broke: AtomicBool,
+    /// The owner was replaced: this peer takes no more work.
+    retired: AtomicBool,
 }
 
 /// Open connections, and connects under way.
@@ -62,6 +83,7 @@ pub type Pending = (socket2::Socket, SocketAddr);
 const CONNECT_ATTEMPTS: u32 = 2;
 
 static CONNECT_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
+static REPLACED_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(1));
 
 impl Peer {
     pub fn new(key: PeerKey, cfg: TcpConfig, client: Arc<ClientShared>) -> Peer {
@@ -72,6 +94,8 @@ impl Peer {
             client,
             queue: JobQueue::default(),
             links: Mutex::new(Links::default()),
+            broke: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -80,7 +104,18 @@ impl Peer {
         self.links.lock().conns.len()
     }
 
-    pub fn push(self: &Arc<Self>, jobs: Vec<Job>) {
+    pub fn push(self: &Arc<Self>, mut jobs: Vec<Job>) {
+        if self.retired.load(Ordering::Acquire) {
+            REPLACED_LOG.error(format_args!(
+                "tcp: segment '{}' was replaced by a new engine; {} request(s) submitted to the old one failed",
+                self.key.name,
+                jobs.len()
+            ));
+            return jobs.into_iter().for_each(Job::fail);
+        }
+        if self.broke.load(Ordering::Acquire) {
+            jobs.iter_mut().for_each(|j| j.after_break = true);
+        }
         let Some(jobs) = self.send_now(jobs) else {
             return;
         };
@@ -97,7 +132,9 @@ impl Peer {
             return Some(jobs);
         }
         let mut links = self.links.lock();
-        if links.conns.is_empty() && links.connecting == 0 {
+        // A te-rs owner is checked before a new connection carries bytes,
+        // which takes a connecting thread: no sending from here then.
+        if links.conns.is_empty() && links.connecting == 0 && self.key.incarnation.is_none() {
             links.connecting += 1;
             drop(links);
             return self.open_here(jobs);
@@ -231,15 +268,85 @@ impl Peer {
         self.kick();
     }
 
-    /// A connecting thread's work: connect (or finish `pending`) and hand
-    /// the socket to loop `index`.
+    /// A connecting thread's work: connect (or finish `pending`), check
+    /// the owner, and hand the socket to loop `index`.
     pub fn connect(self: Arc<Self>, index: usize, pending: Option<Pending>) {
         let (stream, addr) = match self.open(pending) {
             Ok(s) => s,
             Err(why) => return self.connect_failed(&why),
         };
+        if let Some(ours) = &self.key.incarnation {
+            // Connected first, then asked: a process that took the port
+            // before our connect has published its descriptor by now, and
+            // one that takes it later cannot have our connection.
+            match self.client.metadata.reread_desc(&self.key.name) {
+                Ok(d) if d.te_rs_incarnation.as_ref() == Some(ours) => {
+                    self.broke.store(false, Ordering::Release);
+                }
+                Ok(d) => {
+                    drop(stream);
+                    return self.owner_replaced(&d);
+                }
+                Err(e) => {
+                    return self.connect_failed(&format!("cannot check the owner: {e}"));
+                }
+            }
+        }
         let conn = self.new_conn(stream, index, addr);
         self.client.loops.adopt(conn);
+    }
+
+    /// A connection to the owner broke (EOF, reset, I/O error).
+    pub fn note_broken(&self) {
+        self.broke.store(true, Ordering::Release);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// A new process owns the segment (`now` is its descriptor). Nothing
+    /// sent to the old one may land in it: the old owner's connections are
+    /// closed and its queued requests fail, except those pushed after a
+    /// connection to it broke (submitted when it was already gone) whose
+    /// range the new owner registered: they go to the new owner. Later
+    /// submits see the new descriptor (`reread_desc` cached it).
+    fn owner_replaced(self: &Arc<Self>, now: &SegmentDesc) {
+        let old_conns: Vec<Arc<ClientConn>> = {
+            let mut links = self.links.lock();
+            links.connecting -= 1;
+            std::mem::take(&mut links.conns)
+        };
+        if self.retired.swap(true, Ordering::AcqRel) {
+            return; // another connect found it first and settled the queue
+        }
+        self.client.replaced.fetch_add(1, Ordering::Relaxed);
+        for c in &old_conns {
+            c.abort();
+        }
+        let (go_on, failed): (Vec<Job>, Vec<Job>) =
+            self.queue.take_all().into_iter().partition(|j| {
+                j.after_break
+                    && now.tcp_data_port != 0
+                    && now.find_buffer(j.remote, j.len).is_some()
+            });
+        REPLACED_LOG.error(format_args!(
+            "tcp: segment '{}' was replaced by a new engine (incarnation {} -> {}): \
+             {} request(s) submitted to the old one failed, {} submitted after it went away go to the new one",
+            self.key.name,
+            self.key.incarnation.as_deref().unwrap_or("?"),
+            now.te_rs_incarnation.as_deref().unwrap_or("none"),
+            failed.len(),
+            go_on.len()
+        ));
+        failed.into_iter().for_each(Job::fail);
+        if go_on.is_empty() {
+            return;
+        }
+        match self.client.peer(PeerKey::of(now, !self.key.v2)) {
+            Some(p) => p.push(go_on),
+            None => go_on.into_iter().for_each(Job::fail),
+        }
     }
 
     /// A connect failed: queued work fails unless another connection to

@@ -19,6 +19,10 @@ pub struct Job {
     /// Times it was re-sent because the connection it went out on turned
     /// out dead (see `client_conn::Fate::Broken`); bounded per job.
     pub resends: u8,
+    /// Pushed after a connection to its peer broke (see
+    /// `Peer::owner_replaced`): if the owner turns out replaced, this
+    /// request was meant for whoever owns the segment now.
+    pub after_break: bool,
 }
 
 impl Job {
@@ -105,6 +109,11 @@ impl JobQueue {
         n
     }
 
+    /// Take every queued job out.
+    pub fn take_all(&self) -> Vec<Job> {
+        self.inner.lock().jobs.drain(..).collect()
+    }
+
     /// Refuse new work and fail what is queued.
     pub fn stop(&self) {
         self.inner.lock().stopped = true;
@@ -134,6 +143,7 @@ mod tests {
                 remote: 0,
                 len,
                 resends: 0,
+                after_break: false,
             },
             task,
         )

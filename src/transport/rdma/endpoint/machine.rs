@@ -134,6 +134,7 @@ impl Endpoint {
             qp_num: self.local_qpns.clone(),
             ready_ack: Some(ready_ack),
             reply_msg: String::new(),
+            ..Default::default()
         }
     }
 

@@ -36,6 +36,7 @@ fn desc(from: &str, to: &str, qpns: &[u32], ready_ack: Option<bool>) -> HandShak
         qp_num: qpns.to_vec(),
         ready_ack,
         reply_msg: String::new(),
+        ..Default::default()
     }
 }
 
