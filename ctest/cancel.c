@@ -99,7 +99,15 @@ static void release_in_flight(void) {
     size_t ids0, alive0, ids, alive;
     int i;
     double limit;
-    CHECK_EQ(teBatchCounts(a, &ids0, &alive0), 0);
+    /* The baseline: no freed batch still held (a transport lets go of a
+     * task a moment after its last slice ended). */
+    limit = now_sec() + 30;
+    do {
+        CHECK_EQ(teBatchCounts(a, &ids0, &alive0), 0);
+        if (alive0 == ids0) break;
+        nap();
+    } while (now_sec() < limit);
+    CHECK_EQ(alive0, ids0);
     for (i = 0; i < RELEASES; i++) {
         batch_id_t id = submit(0, 0);
         CHECK_EQ(teReleaseBatchID(a, id), 0);
@@ -162,6 +170,5 @@ int main(void) {
     destroyTransferEngine(b);
     free(a_buf);
     free(b_buf);
-    if (te_failures) fprintf(stderr, "%d check(s) failed\n", te_failures);
-    return te_failures ? 1 : 0;
+    return te_finish("cancel");
 }

@@ -250,6 +250,7 @@ impl Task {
         let failed = self.failed.load(Ordering::Acquire);
         let ok = self.succeeded.load(Ordering::Acquire);
         let total = self.slices.load(Ordering::Acquire);
+        debug_assert!(ok + failed <= total, "a slice of a task ended twice");
         if ok + failed < total {
             TaskStatus::Waiting
         } else if failed > 0 {
@@ -325,6 +326,34 @@ mod tests {
         v.slice_succeeded(1);
         v.fail_all();
         assert_eq!(v.status(), TaskStatus::Failed);
+    }
+
+    #[test]
+    fn a_stopped_task_reads_canceled_or_timeout_only_once_every_slice_ended() {
+        let t = Task::new(req());
+        t.set_slices(2);
+        assert!(t.request_stop(StopReason::Canceled));
+        assert!(!t.request_stop(StopReason::DeadlinePassed), "the first reason sticks");
+        t.slice_failed();
+        assert_eq!(t.status(), TaskStatus::Waiting, "a slice may still move bytes");
+        t.slice_succeeded(5);
+        assert_eq!(t.status(), TaskStatus::Canceled);
+        // Every slice landed before the stop took: it won the race.
+        let u = Task::new(req());
+        u.set_slices(1);
+        u.request_stop(StopReason::Canceled);
+        u.slice_succeeded(10);
+        assert_eq!(u.status(), TaskStatus::Completed);
+        // A deadline: noticed by `should_stop`, read as TIMEOUT.
+        let v = Task::new(req());
+        v.set_slices(1);
+        let now = Instant::now();
+        v.set_deadline(now + Duration::from_secs(3600));
+        assert!(!v.should_stop(now));
+        v.set_deadline(now);
+        assert!(v.should_stop(now));
+        v.slice_failed();
+        assert_eq!(v.status(), TaskStatus::Timeout);
     }
 
     #[test]

@@ -367,6 +367,31 @@ mod tests {
     }
 
     #[test]
+    fn a_released_batch_lives_until_its_last_task_is_let_go() {
+        let t = BatchTable::default();
+        let id = t.allocate(2);
+        let b = t.get(id).unwrap();
+        let tasks = t.new_tasks(&reqs(2), Instant::now(), &b, None);
+        b.push_tasks(tasks.iter().cloned());
+        tasks.iter().for_each(|task| task.set_slices(1));
+        drop(b);
+        // A transport still holds task 1.
+        let held = tasks[1].clone();
+        drop(tasks);
+        assert_eq!((t.len(), t.live()), (1, 1));
+        let b = t.release(id).unwrap();
+        assert_eq!(b.stop_tasks(None, StopReason::Canceled), 2);
+        t.recycle(&b);
+        drop(b);
+        assert!(t.get(id).is_err() && t.release(id).is_err());
+        assert_eq!((t.len(), t.live()), (0, 1), "task 1 keeps its batch alive");
+        held.slice_failed();
+        assert_eq!(held.status(), TaskStatus::Canceled);
+        drop(held);
+        assert_eq!((t.len(), t.live()), (0, 0));
+    }
+
+    #[test]
     fn the_spare_list_is_bounded() {
         let t = BatchTable::default();
         run_and_free(&t, SPARE_TASKS + 10, None);
