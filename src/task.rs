@@ -333,9 +333,16 @@ mod tests {
         let t = Task::new(req());
         t.set_slices(2);
         assert!(t.request_stop(StopReason::Canceled));
-        assert!(!t.request_stop(StopReason::DeadlinePassed), "the first reason sticks");
+        assert!(
+            !t.request_stop(StopReason::DeadlinePassed),
+            "the first reason sticks"
+        );
         t.slice_failed();
-        assert_eq!(t.status(), TaskStatus::Waiting, "a slice may still move bytes");
+        assert_eq!(
+            t.status(),
+            TaskStatus::Waiting,
+            "a slice may still move bytes"
+        );
         t.slice_succeeded(5);
         assert_eq!(t.status(), TaskStatus::Canceled);
         // Every slice landed before the stop took: it won the race.
