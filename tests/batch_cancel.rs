@@ -657,3 +657,45 @@ fn cancel_one_task_and_refuse_bad_ids() {
     init.free_batch_id(b).unwrap();
     assert!(init.release_batch_id(b).is_err());
 }
+
+/// Destroying the engine under a waiter (and a cancel racing it) ends
+/// them: shutdown fails what the transports held, which wakes the waiter;
+/// no task is left WAITING and no engine thread runs on.
+#[test]
+fn engine_shutdown_ends_waits_and_cancels() {
+    let init = Arc::new(p2p_engine());
+    let (_target, seg, _silent, remote) = stalled_peer(&init);
+    let local = Guarded::new(4 * 4096);
+    init.register_local_memory(local.addr(), 4 * 4096, "cpu:0", true)
+        .unwrap();
+    let reqs: Vec<_> = (0..4u64)
+        .map(|i| {
+            req(
+                Opcode::Write,
+                local.addr() + i * 4096,
+                seg,
+                remote.addr() + i * 4096,
+                4096,
+            )
+        })
+        .collect();
+    let b = init.allocate_batch_id(4);
+    init.submit_transfer(b, &reqs, None).unwrap();
+    let e = init.clone();
+    let waiter = std::thread::spawn(move || e.wait_batch(b, LONG).unwrap());
+    let e = init.clone();
+    let canceller = std::thread::spawn(move || e.cancel(b, Some(3), LONG).unwrap());
+    // The batch cannot end on its own (the peer never answers); destroy under the waiter.
+    assert!(!init.wait_batch(b, Duration::from_millis(50)).unwrap());
+    init.shutdown();
+    assert!(waiter.join().unwrap(), "the wait ends with the engine");
+    assert!(canceller.join().unwrap(), "the cancel ends with the engine");
+    for i in 0..4 {
+        let s = init.transfer_status(b, i).unwrap().status;
+        assert!(
+            matches!(s, TaskStatus::Failed | TaskStatus::Canceled),
+            "{s:?}"
+        );
+    }
+    assert_eq!(init.threads(), 0);
+}
