@@ -699,3 +699,59 @@ fn engine_shutdown_ends_waits_and_cancels() {
     }
     assert_eq!(init.threads(), 0);
 }
+
+/// RDMA slices queued behind a handshake (the initiator's RTR held for
+/// 2 s) never go out once cancelled: every task reads CANCELED long before
+/// the handshake could have finished, and the target's bytes stay as they were.
+#[test]
+fn rdma_slices_queued_behind_a_handshake_are_cancelled_unsent() {
+    use transfer_engine::transport::rdma::verbs::QpState;
+    let target = rdma_support::rdma_engine(&["ack1"]);
+    let init = rdma_support::rdma_engine(&["ack0"]);
+    let len = 8 * SLOT;
+    let mut local = Guarded::new(len);
+    let remote = Guarded::new(len);
+    local.data_mut().fill(POISON);
+    init.register_local_memory(local.addr(), len as u64, "cpu:0", true)
+        .unwrap();
+    target
+        .register_local_memory(remote.addr(), len as u64, "cpu:0", true)
+        .unwrap();
+    let seg = init.open_segment(&target.local_server_name()).unwrap();
+    let hold = Duration::from_secs(2);
+    fault::delay_transition(Scope::Device("ack0"), QpState::Rtr, Some(hold)).unwrap();
+    let reqs: Vec<_> = (0..8)
+        .map(|i| {
+            req(
+                Opcode::Write,
+                local.addr() + (i * SLOT) as u64,
+                seg,
+                remote.addr() + (i * SLOT) as u64,
+                SLOT as u64,
+            )
+        })
+        .collect();
+    let b = init.allocate_batch_id(8);
+    let start = Instant::now();
+    init.submit_transfer(b, &reqs, None).unwrap();
+    assert!(init.cancel(b, None, LONG).unwrap());
+    let took = start.elapsed();
+    for i in 0..8 {
+        assert_eq!(
+            init.transfer_status(b, i).unwrap().status,
+            TaskStatus::Canceled
+        );
+    }
+    assert!(
+        took < hold,
+        "cancel took {took:?}: it waited for the handshake"
+    );
+    init.free_batch_id(b).unwrap();
+    fault::delay_transition(Scope::Device("ack0"), QpState::Rtr, None).unwrap();
+    // A later batch goes through once the handshake ends; the cancelled
+    // one's bytes never reached the target.
+    assert!(remote.data().iter().all(|b| *b == common::GUARD_BYTE));
+    let st = rdma_support::run_batch(&init, &reqs[..1], LONG);
+    assert_eq!(st[0].status, TaskStatus::Completed);
+    assert!(remote.data()[..SLOT].iter().all(|b| *b == POISON));
+}
