@@ -24,7 +24,18 @@ def _stalled(local, peer, n):
     # Fetch the descriptor now: a stopped peer answers no handshake.
     assert local.call("get_first_buffer_address", peer.session) == dst_addr
     os.kill(peer.p.pid, signal.SIGSTOP)
+    # kill() returns before every thread stopped: wait until the kernel
+    # reports the process stopped, so no request is served after this.
+    end = time.monotonic() + 30
+    while _state(peer.p.pid) != "T":
+        assert time.monotonic() < end, "the peer did not stop"
+        time.sleep(0.001)
     return src, dst_addr
+
+
+def _state(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def test_wait_sleeps_without_the_gil_then_cancel_ends_every_task(local, te_rs_child):
