@@ -2,7 +2,7 @@
 # Build te-rs in release mode and install the C library package:
 #   <prefix>/lib/libtransfer_engine.{so,a}
 #   <prefix>/lib/lib{base,asio,mooncake_common}.a   (empty: upstream link lines name them)
-#   <prefix>/include/transfer_engine_c.h
+#   <prefix>/include/transfer_engine_c.h, transfer_engine_ext.h (te-rs's extension)
 #   <prefix>/bin/{te-bench,te-metadata-server}, bin/transfer_engine_bench -> te-bench
 #     (as last built by `cargo build --release --bins`; built here only if missing)
 #   <prefix>/lib/cmake/MooncakeTransferEngine/MooncakeTransferEngineConfig{,Version}.cmake
@@ -63,7 +63,7 @@ install -d "$PREFIX/lib" "$PREFIX/include" "$PREFIX/bin" \
     "$PREFIX/lib/cmake/MooncakeTransferEngine" "$PREFIX/lib/pkgconfig"
 install -m 0755 "$RELEASE/libtransfer_engine.so" "$PREFIX/lib/"
 install -m 0644 "$RELEASE/libtransfer_engine.a" "$PREFIX/lib/"
-install -m 0644 "$ROOT/include/transfer_engine_c.h" "$PREFIX/include/"
+install -m 0644 "$ROOT/include/transfer_engine_c.h" "$ROOT/include/transfer_engine_ext.h" "$PREFIX/include/"
 for tool in te-bench te-metadata-server; do
     [ -f "$RELEASE/$tool" ] || { echo "install.sh: missing $RELEASE/$tool" >&2; exit 1; }
     install -m 0755 "$RELEASE/$tool" "$PREFIX/bin/"

@@ -6,10 +6,12 @@
 // Threads start only through `threads` (see clippy.toml), so each is counted.
 #![cfg_attr(not(test), warn(clippy::disallowed_methods))]
 
+pub mod batch_signal;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ffi;
+pub mod ffi_ext;
 pub mod id_map;
 pub mod logging;
 pub mod metadata;

@@ -1,10 +1,24 @@
 //! A task is one transfer request inside a batch; transports complete it
 //! slice by slice through atomic counters (the only way data flows back up).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::batch_signal::BatchSignal;
 use crate::metadata::SegmentId;
+
+/// Why a task was told to stop (`Task::stop_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Canceled,
+    DeadlinePassed,
+}
+
+const RUNNING: u8 = 0;
+const CANCELED: u8 = 1;
+const TIMED_OUT: u8 = 2;
+const NO_DEADLINE: u64 = u64::MAX;
 
 /// Mooncake's `STATUS_*` values (`transfer_status.status`); never outside 0..6.
 #[repr(i32)]
@@ -61,6 +75,12 @@ pub struct Task {
     /// Set when `getTransferStatus` observed a terminal state (freeBatchID needs it).
     observed_terminal: AtomicBool,
     created: Instant,
+    /// RUNNING, CANCELED or TIMED_OUT: transports stop moving its slices.
+    stop: AtomicU8,
+    /// Nanoseconds after `created` past which the task times out.
+    deadline: AtomicU64,
+    /// The batch's waiters, poked when a slice ends.
+    signal: Option<Arc<BatchSignal>>,
 }
 
 impl Task {
@@ -71,6 +91,15 @@ impl Task {
     /// A task created at `created` (a submit call reads the clock once for
     /// all its tasks: a clock read per task was a tenth of the RDMA submit path).
     pub fn started_at(request: TransferRequest, created: Instant) -> Task {
+        Task::in_batch(request, created, None)
+    }
+
+    /// A task whose slice ends poke `signal` (its batch's waiters).
+    pub fn in_batch(
+        request: TransferRequest,
+        created: Instant,
+        signal: Option<Arc<BatchSignal>>,
+    ) -> Task {
         Task {
             request,
             slices: AtomicU64::new(0),
@@ -80,6 +109,21 @@ impl Task {
             sealed: AtomicBool::new(false),
             observed_terminal: AtomicBool::new(false),
             created,
+            stop: AtomicU8::new(RUNNING),
+            deadline: AtomicU64::new(NO_DEADLINE),
+            signal,
+        }
+    }
+
+    /// Forget the batch's signal (a spare task kept for reuse must not
+    /// keep its old batch alive).
+    pub fn detach(&mut self) {
+        self.signal = None;
+    }
+
+    fn poke(&self) {
+        if let Some(s) = &self.signal {
+            s.poke();
         }
     }
 
@@ -90,7 +134,8 @@ impl Task {
 
     /// All slices are announced; the task may now turn terminal.
     pub fn seal(&self) {
-        self.sealed.store(true, Ordering::Release);
+        self.sealed.swap(true, Ordering::SeqCst);
+        self.poke();
     }
 
     /// Announce `n` slices and seal in one step (the usual case), on a
@@ -105,12 +150,15 @@ impl Task {
     /// A slice's bytes are where they belong.
     pub fn slice_succeeded(&self, bytes: u64) {
         self.transferred.fetch_add(bytes, Ordering::AcqRel);
-        self.succeeded.fetch_add(1, Ordering::AcqRel);
+        // SeqCst: ordered against a waiter's registration (`BatchSignal::poke`).
+        self.succeeded.fetch_add(1, Ordering::SeqCst);
+        self.poke();
     }
 
     /// A slice ended for good without its bytes landing.
     pub fn slice_failed(&self) {
-        self.failed.fetch_add(1, Ordering::AcqRel);
+        self.failed.fetch_add(1, Ordering::SeqCst);
+        self.poke();
     }
 
     /// Fail the whole task: every announced slice not yet finished fails.
@@ -123,7 +171,61 @@ impl Task {
         let total = self.slices.load(Ordering::Acquire);
         let done = self.succeeded.load(Ordering::Acquire) + self.failed.load(Ordering::Acquire);
         if done < total {
-            self.failed.fetch_add(total - done, Ordering::AcqRel);
+            self.failed.fetch_add(total - done, Ordering::SeqCst);
+            self.poke();
+        }
+    }
+
+    /// Tell the transports to stop: slices not yet posted fail instead of
+    /// going out, in-flight ones end as the transport can fence them. The
+    /// first reason given sticks. True if this call set it.
+    pub fn request_stop(&self, why: StopReason) -> bool {
+        let v = match why {
+            StopReason::Canceled => CANCELED,
+            StopReason::DeadlinePassed => TIMED_OUT,
+        };
+        self.stop
+            .compare_exchange(RUNNING, v, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        match self.stop.load(Ordering::Acquire) {
+            CANCELED => Some(StopReason::Canceled),
+            TIMED_OUT => Some(StopReason::DeadlinePassed),
+            _ => None,
+        }
+    }
+
+    /// Time out at `at` (a later call replaces an earlier deadline).
+    pub fn set_deadline(&self, at: Instant) {
+        let ns = at.saturating_duration_since(self.created).as_nanos();
+        self.deadline.store(
+            u64::try_from(ns).unwrap_or(NO_DEADLINE - 1),
+            Ordering::Release,
+        );
+    }
+
+    pub fn deadline(&self) -> Option<Instant> {
+        match self.deadline.load(Ordering::Acquire) {
+            NO_DEADLINE => None,
+            ns => Some(self.created + Duration::from_nanos(ns)),
+        }
+    }
+
+    /// What a transport asks before moving a slice: was the task told to
+    /// stop, or is its deadline past (then it is told now)? One atomic load
+    /// when neither.
+    pub fn should_stop(&self, now: Instant) -> bool {
+        if self.stop.load(Ordering::Acquire) != RUNNING {
+            return true;
+        }
+        match self.deadline() {
+            Some(d) if now >= d => {
+                self.request_stop(StopReason::DeadlinePassed);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -135,7 +237,10 @@ impl Task {
         self.created.elapsed()
     }
 
-    /// WAITING until all slices finished; then COMPLETED or FAILED.
+    /// WAITING until all slices finished; then COMPLETED if every slice
+    /// landed (also when it won a race with a cancel), else CANCELED or
+    /// TIMEOUT for a task told to stop, else FAILED. So a task reads
+    /// CANCELED only once no slice of it can still move a byte.
     pub fn status(&self) -> TaskStatus {
         if !self.sealed.load(Ordering::Acquire) {
             return TaskStatus::Waiting;
@@ -145,10 +250,15 @@ impl Task {
         let failed = self.failed.load(Ordering::Acquire);
         let ok = self.succeeded.load(Ordering::Acquire);
         let total = self.slices.load(Ordering::Acquire);
+        debug_assert!(ok + failed <= total, "a slice of a task ended twice");
         if ok + failed < total {
             TaskStatus::Waiting
         } else if failed > 0 {
-            TaskStatus::Failed
+            match self.stop_reason() {
+                Some(StopReason::Canceled) => TaskStatus::Canceled,
+                Some(StopReason::DeadlinePassed) => TaskStatus::Timeout,
+                None => TaskStatus::Failed,
+            }
         } else {
             TaskStatus::Completed
         }
@@ -216,6 +326,41 @@ mod tests {
         v.slice_succeeded(1);
         v.fail_all();
         assert_eq!(v.status(), TaskStatus::Failed);
+    }
+
+    #[test]
+    fn a_stopped_task_reads_canceled_or_timeout_only_once_every_slice_ended() {
+        let t = Task::new(req());
+        t.set_slices(2);
+        assert!(t.request_stop(StopReason::Canceled));
+        assert!(
+            !t.request_stop(StopReason::DeadlinePassed),
+            "the first reason sticks"
+        );
+        t.slice_failed();
+        assert_eq!(
+            t.status(),
+            TaskStatus::Waiting,
+            "a slice may still move bytes"
+        );
+        t.slice_succeeded(5);
+        assert_eq!(t.status(), TaskStatus::Canceled);
+        // Every slice landed before the stop took: it won the race.
+        let u = Task::new(req());
+        u.set_slices(1);
+        u.request_stop(StopReason::Canceled);
+        u.slice_succeeded(10);
+        assert_eq!(u.status(), TaskStatus::Completed);
+        // A deadline: noticed by `should_stop`, read as TIMEOUT.
+        let v = Task::new(req());
+        v.set_slices(1);
+        let now = Instant::now();
+        v.set_deadline(now + Duration::from_secs(3600));
+        assert!(!v.should_stop(now));
+        v.set_deadline(now);
+        assert!(v.should_stop(now));
+        v.slice_failed();
+        assert_eq!(v.status(), TaskStatus::Timeout);
     }
 
     #[test]

@@ -55,6 +55,16 @@ impl BatchBook {
         });
     }
 
+    /// The id was handed out and not yet finished.
+    pub fn contains(&self, id: u64) -> bool {
+        self.open.lock().contains_key(&id)
+    }
+
+    /// Stop tracking `id` (released in the engine); false if unknown.
+    pub fn forget(&self, id: u64) -> bool {
+        self.open.lock().remove(&id).is_some()
+    }
+
     fn take(&self, id: u64) -> Option<Tracker> {
         let cell = self.open.lock().remove(&id)?;
         match Arc::try_unwrap(cell) {

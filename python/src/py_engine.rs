@@ -4,6 +4,7 @@
 //! The GIL is released for every call into the engine.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use pyo3::exceptions::{
@@ -110,6 +111,11 @@ impl PyTransferEngine {
             s.transfer_async(&t)
         }))
     }
+}
+
+/// Milliseconds from Python; negative: no limit.
+fn ms(v: i64) -> Duration {
+    u64::try_from(v).map_or(Duration::MAX, Duration::from_millis)
 }
 
 fn notify_of(n: Option<PyRef<'_, TransferNotify>>) -> Option<(String, String)> {
@@ -353,6 +359,61 @@ impl PyTransferEngine {
     fn transfer_check_status(&self, py: Python<'_>, batch_id: u64) -> PyResult<i32> {
         let s = self.session()?;
         Ok(py.detach(|| s.check_status(batch_id)))
+    }
+
+    // ---- te-rs extension: cancel, deadlines, release, wait --------------------
+    // A timeout or deadline in milliseconds; a negative timeout never ends.
+    // Each returns 0, 1 when the timeout passed first, -1 for an unknown id.
+
+    /// Cancel the batch's tasks and wait (GIL released) until they ended:
+    /// each then reads CANCELED (3), or COMPLETED/FAILED if it ended first,
+    /// and te-rs touches none of their buffers again.
+    #[pyo3(signature = (batch_id, timeout_ms = -1))]
+    fn cancel_batch(&self, py: Python<'_>, batch_id: u64, timeout_ms: i64) -> PyResult<i32> {
+        let s = self.session()?;
+        Ok(py.detach(|| s.cancel(batch_id, None, ms(timeout_ms))))
+    }
+
+    /// As `cancel_batch`, for task `task_id` of the batch.
+    #[pyo3(signature = (batch_id, task_id, timeout_ms = -1))]
+    fn cancel_transfer(
+        &self,
+        py: Python<'_>,
+        batch_id: u64,
+        task_id: usize,
+        timeout_ms: i64,
+    ) -> PyResult<i32> {
+        let s = self.session()?;
+        Ok(py.detach(|| s.cancel(batch_id, Some(task_id), ms(timeout_ms))))
+    }
+
+    /// The batch's tasks time out `deadline_ms` from now (TIMEOUT, 5).
+    #[pyo3(signature = (batch_id, deadline_ms))]
+    fn set_batch_deadline(&self, py: Python<'_>, batch_id: u64, deadline_ms: u64) -> PyResult<i32> {
+        let s = self.session()?;
+        Ok(py.detach(|| s.set_deadline(batch_id, Duration::from_millis(deadline_ms))))
+    }
+
+    /// Block (GIL released, no polling) until every task of the batch ended.
+    #[pyo3(signature = (batch_id, timeout_ms = -1))]
+    fn wait_batch(&self, py: Python<'_>, batch_id: u64, timeout_ms: i64) -> PyResult<i32> {
+        let s = self.session()?;
+        Ok(py.detach(|| s.wait(batch_id, ms(timeout_ms))))
+    }
+
+    /// Free the batch id now whatever its state; running tasks are cancelled
+    /// and their memory freed when their last piece in flight ends.
+    #[pyo3(signature = (batch_id))]
+    fn release_batch(&self, py: Python<'_>, batch_id: u64) -> PyResult<i32> {
+        let s = self.session()?;
+        Ok(py.detach(|| s.release(batch_id)))
+    }
+
+    /// Each task's status (upstream's STATUS_* values), in submit order.
+    #[pyo3(signature = (batch_id))]
+    fn get_batch_task_status(&self, py: Python<'_>, batch_id: u64) -> PyResult<Vec<i32>> {
+        let s = self.session()?;
+        Ok(py.detach(|| s.task_states(batch_id)))
     }
 
     /// Copy `length` bytes of `src` (bytes, bytearray or str) to `dest_address`,

@@ -175,6 +175,70 @@ impl Session {
         }
     }
 
+    /// `cancel_batch` / `cancel_transfer`: 0 once the tasks ended, 1 if
+    /// `timeout` passed first, -1 for an unknown batch or task.
+    pub fn cancel(&self, id: u64, task: Option<usize>, timeout: Duration) -> i32 {
+        self.ext("cancel", id, |e| e.cancel(id, task, timeout).map(waited))
+    }
+
+    /// `wait_batch`: 0 once every task ended, 1 if `timeout` passed first.
+    pub fn wait(&self, id: u64, timeout: Duration) -> i32 {
+        self.ext("wait_batch", id, |e| e.wait_batch(id, timeout).map(waited))
+    }
+
+    /// `set_batch_deadline`: the batch's tasks time out `within` from now.
+    pub fn set_deadline(&self, id: u64, within: Duration) -> i32 {
+        self.ext("set_batch_deadline", id, |e| {
+            e.set_batch_deadline(id, within).map(|()| 0)
+        })
+    }
+
+    /// `release_batch`: the id is gone at once; running tasks are cancelled.
+    pub fn release(&self, id: u64) -> i32 {
+        if !self.book.forget(id) {
+            log_error!("release_batch: unknown batch id {id:#x}");
+            return -1;
+        }
+        match self.engine.release_batch_id(id) {
+            Ok(()) => 0,
+            Err(e) => {
+                log_error!("release_batch: {e}");
+                -1
+            }
+        }
+    }
+
+    /// `get_batch_task_status`: each task's `STATUS_*` value (empty if unknown).
+    pub fn task_states(&self, id: u64) -> Vec<i32> {
+        if !self.book.contains(id) {
+            log_error!("get_batch_task_status: unknown batch id {id:#x}");
+            return Vec::new();
+        }
+        (0..)
+            .map_while(|i| self.engine.transfer_status(id, i).ok())
+            .map(|s| s.status as i32)
+            .collect()
+    }
+
+    fn ext(
+        &self,
+        what: &str,
+        id: u64,
+        f: impl FnOnce(&TransferEngine) -> transfer_engine::Result<i32>,
+    ) -> i32 {
+        if !self.book.contains(id) {
+            log_error!("{what}: unknown batch id {id:#x}");
+            return -1;
+        }
+        match f(&self.engine) {
+            Ok(v) => v,
+            Err(e) => {
+                log_error!("{what}: {e}");
+                -1
+            }
+        }
+    }
+
     pub fn check_status(&self, id: u64) -> i32 {
         self.book.check(&self.engine, id)
     }
@@ -214,5 +278,13 @@ impl Drop for Session {
         for (addr, len) in std::mem::take(&mut self.pool.lock().regions) {
             crate::mem::unmap(addr, len);
         }
+    }
+}
+
+fn waited(done: bool) -> i32 {
+    if done {
+        0
+    } else {
+        1
     }
 }

@@ -7,7 +7,7 @@ pub mod memory;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -18,7 +18,7 @@ use crate::metadata::descriptor::{
 };
 use crate::metadata::{name, Metadata, SegmentId};
 use crate::net;
-use crate::task::{TaskStatus, TransferRequest};
+use crate::task::{StopReason, Task, TaskStatus, TransferRequest};
 use crate::threads::ThreadCount;
 use crate::topology;
 use crate::transport::{LocalBuffer, Submission, Transport, TransportContext};
@@ -456,6 +456,27 @@ impl TransferEngine {
         requests: &[TransferRequest],
         notify: Option<(String, String)>,
     ) -> Result<()> {
+        self.submit(batch_id, requests, notify, None)
+    }
+
+    /// `teSubmitTransferWithDeadline`: as `submit_transfer`, and the tasks
+    /// time out `within` from now (TIMEOUT, stopped as if cancelled).
+    pub fn submit_transfer_within(
+        &self,
+        batch_id: u64,
+        requests: &[TransferRequest],
+        within: Duration,
+    ) -> Result<()> {
+        self.submit(batch_id, requests, None, Some(Instant::now() + within))
+    }
+
+    fn submit(
+        &self,
+        batch_id: u64,
+        requests: &[TransferRequest],
+        notify: Option<(String, String)>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let batch = self.batches.get(batch_id)?;
         let _guard = batch.submit_guard();
         if batch.len() + requests.len() > batch.capacity {
@@ -503,8 +524,13 @@ impl TransferEngine {
             which.push(ti);
         }
         // One clock read per call: the tasks of a call start together.
-        let now = std::time::Instant::now();
-        let tasks = self.batches.new_tasks(requests, now);
+        let now = Instant::now();
+        // The earlier of the call's deadline and the batch's.
+        let deadline = match (deadline, batch.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let tasks = self.batches.new_tasks(requests, now, &batch, deadline);
         let first_task = batch.len();
         batch.push_tasks(tasks.iter().cloned());
         if let (Some((name, msg)), Some(first)) = (notify, requests.first()) {
@@ -547,12 +573,16 @@ impl TransferEngine {
                     "submitTransfer: {} transport refused the requests: {e}",
                     t.protocol()
                 );
-                // An `Err` means none of them started: fail them all.
-                let tasks = batch.tasks();
-                let ours = tasks[first_task..].iter().zip(&group_of);
-                for (task, _) in ours.filter(|(_, &og)| og == g) {
-                    task.fail_all();
-                }
+                // An `Err` means none of them started: fail them all (not
+                // under the tasks lock: a failure pokes the batch's waiters,
+                // whose check reads the tasks).
+                let ours: Vec<Arc<Task>> = batch.tasks()[first_task..]
+                    .iter()
+                    .zip(&group_of)
+                    .filter(|(_, &og)| og == g)
+                    .map(|(t, _)| t.clone())
+                    .collect();
+                ours.iter().for_each(|t| t.fail_all());
                 first_err.get_or_insert(e);
             }
         }
@@ -564,7 +594,10 @@ impl TransferEngine {
 
     /// `getTransferStatus`. Sends the batch's notify when it just completed.
     pub fn transfer_status(&self, batch_id: u64, task_id: usize) -> Result<TransferStatus> {
-        let (status, notify) = self.evaluate_task(batch_id, task_id)?;
+        let (status, notify, expired) = self.evaluate_task(batch_id, task_id)?;
+        if expired {
+            self.abandon_stopped();
+        }
         if let Some(n) = notify {
             if let Err(e) = self.send_notify(n.target, &n.name, &n.msg) {
                 log::error!("notify after batch {batch_id:#x} completed: {e}");
@@ -581,8 +614,9 @@ impl TransferEngine {
         &self,
         batch_id: u64,
         task_id: usize,
-    ) -> Result<(TransferStatus, Option<PendingNotify>)> {
+    ) -> Result<(TransferStatus, Option<PendingNotify>, bool)> {
         self.batches.with(batch_id, |batch| {
+            let mut expired = false;
             let (status, bytes, all_done) = {
                 let tasks = batch.tasks();
                 let task = tasks.get(task_id).ok_or_else(|| {
@@ -599,8 +633,15 @@ impl TransferEngine {
                         }
                     }
                     TaskStatus::Completed => {}
-                    TaskStatus::Failed => {
+                    TaskStatus::Failed | TaskStatus::Canceled | TaskStatus::Timeout => {
                         task.mark_observed_terminal();
+                    }
+                    // Past its deadline (te-rs extension): stop it; it reads
+                    // TIMEOUT once the transports let go of it.
+                    TaskStatus::Waiting
+                        if task.deadline().is_some() && task.should_stop(Instant::now()) =>
+                    {
+                        expired = true;
                     }
                     TaskStatus::Waiting if self.slice_timeout.is_some_and(|t| task.age() > t) => {
                         status = TaskStatus::Timeout;
@@ -619,12 +660,99 @@ impl TransferEngine {
                     transferred_bytes: bytes,
                 },
                 notify,
+                expired,
             ))
         })?
     }
 
     pub fn free_batch_id(&self, batch_id: u64) -> Result<()> {
         self.batches.free(batch_id)
+    }
+
+    // ---- cancel, deadlines, release, wait (te-rs extension) ---------------------
+
+    /// Tasks were told to stop: every transport drops their queued slices
+    /// and fences their in-flight ones now instead of at its next look.
+    fn abandon_stopped(&self) {
+        let transports: Vec<Arc<dyn Transport>> = self.transports.read().clone();
+        for t in transports {
+            t.abandon_stopped();
+        }
+    }
+
+    /// Cancel task `task` of the batch (all: `None`) and wait up to
+    /// `timeout` until it ended. True once every task concerned is
+    /// terminal: CANCELED, or COMPLETED/FAILED if it ended first; from
+    /// then on no transport touches its buffers.
+    pub fn cancel(&self, batch_id: u64, task: Option<usize>, timeout: Duration) -> Result<bool> {
+        let batch = self.batches.get(batch_id)?;
+        if let Some(i) = task {
+            let n = batch.len();
+            if i >= n {
+                return Err(Error::InvalidArgument(format!(
+                    "task {i} out of range: batch {batch_id:#x} has {n} tasks"
+                )));
+            }
+        }
+        if batch.stop_tasks(task, StopReason::Canceled) > 0 {
+            self.abandon_stopped();
+        }
+        self.wait_for(&batch, task, timeout)
+    }
+
+    /// Tasks of the batch, submitted so far and later, time out `within` from now.
+    pub fn set_batch_deadline(&self, batch_id: u64, within: Duration) -> Result<()> {
+        let batch = self.batches.get(batch_id)?;
+        batch.set_deadline(Instant::now() + within);
+        if batch.expire(Instant::now()).0 > 0 {
+            self.abandon_stopped();
+        }
+        Ok(())
+    }
+
+    /// Wait up to `timeout` for every task of the batch to end (enforcing
+    /// deadlines as they pass). True if they all did.
+    pub fn wait_batch(&self, batch_id: u64, timeout: Duration) -> Result<bool> {
+        let batch = self.batches.get(batch_id)?;
+        self.wait_for(&batch, None, timeout)
+    }
+
+    fn wait_for(&self, batch: &Batch, task: Option<usize>, timeout: Duration) -> Result<bool> {
+        let until = Instant::now().checked_add(timeout);
+        loop {
+            let (expired, next) = batch.expire(Instant::now());
+            if expired > 0 {
+                self.abandon_stopped();
+            }
+            let wake = match (until, next) {
+                (Some(u), Some(n)) => Some(u.min(n)),
+                (u, n) => u.or(n),
+            };
+            if batch.signal.wait_until(wake, || batch.ended(task)) {
+                return Ok(true);
+            }
+            if until.is_some_and(|u| Instant::now() >= u) {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Release the batch id now, whatever its tasks' state: unfinished
+    /// tasks are cancelled, and their memory is freed when the last
+    /// in-flight piece ends. Never `BatchBusy`.
+    pub fn release_batch_id(&self, batch_id: u64) -> Result<()> {
+        let batch = self.batches.release(batch_id)?;
+        if batch.stop_tasks(None, StopReason::Canceled) > 0 {
+            self.abandon_stopped();
+        }
+        self.batches.recycle(&batch);
+        Ok(())
+    }
+
+    /// (batch ids in the table, batches alive: in the table or released
+    /// with pieces still in flight).
+    pub fn batch_counts(&self) -> (usize, usize) {
+        (self.batches.len(), self.batches.live())
     }
 
     // ---- notifications --------------------------------------------------------

@@ -20,7 +20,7 @@ pub extern "C" fn allocateBatchID(engine: transfer_engine_t, batch_size: usize) 
 ///
 /// # Safety
 /// `entries` is NULL or points to `count` requests.
-unsafe fn decode_requests(
+pub(crate) unsafe fn decode_requests(
     entries: *const transfer_request,
     count: usize,
     f: &str,

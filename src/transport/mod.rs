@@ -119,6 +119,11 @@ pub trait Transport: Send + Sync {
     /// they fail, as without one). Transports without failover ignore it.
     fn set_fallback(&self, _carrier: Option<Arc<dyn SliceCarrier>>) {}
 
+    /// Some tasks were told to stop (`Task::should_stop`): drop their
+    /// queued slices and fence their in-flight ones now rather than at the
+    /// transport's next look. Must not block on the network.
+    fn abandon_stopped(&self) {}
+
     /// Stop threads and close sockets; called once by the engine on destroy.
     fn shutdown(&self);
 }

@@ -121,6 +121,14 @@ impl Transport for RdmaTransport {
         self.shared.fallback.set_carrier(carrier);
     }
 
+    /// Wake every posting thread: its next pass fails the queued slices of
+    /// stopped tasks (posted WRs end at their completions).
+    fn abandon_stopped(&self) {
+        for cw in &self.shared.workers {
+            cw.wake_all();
+        }
+    }
+
     fn shutdown(&self) {
         self.stop()
     }

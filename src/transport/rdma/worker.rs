@@ -265,8 +265,18 @@ fn process_peer(
     let Some(mut slices) = me.take(id) else {
         return Step::Empty;
     };
+    // Slices of tasks told to stop (cancel, deadline) are never posted.
+    // Their WRs already posted end at their completion: a posted WR cannot
+    // be recalled, and its buffer is in use until then.
+    let now = Instant::now();
+    if slices.iter().any(|s| s.task.should_stop(now)) {
+        let (stop, keep): (VecDeque<Slice>, VecDeque<Slice>) =
+            slices.into_iter().partition(|s| s.task.should_stop(now));
+        stop.into_iter().for_each(|s| sh.fail_slice(s));
+        slices = keep;
+    }
     if slices.is_empty() {
-        return Step::Empty;
+        return Step::Progress;
     }
     let path = sh.paths.get(id);
     if !cw.ctx.is_active() {

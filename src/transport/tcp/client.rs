@@ -230,6 +230,16 @@ impl TcpClient {
         self.shared.replaced.load(Ordering::Relaxed)
     }
 
+    /// Fail the queued requests of tasks told to stop, and have the loops
+    /// close the connections that carry any of theirs.
+    pub fn abandon_stopped(&self) {
+        let peers: Vec<Arc<Peer>> = self.peers.lock().values().cloned().collect();
+        for p in peers {
+            p.queue.fail_stopped();
+        }
+        self.shared.loops.abandon_stopped();
+    }
+
     /// Open data connections over all peers (diagnostics, tests).
     pub fn connections(&self) -> usize {
         self.shared

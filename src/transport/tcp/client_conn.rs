@@ -155,6 +155,10 @@ pub enum Fate {
     Broken { stale: bool },
     /// The peer stopped moving bytes: fail in-flight and queued work.
     PeerDead,
+    /// Closed by our side because requests on it belong to tasks told to
+    /// stop (cancel, deadline): those fail, the others are re-sent on
+    /// another connection (no re-send spent: the break was ours).
+    Abandoned,
 }
 
 enum Fail {
@@ -589,6 +593,13 @@ impl ClientConn {
     /// No syscall checks first whether the server closed it: the loop sees
     /// that close, and re-sends the requests (`Fate::Broken`).
     pub fn try_send_idle(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+        let now = Instant::now();
+        let (stopped, jobs): (Vec<Job>, Vec<Job>) =
+            jobs.into_iter().partition(|j| j.task.should_stop(now));
+        stopped.into_iter().for_each(Job::fail);
+        if jobs.is_empty() {
+            return Ok(());
+        }
         let Some(mut g) = self.state.try_lock() else {
             return Err(jobs);
         };
@@ -649,6 +660,34 @@ impl ClientConn {
         drop(g);
         settle.apply(&self.peer);
         done
+    }
+
+    /// Fence the requests of tasks told to stop: if any is on this
+    /// connection, close it (nothing more is read into or sent from their
+    /// buffers once this returns), fail them and re-queue the others. True
+    /// when the connection is done for.
+    pub fn abandon_stopped(&self, now: Instant) -> bool {
+        let mut settle = Settle::default();
+        let mut g = self.state.lock();
+        if g.broken {
+            return true;
+        }
+        let hit = g.inflight.iter().any(|j| j.task.should_stop(now))
+            || g.out
+                .iter()
+                .filter_map(|o| o.unanswered.as_ref())
+                .any(|j| j.task.should_stop(now));
+        if !hit {
+            return false;
+        }
+        log::debug!(
+            "tcp: closing the connection to {}: it carries requests of cancelled or expired tasks",
+            self.name
+        );
+        self.break_locked(&mut g, Fate::Abandoned, &mut settle);
+        drop(g);
+        settle.apply(&self.peer);
+        true
     }
 
     /// Close from our side (shutdown): everything in flight fails.
@@ -721,6 +760,13 @@ impl ClientConn {
                 let mut it = jobs.into_iter();
                 settle.failed.extend(it.next());
                 settle.retry.extend(it);
+            }
+            Fate::Abandoned => {
+                let now = Instant::now();
+                let (stop, keep): (Vec<Job>, Vec<Job>) =
+                    jobs.into_iter().partition(|j| j.task.should_stop(now));
+                settle.failed.extend(stop);
+                settle.retry.extend(keep);
             }
             Fate::Broken { stale } => {
                 // Each break either fails the head or spends one of its

@@ -33,6 +33,8 @@ const WAKER: Token = Token(0);
 enum Msg {
     Adopt(Arc<ClientConn>),
     Drive(usize),
+    /// Tasks were told to stop: fence their requests now (`abandon_stopped`).
+    Abandon,
 }
 
 struct Slot {
@@ -213,6 +215,13 @@ impl ClientLoops {
         self.post(index, Msg::Drive(token));
     }
 
+    /// Every loop fences the requests of stopped tasks on its connections.
+    pub fn abandon_stopped(&self) {
+        for i in 0..self.slots.len() {
+            self.post(i, Msg::Abandon);
+        }
+    }
+
     fn post(&self, index: usize, msg: Msg) {
         let Some(slot) = self.slots.get(index).and_then(|s| s.get()) else {
             return;
@@ -298,6 +307,7 @@ impl EventLoop {
             }
             let now = Instant::now();
             if now >= next_sweep {
+                self.abandon_stopped(now);
                 let done: Vec<Arc<ClientConn>> = self
                     .conns
                     .values()
@@ -323,7 +333,22 @@ impl EventLoop {
                         self.drive(&c);
                     }
                 }
+                Msg::Abandon => self.abandon_stopped(Instant::now()),
             }
+        }
+    }
+
+    /// Close the connections that carry requests of stopped tasks (also
+    /// at each sweep, so a deadline bites with nobody watching).
+    fn abandon_stopped(&mut self, now: Instant) {
+        let done: Vec<Arc<ClientConn>> = self
+            .conns
+            .values()
+            .filter(|c| c.abandon_stopped(now))
+            .cloned()
+            .collect();
+        for c in done {
+            self.close(&c);
         }
     }
 

@@ -174,6 +174,10 @@ impl Transport for TcpTransport {
         })
     }
 
+    fn abandon_stopped(&self) {
+        self.client.abandon_stopped();
+    }
+
     fn shutdown(&self) {
         self.client.shutdown();
         self.server.shutdown();

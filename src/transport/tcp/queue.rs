@@ -4,6 +4,7 @@
 use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::task::Task;
 
@@ -85,16 +86,42 @@ impl JobQueue {
     /// Up to `max_jobs` jobs, stopping early once they carry `max_bytes`
     /// (a first job larger than that still comes): many small requests go
     /// out in one send, while large ones spread over the connections.
+    /// Jobs of tasks told to stop (cancelled, past their deadline) fail
+    /// here instead: they never go out.
     pub fn take(&self, max_jobs: usize, max_bytes: u64, out: &mut Vec<Job>) {
+        let now = Instant::now();
+        let mut stopped = Vec::new();
         let mut g = self.inner.lock();
         let mut bytes = 0u64;
         let mut n = 0;
         while n < max_jobs && (n == 0 || bytes < max_bytes) {
             let Some(j) = g.jobs.pop_front() else { break };
+            if j.task.should_stop(now) {
+                stopped.push(j);
+                continue;
+            }
             bytes += j.len;
             n += 1;
             out.push(j);
         }
+        drop(g);
+        stopped.into_iter().for_each(Job::fail);
+    }
+
+    /// Fail the queued jobs of tasks told to stop; returns how many.
+    pub fn fail_stopped(&self) -> usize {
+        let now = Instant::now();
+        let stopped: Vec<Job> = {
+            let mut g = self.inner.lock();
+            let (stop, keep): (VecDeque<Job>, VecDeque<Job>) = std::mem::take(&mut g.jobs)
+                .into_iter()
+                .partition(|j| j.task.should_stop(now));
+            g.jobs = keep;
+            stop.into()
+        };
+        let n = stopped.len();
+        stopped.into_iter().for_each(Job::fail);
+        n
     }
 
     pub fn is_empty(&self) -> bool {
@@ -174,6 +201,27 @@ mod tests {
         let (d, td) = job(4);
         q.push_many(vec![d]);
         assert_eq!(td.status(), TaskStatus::Failed);
+    }
+
+    #[test]
+    fn jobs_of_stopped_tasks_never_go_out() {
+        use crate::task::StopReason;
+        let q = JobQueue::default();
+        let (a, ta) = job(1);
+        let (b, tb) = job(2);
+        let (c, tc) = job(3);
+        q.push_many(vec![a, b, c]);
+        tb.request_stop(StopReason::Canceled);
+        assert_eq!(take(&q, 10, 1000), [1, 3]);
+        assert_eq!(tb.status(), TaskStatus::Canceled);
+        let (d, td) = job(4);
+        q.push_many(vec![d]);
+        td.request_stop(StopReason::DeadlinePassed);
+        assert_eq!(q.fail_stopped(), 1);
+        assert_eq!(td.status(), TaskStatus::Timeout);
+        assert!(q.is_empty());
+        assert_eq!(ta.status(), TaskStatus::Waiting);
+        assert_eq!(tc.status(), TaskStatus::Waiting);
     }
 
     #[test]
