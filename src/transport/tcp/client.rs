@@ -233,7 +233,7 @@ impl TcpClient {
     /// Fail the queued requests of tasks told to stop, and have the loops
     /// close the connections that carry any of theirs.
     pub fn abandon_stopped(&self) {
-        let peers: Vec<Arc<Peer>> = self.peers.lock().values().cloned().collect();
+        let peers: Vec<Arc<Peer>> = self.shared.peers.lock().values().cloned().collect();
         for p in peers {
             p.queue.fail_stopped();
         }
