@@ -107,7 +107,9 @@ fn peers_open_and_transfer_while_slow_senders_hold_both_servers() {
     let hs_port = port_of(&target.local_server_name());
     let data_port = target.metadata().local_desc().unwrap().tcp_data_port;
 
-    let write_header = Header::new(true, true, bait.addr(), 1 << 20).encode().to_vec();
+    let write_header = Header::new(true, true, bait.addr(), 1 << 20)
+        .encode()
+        .to_vec();
     let mut hs_opening = (HS_FRAME as u64).to_ne_bytes().to_vec();
     hs_opening.push(1); // Metadata
     hs_opening.extend(std::iter::repeat_n(b' ', HS_FRAME - 1024));
@@ -176,13 +178,25 @@ fn peers_open_and_transfer_while_slow_senders_hold_both_servers() {
         local.data_mut().copy_from_slice(&data);
         let w = run_batch(
             &init,
-            &[req(Opcode::Write, local.addr(), id, remote.addr(), len as u64)],
+            &[req(
+                Opcode::Write,
+                local.addr(),
+                id,
+                remote.addr(),
+                len as u64,
+            )],
             T,
         );
         local.data_mut().fill(0);
         let r = run_batch(
             &init,
-            &[req(Opcode::Read, local.addr(), id, remote.addr(), len as u64)],
+            &[req(
+                Opcode::Read,
+                local.addr(),
+                id,
+                remote.addr(),
+                len as u64,
+            )],
             T,
         );
         if w[0].status == TaskStatus::Completed

@@ -184,7 +184,10 @@ fn slow_read_is_fenced(how: Fence) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    assert_eq!(fresh, 0, "{how:?}: bytes written after the fence reached the peer");
+    assert_eq!(
+        fresh, 0,
+        "{how:?}: bytes written after the fence reached the peer"
+    );
     assert!(
         got < BIG,
         "{how:?}: the whole reply went out ({got} bytes) although the range was fenced"

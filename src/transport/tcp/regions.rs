@@ -161,7 +161,10 @@ mod tests {
             (p.check(12, 3).unwrap(), p.check(100, 10).unwrap())
         };
         r.add(200, 10);
-        assert!(r.pin().still_allows(&mut a, 12, 3), "an addition revokes nothing");
+        assert!(
+            r.pin().still_allows(&mut a, 12, 3),
+            "an addition revokes nothing"
+        );
         r.remove(10).unwrap();
         let p = r.pin();
         assert!(!p.still_allows(&mut a, 12, 3));
