@@ -63,10 +63,14 @@ pub struct DataServer {
     shared: Arc<Shared>,
 }
 
+const PACE: &str = "slower than MC_TCP_SERVER_MIN_RATE_KBPS";
+
 /// A connection quiet this long gives its input buffer back.
 const BUFFER_KEEP: Duration = Duration::from_secs(1);
 
 static RECLAIM_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(10));
+/// Its own line: a pace cut is an attack sign worth seeing beside the rest.
+static PACE_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(10));
 
 fn sock_err(what: &str, e: io::Error) -> Error {
     Error::Socket(format!("tcp data server: {what}: {e}"))
@@ -413,12 +417,17 @@ impl EventLoop {
             } else if now.saturating_duration_since(since) >= limit {
                 silent.push((t, what, limit));
             } else if min_bytes > 0 && !c.keeps_pace(now, window, min_bytes) {
-                silent.push((t, "slower than MC_TCP_SERVER_MIN_RATE_KBPS", window));
+                silent.push((t, PACE, window));
             }
         }
         for (t, what, limit) in silent {
             if let Some(c) = self.conns.get(&t).filter(|_| !what.is_empty()) {
-                RECLAIM_LOG.warn(format_args!(
+                let log = if what == PACE {
+                    &PACE_LOG
+                } else {
+                    &RECLAIM_LOG
+                };
+                log.warn(format_args!(
                     "tcp data server: closing connection from {}: {what} over {limit:?}",
                     c.peer
                 ));
