@@ -12,6 +12,13 @@
 //! Every copy between the socket and registered memory re-checks its range
 //! under a `Pin` (see `regions`): a body whose region was unregistered is
 //! abandoned and the connection closed, so the peer's request fails.
+//!
+//! A te-rs initiator that gives up on a stalled connection resets it (RST)
+//! and reports its requests FAILED only `FENCE_GRACE` later. Bytes it sent
+//! may still sit in our kernel (we were stopped, or slow): before copying
+//! any into memory, a connection not confirmed alive within
+//! `ALIVE_RECHECK` asks the kernel whether the peer reset it, and if so the
+//! bytes are dropped unapplied. So a FAILED WRITE never lands later.
 
 use std::collections::VecDeque;
 use std::io;
@@ -35,10 +42,17 @@ const BIG_WRITE: usize = 16 * 1024;
 const MAX_QUEUED_REPLIES: usize = 256;
 /// Bytes moved per `drive` call before other connections get their turn.
 pub const DRIVE_BUDGET: usize = 4 << 20;
+/// A copy into memory is preceded by a check, at most this old, that the
+/// peer has not reset the connection (well below the initiator's
+/// `FENCE_GRACE`, so a copy seen alive lands before the peer reports).
+const ALIVE_RECHECK: Duration = Duration::from_millis(10);
+/// `TCP_CLOSE` of the kernel's `tcp_states.h` (libc does not export it).
+const TCP_STATE_CLOSE: u8 = 7;
 const MAX_IOV: usize = 64;
 
 static REJECT_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
 static FENCE_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
+static ABORTED_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
 
 enum Reply {
     Status([u8; 8], usize),
@@ -101,6 +115,8 @@ pub struct ServeConn {
     /// Bytes moved in total, and the sweep's pace window (start, total then).
     moved_total: u64,
     window: Option<(Instant, u64)>,
+    /// When the kernel last said the peer had not reset the connection.
+    alive_at: Option<Instant>,
 }
 
 fn os_err() -> io::Error {
@@ -126,11 +142,50 @@ impl ServeConn {
             awaiting_since: Instant::now(),
             moved_total: 0,
             window: None,
+            // Never confirmed: it may have waited in the accept backlog
+            // while we were stopped, and been reset there.
+            alive_at: None,
         }
     }
 
     fn fd(&self) -> RawFd {
         self.stream.as_raw_fd()
+    }
+
+    /// Whether the peer may still want its WRITE applied: false once it
+    /// reset the connection (it gave up and will report FAILED).
+    fn peer_waits(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .alive_at
+            .is_some_and(|t| now.saturating_duration_since(t) < ALIVE_RECHECK)
+        {
+            return true;
+        }
+        // `tcpi_state` is the first byte of `struct tcp_info`.
+        let mut info = [0u8; 8];
+        let mut len = info.len() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        // TCP_CLOSE: reset by the peer (a FIN leaves CLOSE_WAIT: the peer
+        // still wants what it sent).
+        if rc == 0 && info[0] == TCP_STATE_CLOSE {
+            ABORTED_LOG.warn(format_args!(
+                "tcp data server: {} reset the connection (it gave up on its requests); dropping its WRITE bytes unapplied",
+                self.peer
+            ));
+            return false;
+        }
+        self.alive_at = Some(now);
+        true
     }
 
     pub fn phase(&self) -> Phase {
@@ -305,6 +360,13 @@ impl ServeConn {
             if h.is_write() {
                 self.big_writes = len >= BIG_WRITE;
                 let n = (self.end - self.start).min(len);
+                if n > 0 && !self.peer_waits() {
+                    self.closing = true;
+                    self.replies.clear();
+                    self.queued_bodies = 0;
+                    self.end = self.start;
+                    break;
+                }
                 // SAFETY: `[addr, addr+len)` lies inside a region the owner
                 // registered, and `pin` holds off its removal; `n` buffered
                 // (received) bytes fit in it and our buffer never overlaps it.
@@ -397,6 +459,12 @@ impl ServeConn {
         else {
             return Ok(0);
         };
+        if !self.peer_waits() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "peer reset the connection mid-WRITE",
+            ));
+        }
         let pin = regions.pin();
         if !pin.still_allows(&mut seen, ptr as u64, left as u64) {
             return Err(self.fenced("WRITE into", left));
