@@ -139,6 +139,21 @@ impl Target {
             0
         );
     }
+
+    /// Whether every thread of the child is stopped (state `T` in
+    /// /proc): SIGSTOP takes effect when each thread next runs.
+    fn all_stopped(&self) -> bool {
+        let dir = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(dir).unwrap().all(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap_or_default();
+            // "pid (comm) S ...": the state follows the last ')'.
+            stat.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('T')
+        })
+    }
 }
 
 /// Submit one WRITE per block in `range` of `data` and wait for each.
@@ -173,6 +188,10 @@ fn one_run(run: usize) {
     let init = transport(cfg.clone());
     let failed_data = pattern(BLOCK * BLOCKS, 1000 + run as u64);
     tgt.signal(libc::SIGSTOP);
+    assert!(
+        eventually(LIMIT, || tgt.all_stopped()),
+        "run {run}: SIGSTOP"
+    );
     let st = write_blocks(&init, &tgt, &failed_data, 0..BLOCKS);
     let failed = st.iter().filter(|s| **s == TaskStatus::Failed).count();
     assert_eq!(
