@@ -334,3 +334,92 @@ fn writes_to_a_target_that_stops_reading_fail_within_1_2x_the_status_timeout() {
     assert_within_1_2x(start, "stalled WRITEs");
     client.shutdown();
 }
+
+/// A header trickled one byte every 200 ms would take ~5 s to complete: the
+/// header timeout (1 s) counts from its first byte, so the trickle does not
+/// extend it.
+#[test]
+fn a_trickled_header_is_closed_within_the_header_timeout_of_its_first_byte() {
+    let _serial = serial();
+    capture_logs();
+    let server = transport(TcpConfig {
+        server_header_timeout: Duration::from_secs(1),
+        ..TcpConfig::default()
+    });
+    let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 5), data_addr(server.data_port())).unwrap();
+    let header = Header::new(true, true, 0x1000, 8).encode();
+    let start = Instant::now();
+    let mut sent = 0;
+    for b in header {
+        if s.write_all(&[b]).is_err() || closed_by_peer(&s, Duration::from_millis(200)) {
+            break;
+        }
+        sent += 1;
+    }
+    let took = start.elapsed();
+    assert!(
+        sent < HEADER_LEN && took < Duration::from_secs(4),
+        "trickled header held the connection for {took:?} ({sent} of {HEADER_LEN} bytes)"
+    );
+    server.shutdown();
+}
+
+/// A peer that READs 64 MiB and takes its reply 1 KiB per 100 ms is busy
+/// below `server_min_rate` and is cut after one pace window, though it never
+/// stalls for the status timeout.
+#[test]
+fn a_slowly_read_reply_is_cut_by_the_pace_rule() {
+    let _serial = serial();
+    capture_logs();
+    let server = transport(TcpConfig {
+        server_rate_window: Duration::from_secs(1),
+        ..TcpConfig::default()
+    });
+    const BIG: usize = 64 << 20;
+    let buf = Guarded::new(BIG, 1);
+    register(&server, buf.addr(), BIG as u64);
+    let mut s = connect_from(Ipv4Addr::new(127, 0, 0, 6), data_addr(server.data_port())).unwrap();
+    // A small fixed receive buffer, so the server's pace is our reading pace.
+    let small: libc::c_int = 64 << 10;
+    // SAFETY: setsockopt on our own socket with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    s.write_all(&Header::new(false, true, buf.addr(), BIG as u64).encode())
+        .unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let start = Instant::now();
+    let mut chunk = [0u8; 64 << 10];
+    let mut got = 0usize;
+    // Drain what the socket buffers held, then go slow (10 KiB/s) until
+    // the server lets go of us (what it had already handed to its kernel
+    // still trickles in afterwards).
+    let before = server.reclaimed_data_connections();
+    while server.reclaimed_data_connections() == before {
+        let want = if got > 8 << 20 { 1024 } else { chunk.len() };
+        match s.read(&mut chunk[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+        if got > 8 << 20 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(start.elapsed() < LIMIT, "still served after {LIMIT:?}");
+    }
+    assert!(got < BIG, "the whole reply went out");
+    assert_eq!(server.open_data_connections(), 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "cut after {:?} with a 1 s pace window",
+        start.elapsed()
+    );
+    server.unregister_memory(buf.addr()).unwrap();
+    server.shutdown();
+}

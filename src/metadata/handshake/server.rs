@@ -87,6 +87,12 @@ impl HandshakeServerConfig {
     }
 }
 
+/// Budget a connection may need for its next read (its read chunk).
+const READ_CHUNK: usize = 16 * 1024;
+/// A half-received frame older than a newer request by this much gives up
+/// its share of a spent frame budget (`make_room`).
+const ROOM_MIN_AGE: Duration = Duration::from_secs(1);
+
 /// Reply write budget (upstream 5 s).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const WAKER: Token = Token(0);
@@ -374,6 +380,9 @@ impl HsLoop {
 
     fn drive(&mut self, token: usize) {
         let max_len = frame::max_frame_len();
+        while self.cfg.buffer_budget.saturating_sub(self.buffered) < READ_CHUNK
+            && self.make_room(token)
+        {}
         let left = self.cfg.buffer_budget.saturating_sub(self.buffered);
         let Some(c) = self.conns.get_mut(&token) else {
             return;
@@ -411,6 +420,31 @@ impl HsLoop {
         }
     }
 
+    /// The frame budget is spent and `token` needs some: close the oldest
+    /// connection still reading a frame, if it started `ROOM_MIN_AGE` before
+    /// `token` (a legitimate frame arrives in milliseconds). So a handful of
+    /// trickling connections cannot hold the budget against newer peers.
+    fn make_room(&mut self, token: usize) -> bool {
+        let Some(me) = self.conns.get(&token).map(|c| c.started) else {
+            return false;
+        };
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(&t, c)| t != token && c.state == HsState::Reading && c.accounted > 0)
+            .min_by_key(|(_, c)| c.started)
+            .filter(|(_, c)| me.saturating_duration_since(c.started) >= ROOM_MIN_AGE)
+            .map(|(&t, c)| (t, c.peer, c.accounted));
+        let Some((victim, peer, held)) = oldest else {
+            return false;
+        };
+        SWEEP_LOG.warn(format_args!(
+            "handshake from {peer} closed: its half-received frame ({held} bytes) held the frame budget (MC_HANDSHAKE_MAX_BUFFERED_MB) for {ROOM_MIN_AGE:?}+ while a newer request waited"
+        ));
+        self.close(victim);
+        true
+    }
+
     fn close(&mut self, token: usize) {
         if let Some(mut c) = self.conns.remove(&token) {
             self.buffered -= c.accounted;
@@ -428,6 +462,7 @@ impl HsLoop {
             .filter_map(|(&t, c)| {
                 let quiet = now.saturating_duration_since(c.last_progress);
                 let why = match c.state {
+                    _ if c.ticket.evicted() => "evicted to admit an address below its fair share",
                     HsState::Reading
                         if now.saturating_duration_since(c.started) >= cfg.deadline =>
                     {

@@ -32,7 +32,7 @@ pub enum HsDrive {
 pub struct HsConn {
     pub stream: TcpStream,
     pub peer: SocketAddr,
-    _ticket: Ticket,
+    pub ticket: Ticket,
     pub state: HsState,
     buf: Vec<u8>,
     /// Whole frame size once its header is in.
@@ -51,7 +51,7 @@ impl HsConn {
         HsConn {
             stream,
             peer,
-            _ticket: ticket,
+            ticket,
             state: HsState::Reading,
             buf: Vec::new(),
             want: None,

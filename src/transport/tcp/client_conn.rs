@@ -60,6 +60,11 @@ const BUFFER_KEEP: Duration = Duration::from_secs(1);
 /// a request (the peer may have closed it for want of one).
 const POOLED_AFTER: Duration = Duration::from_secs(1);
 
+/// A stalled connection is reset this long before its requests are
+/// reported FAILED: the target's kernel learns of the reset first, and a
+/// te-rs target re-checks for it at least every 10 ms before applying a
+/// byte (`server_conn::ALIVE_RECHECK`).
+const FENCE_GRACE: Duration = Duration::from_millis(100);
 static FAIL_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
 static RESEND_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
 
@@ -111,6 +116,9 @@ struct State {
     /// outstanding, and no byte has come back since: if it ends now, the
     /// peer had most likely closed it before our requests reached it.
     pooled_burst: bool,
+    /// Stalled: reset (RST) at this time, its requests failed once
+    /// `FENCE_GRACE` has passed (see `sweep`).
+    fencing: Option<Instant>,
     scratch: Vec<Job>,
 }
 
@@ -132,6 +140,7 @@ impl State {
             last_used: now,
             served: false,
             pooled_burst: false,
+            fencing: None,
             scratch: Vec::new(),
         }
     }
@@ -266,6 +275,10 @@ impl ClientConn {
         let mut g = self.state.lock();
         if g.broken {
             return Drive::Closed;
+        }
+        if g.fencing.is_some() {
+            // Reset by us; the sweep settles its requests.
+            return Drive::Blocked;
         }
         // Called on readiness (or a push): whatever came since is unread.
         g.rx_drained = false;
@@ -603,7 +616,12 @@ impl ClientConn {
         let Some(mut g) = self.state.try_lock() else {
             return Err(jobs);
         };
-        if g.broken || !g.inflight.is_empty() || !g.out.is_empty() || jobs.len() > self.depth {
+        if g.broken
+            || g.fencing.is_some()
+            || !g.inflight.is_empty()
+            || !g.out.is_empty()
+            || jobs.len() > self.depth
+        {
             return Err(jobs);
         }
         self.enqueue(&mut g, jobs.into_iter());
@@ -635,18 +653,29 @@ impl ClientConn {
         let cfg = &self.peer.cfg;
         let busy = !g.inflight.is_empty() || !g.out.is_empty();
         let quiet = now.saturating_duration_since(g.last_progress);
-        let done = if busy && quiet >= cfg.status_timeout {
+        let done = if let Some(reset_at) = g.fencing {
+            if now.saturating_duration_since(reset_at) < FENCE_GRACE {
+                return false;
+            }
+            self.break_locked(&mut g, Fate::PeerDead, &mut settle);
+            true
+        } else if busy && quiet >= cfg.status_timeout {
             let what = if g.out.is_empty() {
                 "sent no answer"
             } else {
                 "took no request bytes"
             };
             FAIL_LOG.warn(format_args!(
-                "tcp: {} {what} for {quiet:?} (MC_TCP_STATUS_TIMEOUT_SEC {:?}); failing its requests and the peer's queued ones",
+                "tcp: {} {what} for {quiet:?} (MC_TCP_STATUS_TIMEOUT_SEC {:?}); resetting the connection and failing its requests and the peer's queued ones",
                 self.name, cfg.status_timeout
             ));
-            self.break_locked(&mut g, Fate::PeerDead, &mut settle);
-            true
+            // Reset first, fail after the grace: a te-rs target checks for
+            // the reset before it applies any byte it still holds, so what
+            // is reported FAILED never lands later (server_conn).
+            self.hungry.store(false, Ordering::SeqCst);
+            sock::reset_fd(self.fd());
+            g.fencing = Some(now);
+            false
         } else if !busy && now.saturating_duration_since(g.last_used) >= cfg.lane_idle {
             log::debug!("tcp: closing idle connection to {}", self.name);
             self.break_locked(&mut g, Fate::FailAll, &mut settle);

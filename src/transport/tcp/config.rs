@@ -28,6 +28,12 @@ pub struct TcpConfig {
     /// header this long after connecting or after the header's last byte
     /// (`MC_TCP_SERVER_HEADER_TIMEOUT_SEC`, 5 s).
     pub server_header_timeout: Duration,
+    /// A connection busy with a request (body arriving, answers leaving)
+    /// must move at least `server_min_rate` bytes/s over each
+    /// `server_rate_window`, or it is closed (`MC_TCP_SERVER_MIN_RATE_KBPS`,
+    /// 32 KiB/s, 0 turns it off; `MC_TCP_SERVER_RATE_WINDOW_SEC`, 10 s).
+    pub server_min_rate: u64,
+    pub server_rate_window: Duration,
     /// Server-side cap on concurrently served connections
     /// (`MC_TCP_SERVER_MAX_CONNECTIONS`, 16384).
     pub max_server_connections: usize,
@@ -54,6 +60,8 @@ impl Default for TcpConfig {
             lane_idle: Duration::from_secs(60),
             server_idle: Duration::from_secs(120),
             server_header_timeout: Duration::from_secs(5),
+            server_min_rate: 32 << 10,
+            server_rate_window: Duration::from_secs(10),
             max_server_connections: 16384,
             max_server_connections_per_ip: 4096,
             server_threads: default_server_threads(),
@@ -78,6 +86,8 @@ impl TcpConfig {
             socket_buffer: env_u64("MC_TCP_SOCKET_BUFFER", 0, 0, 1 << 30) as usize,
             server_idle: env_secs("MC_TCP_SERVER_IDLE_TIMEOUT_SEC", 120, 1, 86400),
             server_header_timeout: env_secs("MC_TCP_SERVER_HEADER_TIMEOUT_SEC", 5, 1, 3600),
+            server_min_rate: env_u64("MC_TCP_SERVER_MIN_RATE_KBPS", 32, 0, 1 << 30) << 10,
+            server_rate_window: env_secs("MC_TCP_SERVER_RATE_WINDOW_SEC", 10, 1, 3600),
             max_server_connections: env_u64("MC_TCP_SERVER_MAX_CONNECTIONS", 16384, 1, 1 << 20)
                 as usize,
             max_server_connections_per_ip: env_u64(

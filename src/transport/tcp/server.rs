@@ -5,16 +5,19 @@
 //! so a fresh engine starts one server thread, not one per core. Each
 //! connection is a `ServeConn` state machine.
 //!
-//! Payloads move straight between the socket and registered memory. The
-//! region list is checked per request; unregistering a region while a
-//! transfer into it runs only affects later requests. As upstream, the owner
-//! must not free registered memory while peers may still transfer into it:
-//! the bytes land wherever the (already validated) address points.
+//! Payloads move straight between the socket and registered memory. Each
+//! copy re-checks its range (the unregister fence, see `regions`): when
+//! unregistering returns, no byte of the range is read or written again and
+//! the requests still using it fail on their peers.
 //!
-//! Limits: total and per-source-IP connection caps; a connection that sends
-//! no complete header within `MC_TCP_SERVER_HEADER_TIMEOUT_SEC` is closed, one
-//! that stalls mid-request within `MC_TCP_STATUS_TIMEOUT_SEC`, an idle one
-//! after `MC_TCP_SERVER_IDLE_TIMEOUT_SEC`.
+//! Limits: total and per-source-IP connection caps, where a full server makes
+//! room for an address below its fair share (`serving::admission`); a
+//! connection that completes no header within
+//! `MC_TCP_SERVER_HEADER_TIMEOUT_SEC` of its first byte (or of connecting) is
+//! closed, one that stalls mid-request within `MC_TCP_STATUS_TIMEOUT_SEC`, one
+//! busy below `MC_TCP_SERVER_MIN_RATE_KBPS` over a whole
+//! `MC_TCP_SERVER_RATE_WINDOW_SEC`, an idle one after
+//! `MC_TCP_SERVER_IDLE_TIMEOUT_SEC`.
 
 use std::collections::HashMap;
 use std::io;
@@ -60,10 +63,14 @@ pub struct DataServer {
     shared: Arc<Shared>,
 }
 
+const PACE: &str = "slower than MC_TCP_SERVER_MIN_RATE_KBPS";
+
 /// A connection quiet this long gives its input buffer back.
 const BUFFER_KEEP: Duration = Duration::from_secs(1);
 
 static RECLAIM_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(10));
+/// Its own line: a pace cut is an attack sign worth seeing beside the rest.
+static PACE_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(10));
 
 fn sock_err(what: &str, e: io::Error) -> Error {
     Error::Socket(format!("tcp data server: {what}: {e}"))
@@ -387,25 +394,41 @@ impl EventLoop {
     fn sweep(&mut self) {
         let cfg = &self.shared.cfg;
         let now = Instant::now();
+        let window = cfg.server_rate_window;
+        let min_bytes = cfg.server_min_rate.saturating_mul(window.as_secs());
         let mut silent = Vec::new();
         for (&t, c) in self.conns.iter_mut() {
             let idle = now.saturating_duration_since(c.last_progress);
             if idle >= BUFFER_KEEP {
                 c.release_buffer();
             }
-            let (limit, what) = match c.phase() {
-                Phase::AwaitingHeader => (cfg.server_header_timeout, "no complete header"),
-                Phase::Busy => (cfg.status_timeout, "stalled mid-request"),
-                Phase::Idle => (cfg.server_idle, "idle"),
+            let (limit, what, since) = match c.phase() {
+                Phase::AwaitingHeader => (
+                    cfg.server_header_timeout,
+                    "no complete header",
+                    c.awaiting_since,
+                ),
+                Phase::Busy => (cfg.status_timeout, "stalled mid-request", c.last_progress),
+                Phase::Idle => (cfg.server_idle, "idle", c.last_progress),
             };
-            if idle >= limit {
+            if c.ticket.evicted() {
+                // Admission logged it.
+                silent.push((t, "", Duration::ZERO));
+            } else if now.saturating_duration_since(since) >= limit {
                 silent.push((t, what, limit));
+            } else if min_bytes > 0 && !c.keeps_pace(now, window, min_bytes) {
+                silent.push((t, PACE, window));
             }
         }
         for (t, what, limit) in silent {
-            if let Some(c) = self.conns.get(&t) {
-                RECLAIM_LOG.warn(format_args!(
-                    "tcp data server: closing connection from {}: {what} for {limit:?}",
+            if let Some(c) = self.conns.get(&t).filter(|_| !what.is_empty()) {
+                let log = if what == PACE {
+                    &PACE_LOG
+                } else {
+                    &RECLAIM_LOG
+                };
+                log.warn(format_args!(
+                    "tcp data server: closing connection from {}: {what} over {limit:?}",
                     c.peer
                 ));
             }

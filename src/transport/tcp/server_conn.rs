@@ -8,17 +8,28 @@
 //! WRITE's frame only after its last byte is in memory. A WRITE behind
 //! unsent READ bodies waits until they are sent, so those READs return the
 //! bytes as they were before it.
+//!
+//! Every copy between the socket and registered memory re-checks its range
+//! under a `Pin` (see `regions`): a body whose region was unregistered is
+//! abandoned and the connection closed, so the peer's request fails.
+//!
+//! A te-rs initiator that gives up on a stalled connection resets it (RST)
+//! and reports its requests FAILED only `FENCE_GRACE` later. Bytes it sent
+//! may still sit in our kernel (we were stopped, or slow): before copying
+//! any into memory, a connection not confirmed alive within
+//! `ALIVE_RECHECK` asks the kernel whether the peer reset it, and if so the
+//! bytes are dropped unapplied. So a FAILED WRITE never lands later.
 
 use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 
-use super::regions::Regions;
+use super::regions::{Checked, Regions};
 use super::wire::{Header, Status, HEADER_LEN};
 use crate::serving::{RateLimited, Ticket};
 
@@ -31,14 +42,34 @@ const BIG_WRITE: usize = 16 * 1024;
 const MAX_QUEUED_REPLIES: usize = 256;
 /// Bytes moved per `drive` call before other connections get their turn.
 pub const DRIVE_BUDGET: usize = 4 << 20;
+/// A copy into memory is preceded by a check, at most this old, that the
+/// peer has not reset the connection (well below the initiator's
+/// `FENCE_GRACE`, so a copy seen alive lands before the peer reports).
+const ALIVE_RECHECK: Duration = Duration::from_millis(10);
+/// `TCP_CLOSE` of the kernel's `tcp_states.h` (libc does not export it).
+const TCP_STATE_CLOSE: u8 = 7;
 const MAX_IOV: usize = 64;
 
-static REJECT_LOG: RateLimited =
-    RateLimited::new(module_path!(), std::time::Duration::from_secs(5));
+static REJECT_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
+static FENCE_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
+static ABORTED_LOG: RateLimited = RateLimited::new(module_path!(), Duration::from_secs(5));
 
 enum Reply {
     Status([u8; 8], usize),
-    Body { ptr: *mut u8, left: usize },
+    Body {
+        ptr: *mut u8,
+        left: usize,
+        seen: Checked,
+    },
+}
+
+/// A WRITE body still arriving.
+#[derive(Clone, Copy)]
+struct Body {
+    next: *mut u8,
+    left: usize,
+    v2: bool,
+    seen: Checked,
 }
 
 /// Where the connection stands, for the idle sweep.
@@ -63,14 +94,13 @@ pub enum Drive {
 pub struct ServeConn {
     pub stream: TcpStream,
     pub peer: SocketAddr,
-    _ticket: Ticket,
+    pub ticket: Ticket,
     /// Allocated on first input, not zeroed (bytes `start..end` were
     /// received); quiet connections give it back.
     buf: Option<Box<[MaybeUninit<u8>]>>,
     start: usize,
     end: usize,
-    /// A WRITE body still arriving: (next byte, bytes left, v2).
-    body: Option<(*mut u8, usize, bool)>,
+    body: Option<Body>,
     replies: VecDeque<Reply>,
     /// READ bodies among `replies`.
     queued_bodies: usize,
@@ -79,6 +109,14 @@ pub struct ServeConn {
     /// Close once the queued replies are sent (rejection, peer EOF).
     closing: bool,
     pub last_progress: Instant,
+    /// Since when a header is awaited: connecting, or the first byte of a
+    /// header after the previous request (a trickle does not extend it).
+    pub awaiting_since: Instant,
+    /// Bytes moved in total, and the sweep's pace window (start, total then).
+    moved_total: u64,
+    window: Option<(Instant, u64)>,
+    /// When the kernel last said the peer had not reset the connection.
+    alive_at: Option<Instant>,
 }
 
 fn os_err() -> io::Error {
@@ -90,7 +128,7 @@ impl ServeConn {
         ServeConn {
             stream,
             peer,
-            _ticket: ticket,
+            ticket,
             buf: None,
             start: 0,
             end: 0,
@@ -101,11 +139,53 @@ impl ServeConn {
             served_any: false,
             closing: false,
             last_progress: Instant::now(),
+            awaiting_since: Instant::now(),
+            moved_total: 0,
+            window: None,
+            // Never confirmed: it may have waited in the accept backlog
+            // while we were stopped, and been reset there.
+            alive_at: None,
         }
     }
 
     fn fd(&self) -> RawFd {
         self.stream.as_raw_fd()
+    }
+
+    /// Whether the peer may still want its WRITE applied: false once it
+    /// reset the connection (it gave up and will report FAILED).
+    fn peer_waits(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .alive_at
+            .is_some_and(|t| now.saturating_duration_since(t) < ALIVE_RECHECK)
+        {
+            return true;
+        }
+        // `tcpi_state` is the first byte of `struct tcp_info`.
+        let mut info = [0u8; 8];
+        let mut len = info.len() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `info`.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        // TCP_CLOSE: reset by the peer (a FIN leaves CLOSE_WAIT: the peer
+        // still wants what it sent).
+        if rc == 0 && info[0] == TCP_STATE_CLOSE {
+            ABORTED_LOG.warn(format_args!(
+                "tcp data server: {} reset the connection (it gave up on its requests); dropping its WRITE bytes unapplied",
+                self.peer
+            ));
+            return false;
+        }
+        self.alive_at = Some(now);
+        true
     }
 
     pub fn phase(&self) -> Phase {
@@ -126,14 +206,41 @@ impl ServeConn {
         }
     }
 
+    /// For the sweep: false when the connection stayed busy for a whole
+    /// `window` and moved fewer than `min_bytes` in it (a slow sender or a
+    /// slow reader of its answers). Busy time is sampled at each sweep.
+    pub fn keeps_pace(&mut self, now: Instant, window: Duration, min_bytes: u64) -> bool {
+        if self.phase() != Phase::Busy {
+            self.window = None;
+            return true;
+        }
+        match self.window {
+            None => {
+                self.window = Some((now, self.moved_total));
+                true
+            }
+            Some((since, at)) if now.saturating_duration_since(since) >= window => {
+                self.window = Some((now, self.moved_total));
+                self.moved_total - at >= min_bytes
+            }
+            Some(_) => true,
+        }
+    }
+
     /// Make all the progress the socket allows now, within the budget.
     pub fn drive(&mut self, regions: &Regions) -> Drive {
         let mut moved = 0usize;
+        let d = self.drive_moving(regions, &mut moved);
+        self.moved_total += moved as u64;
+        d
+    }
+
+    fn drive_moving(&mut self, regions: &Regions, moved: &mut usize) -> Drive {
         loop {
             let mut progress = false;
-            match self.send_replies() {
+            match self.send_replies(regions) {
                 Ok(n) => {
-                    moved += n;
+                    *moved += n;
                     progress |= n > 0;
                 }
                 Err(e) => return self.io_close(e),
@@ -146,9 +253,9 @@ impl ServeConn {
                 };
             }
             if self.body.is_some() {
-                match self.recv_body() {
+                match self.recv_body(regions) {
                     Ok(n) => {
-                        moved += n;
+                        *moved += n;
                         progress |= n > 0;
                     }
                     Err(e) => return self.io_close(e),
@@ -159,7 +266,7 @@ impl ServeConn {
                 if self.needs_input() {
                     match self.fill() {
                         Ok(n) => {
-                            moved += n;
+                            *moved += n;
                             progress |= n > 0;
                         }
                         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
@@ -183,7 +290,7 @@ impl ServeConn {
             if !progress {
                 return Drive::Blocked;
             }
-            if moved >= DRIVE_BUDGET {
+            if *moved >= DRIVE_BUDGET {
                 return Drive::More;
             }
         }
@@ -231,7 +338,9 @@ impl ServeConn {
             self.served_any = true;
             any = true;
             let v2 = h.is_v2();
-            if !regions.allows(h.addr, h.size) || h.size > isize::MAX as u64 {
+            let pin = regions.pin();
+            let checked = pin.check(h.addr, h.size);
+            let Some(seen) = checked.filter(|_| h.size <= isize::MAX as u64) else {
                 REJECT_LOG.warn(format_args!(
                     "tcp data server: rejecting {} of {} bytes at {:#x} from {}: not inside one registered region",
                     if h.is_write() { "WRITE" } else { "READ" },
@@ -245,38 +354,57 @@ impl ServeConn {
                 self.closing = true;
                 self.end = self.start;
                 break;
-            }
+            };
             let ptr = h.addr as *mut u8;
             let len = h.size as usize;
             if h.is_write() {
                 self.big_writes = len >= BIG_WRITE;
                 let n = (self.end - self.start).min(len);
+                if n > 0 && !self.peer_waits() {
+                    self.closing = true;
+                    self.replies.clear();
+                    self.queued_bodies = 0;
+                    self.end = self.start;
+                    break;
+                }
                 // SAFETY: `[addr, addr+len)` lies inside a region the owner
-                // registered and keeps alive while peers may transfer; `n`
-                // buffered (received) bytes fit in it and our buffer never
-                // overlaps it.
+                // registered, and `pin` holds off its removal; `n` buffered
+                // (received) bytes fit in it and our buffer never overlaps it.
                 unsafe {
                     std::ptr::copy_nonoverlapping(buf[self.start..].as_ptr().cast::<u8>(), ptr, n)
                 };
+                drop(pin);
                 self.start += n;
                 if n == len {
                     self.write_done(v2);
                 } else {
-                    // SAFETY: `n < len`, so the pointer stays inside the range.
-                    self.body = Some((unsafe { ptr.add(n) }, len - n, v2));
+                    self.body = Some(Body {
+                        // SAFETY: `n < len`, so the pointer stays inside the range.
+                        next: unsafe { ptr.add(n) },
+                        left: len - n,
+                        v2,
+                        seen,
+                    });
                 }
             } else {
                 self.big_writes = false;
                 if v2 {
                     self.push_status(Status::Ok);
                 }
-                self.replies.push_back(Reply::Body { ptr, left: len });
+                self.replies.push_back(Reply::Body {
+                    ptr,
+                    left: len,
+                    seen,
+                });
                 self.queued_bodies += 1;
             }
         }
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+        }
+        if any {
+            self.awaiting_since = Instant::now();
         }
         self.buf = Some(buf);
         any
@@ -314,16 +442,38 @@ impl ServeConn {
                 room,
             )
         }?;
+        if self.end == 0 && n > 0 {
+            self.awaiting_since = Instant::now();
+        }
         self.end += n;
         Ok(n)
     }
 
-    fn recv_body(&mut self) -> io::Result<usize> {
-        let Some((ptr, left, v2)) = self.body else {
+    fn recv_body(&mut self, regions: &Regions) -> io::Result<usize> {
+        let Some(Body {
+            next: ptr,
+            left,
+            v2,
+            mut seen,
+        }) = self.body
+        else {
             return Ok(0);
         };
-        // SAFETY: `[ptr, ptr+left)` is the rest of a validated WRITE range.
-        let n = match unsafe { recv_raw(self.fd(), ptr, left) } {
+        if !self.peer_waits() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "peer reset the connection mid-WRITE",
+            ));
+        }
+        let pin = regions.pin();
+        if !pin.still_allows(&mut seen, ptr as u64, left as u64) {
+            return Err(self.fenced("WRITE into", left));
+        }
+        // SAFETY: `[ptr, ptr+left)` is the rest of a WRITE range still
+        // registered, and `pin` holds off its removal during the copy.
+        let received = unsafe { recv_raw(self.fd(), ptr, left) };
+        drop(pin);
+        let n = match received {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 return Err(io::Error::new(e.kind(), "peer closed inside a WRITE body"))
@@ -334,14 +484,28 @@ impl ServeConn {
             self.body = None;
             self.write_done(v2);
         } else {
-            // SAFETY: `n < left`, so the pointer stays inside the range.
-            self.body = Some((unsafe { ptr.add(n) }, left - n, v2));
+            self.body = Some(Body {
+                // SAFETY: `n < left`, so the pointer stays inside the range.
+                next: unsafe { ptr.add(n) },
+                left: left - n,
+                v2,
+                seen,
+            });
         }
         Ok(n)
     }
 
+    /// The unregister fence bit: log (rate-limited) and end the connection.
+    fn fenced(&self, what: &str, left: usize) -> io::Error {
+        FENCE_LOG.warn(format_args!(
+            "tcp data server: abandoning a {what} memory unregistered meanwhile ({left} bytes left); closing the connection from {}",
+            self.peer
+        ));
+        io::Error::other("region unregistered mid-request")
+    }
+
     /// Send queued replies until the socket is full; bytes sent.
-    fn send_replies(&mut self) -> io::Result<usize> {
+    fn send_replies(&mut self, regions: &Regions) -> io::Result<usize> {
         let mut total = 0;
         while !self.replies.is_empty() {
             let mut iov: [libc::iovec; MAX_IOV] = [libc::iovec {
@@ -349,27 +513,42 @@ impl ServeConn {
                 iov_len: 0,
             }; MAX_IOV];
             let mut k = 0;
+            let pin = regions.pin();
+            let mut revoked = None;
             for r in self.replies.iter_mut().take(MAX_IOV) {
                 iov[k] = match r {
                     Reply::Status(b, off) => libc::iovec {
                         iov_base: b[*off..].as_mut_ptr() as *mut libc::c_void,
                         iov_len: 8 - *off,
                     },
-                    Reply::Body { ptr, left } => libc::iovec {
-                        iov_base: *ptr as *mut libc::c_void,
-                        iov_len: *left,
-                    },
+                    Reply::Body { ptr, left, seen } => {
+                        if !pin.still_allows(seen, *ptr as u64, *left as u64) {
+                            revoked = Some(*left);
+                            break;
+                        }
+                        libc::iovec {
+                            iov_base: *ptr as *mut libc::c_void,
+                            iov_len: *left,
+                        }
+                    }
                 };
                 k += 1;
+            }
+            if let Some(left) = revoked {
+                // Answers before it could still go, but a READ must not end
+                // short in silence: close now, the peer fails what is open.
+                drop(pin);
+                return Err(self.fenced("READ reply from", left));
             }
             // SAFETY: msghdr is plain data; zeroed is a valid empty message.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = iov.as_mut_ptr();
             msg.msg_iovlen = k as _;
             // SAFETY: status iovecs point into our queued frames; body iovecs
-            // lie inside registered regions (validated when queued), which the
-            // owner keeps alive while peers may transfer; sendmsg only reads.
+            // lie inside registered regions (re-checked above) whose removal
+            // `pin` holds off until sendmsg returns; sendmsg only reads.
             let n = unsafe { libc::sendmsg(self.fd(), &msg, libc::MSG_NOSIGNAL) };
+            drop(pin);
             if n < 0 {
                 let e = os_err();
                 match e.kind() {
@@ -390,7 +569,7 @@ impl ServeConn {
                         *off += used;
                         (*off == 8, used)
                     }
-                    Reply::Body { ptr, left } => {
+                    Reply::Body { ptr, left, .. } => {
                         let used = (*left).min(n);
                         // SAFETY: `used <= left`: stays inside (or one past) the span.
                         *ptr = unsafe { ptr.add(used) };

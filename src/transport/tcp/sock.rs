@@ -116,6 +116,35 @@ pub fn shutdown_fd(fd: RawFd) {
     }
 }
 
+/// Abort a connection with a reset (RST), keeping the descriptor: a TCP
+/// `connect` to `AF_UNSPEC` disconnects, and an established socket with
+/// data in flight is reset, so the peer's kernel knows at once.
+pub fn reset_fd(fd: RawFd) {
+    // SO_LINGER 0 makes the disconnect a reset whatever is unsent.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads a `linger` of the size passed; connect reads
+    // a sockaddr of the size passed; neither touches other memory.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+        let mut unspec: libc::sockaddr = std::mem::zeroed();
+        unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(
+            fd,
+            &unspec,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        );
+    }
+}
+
 /// NODELAY and optional buffer sizes for a data socket (client or server).
 pub fn tune<S: AsFd>(sock: &S, buf: usize) {
     let s = SockRef::from(sock);
