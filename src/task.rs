@@ -2,9 +2,11 @@
 //! slice by slice through atomic counters (the only way data flows back up).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::metadata::SegmentId;
+use crate::metrics::tasks::{Ending, TaskMeter};
 
 /// Mooncake's `STATUS_*` values (`transfer_status.status`); never outside 0..6.
 #[repr(i32)]
@@ -61,6 +63,9 @@ pub struct Task {
     /// Set when `getTransferStatus` observed a terminal state (freeBatchID needs it).
     observed_terminal: AtomicBool,
     created: Instant,
+    /// Where the task reports when it turns terminal (metrics), once.
+    meter: Option<Arc<TaskMeter>>,
+    metered: AtomicBool,
 }
 
 impl Task {
@@ -71,6 +76,15 @@ impl Task {
     /// A task created at `created` (a submit call reads the clock once for
     /// all its tasks: a clock read per task was a tenth of the RDMA submit path).
     pub fn started_at(request: TransferRequest, created: Instant) -> Task {
+        Task::metered(request, created, None)
+    }
+
+    /// `started_at` with a meter the task reports to when it ends.
+    pub fn metered(
+        request: TransferRequest,
+        created: Instant,
+        meter: Option<Arc<TaskMeter>>,
+    ) -> Task {
         Task {
             request,
             slices: AtomicU64::new(0),
@@ -80,6 +94,8 @@ impl Task {
             sealed: AtomicBool::new(false),
             observed_terminal: AtomicBool::new(false),
             created,
+            meter,
+            metered: AtomicBool::new(false),
         }
     }
 
@@ -91,6 +107,7 @@ impl Task {
     /// All slices are announced; the task may now turn terminal.
     pub fn seal(&self) {
         self.sealed.store(true, Ordering::Release);
+        self.meter_if_ended();
     }
 
     /// Announce `n` slices and seal in one step (the usual case), on a
@@ -106,11 +123,13 @@ impl Task {
     pub fn slice_succeeded(&self, bytes: u64) {
         self.transferred.fetch_add(bytes, Ordering::AcqRel);
         self.succeeded.fetch_add(1, Ordering::AcqRel);
+        self.meter_if_ended();
     }
 
     /// A slice ended for good without its bytes landing.
     pub fn slice_failed(&self) {
         self.failed.fetch_add(1, Ordering::AcqRel);
+        self.meter_if_ended();
     }
 
     /// Fail the whole task: every announced slice not yet finished fails.
@@ -125,6 +144,24 @@ impl Task {
         if done < total {
             self.failed.fetch_add(total - done, Ordering::AcqRel);
         }
+        self.meter_if_ended();
+    }
+
+    /// Report to the meter the first time the task is seen terminal
+    /// (whichever of the racing slice ends or the seal sees it wins).
+    fn meter_if_ended(&self) {
+        let Some(m) = &self.meter else { return };
+        if self.status() == TaskStatus::Waiting || self.metered.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        m.task_ended(Ending {
+            op: self.request.opcode,
+            length: self.request.length,
+            slices_succeeded: self.succeeded.load(Ordering::Acquire),
+            slices_failed: self.failed.load(Ordering::Acquire),
+            bytes: self.transferred_bytes(),
+            latency: self.created.elapsed(),
+        });
     }
 
     pub fn transferred_bytes(&self) -> u64 {
@@ -216,6 +253,27 @@ mod tests {
         v.slice_succeeded(1);
         v.fail_all();
         assert_eq!(v.status(), TaskStatus::Failed);
+    }
+
+    #[test]
+    fn a_metered_task_reports_once_when_it_ends() {
+        use crate::metrics::peers::PeerTable;
+        use crate::metrics::tasks::TaskMetrics;
+        let m = TaskMetrics::new(PeerTable::new(4));
+        let meter = m.meter(1, "peer", "tcp");
+        let t = Task::metered(req(), Instant::now(), meter.clone());
+        t.add_slices(2);
+        t.slice_succeeded(5);
+        t.slice_failed();
+        assert_eq!(m.tasks_ended("tcp"), 0, "not sealed: not ended");
+        t.seal();
+        assert_eq!(m.tasks_ended("tcp"), 1);
+        t.fail_all();
+        t.seal();
+        assert_eq!(m.tasks_ended("tcp"), 1, "counted once");
+        let z = Task::metered(req(), Instant::now(), meter);
+        z.set_slices(0);
+        assert_eq!(m.tasks_ended("tcp"), 2, "zero slices end at the seal");
     }
 
     #[test]

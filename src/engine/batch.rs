@@ -10,6 +10,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use crate::error::{Error, Result};
 use crate::id_map::IdMap;
 use crate::metadata::SegmentId;
+use crate::metrics::tasks::TaskMeter;
 use crate::task::{Task, TransferRequest};
 
 /// A `submitTransferWithNotify` message waiting for its batch to complete.
@@ -163,14 +164,24 @@ impl BatchTable {
     /// A task for each request, started at `now`: reused where the spares
     /// allow, allocated otherwise.
     pub fn new_tasks(&self, requests: &[TransferRequest], now: Instant) -> Vec<Arc<Task>> {
+        self.new_metered_tasks(requests, now, |_| None)
+    }
+
+    /// `new_tasks` whose task `i` reports to `meter(i)` when it ends.
+    pub fn new_metered_tasks(
+        &self,
+        requests: &[TransferRequest],
+        now: Instant,
+        meter: impl Fn(usize) -> Option<Arc<TaskMeter>>,
+    ) -> Vec<Arc<Task>> {
         let mut reused = {
             let mut spare = self.spare.lock();
             let from = spare.len().saturating_sub(requests.len());
             spare.split_off(from)
         };
         let mut out = Vec::with_capacity(requests.len());
-        for r in requests {
-            let fresh = Task::started_at(*r, now);
+        for (i, r) in requests.iter().enumerate() {
+            let fresh = Task::metered(*r, now, meter(i));
             match reused.pop() {
                 Some(mut t) => match Arc::get_mut(&mut t) {
                     Some(slot) => {

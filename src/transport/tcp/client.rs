@@ -33,6 +33,7 @@ pub struct ClientShared {
     pub short_sends: AtomicU64,
     /// Requests re-sent because a pooled connection turned out dead.
     pub resent: AtomicU64,
+    pub counters: super::counters::TcpCounters,
     pub loops: ClientLoops,
     connectors: Mutex<Vec<JoinHandle<()>>>,
     /// The transport's count, which holds the loops and connecting threads.
@@ -93,6 +94,7 @@ impl TcpClient {
                 stop: AtomicBool::new(false),
                 short_sends: AtomicU64::new(0),
                 resent: AtomicU64::new(0),
+                counters: Default::default(),
                 connectors: Mutex::new(Vec::new()),
                 count,
             }),
@@ -225,6 +227,10 @@ impl TcpClient {
     }
 
     /// Number of peers seen (diagnostics).
+    pub fn counters(&self) -> &super::counters::TcpCounters {
+        &self.shared.counters
+    }
+
     pub fn peer_count(&self) -> usize {
         self.peers.lock().len()
     }

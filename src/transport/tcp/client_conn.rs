@@ -634,6 +634,8 @@ impl ClientConn {
                 "tcp: {} {what} for {quiet:?} (MC_TCP_STATUS_TIMEOUT_SEC {:?}); failing its requests and the peer's queued ones",
                 self.name, cfg.status_timeout
             ));
+            let c = &self.peer.counters().stalled;
+            c.fetch_add(1, Ordering::Relaxed);
             self.break_locked(&mut g, Fate::PeerDead, &mut settle);
             true
         } else if !busy && now.saturating_duration_since(g.last_used) >= cfg.lane_idle {
@@ -674,11 +676,15 @@ impl ClientConn {
                     "tcp: {} rejected {op} of {len} bytes: address range not registered there",
                     self.name
                 ));
+                self.peer.counters().refused.fetch_add(1, Ordering::Relaxed);
                 return self.break_locked(g, Fate::Rejected, settle);
             }
             Fail::Broken(why) => why,
         };
         let idle = g.inflight.is_empty() && g.out.is_empty();
+        if !idle {
+            self.peer.counters().broken.fetch_add(1, Ordering::Relaxed);
+        }
         let stale = g.pooled_burst;
         self.break_locked(g, Fate::Broken { stale }, settle);
         if idle {
