@@ -58,7 +58,8 @@ impl MetricsServer {
         let thread = threads
             .spawn("te-metrics-http", move || serve(&s, &render))
             .map_err(|e| Error::Socket(format!("spawning the metrics endpoint thread: {e}")))?;
-        log::info!("metrics endpoint: http://{addr}/metrics (and /health), port {port}");
+        let bound = crate::metadata::name::join_host_port(host, port);
+        log::info!("metrics endpoint: http://{bound}/metrics (and /health)");
         Ok(MetricsServer {
             server,
             port,
