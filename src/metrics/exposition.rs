@@ -104,6 +104,24 @@ impl Exposition {
     }
 }
 
+/// The samples of exposition `text` as (series, value): the series is the
+/// line up to its value (`te_x_total{peer="a"}`), as PromQL writes it.
+/// For callers without a Prometheus (the Python package's dict).
+pub fn samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let v = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().ok()?,
+            };
+            Some((series.to_string(), v))
+        })
+        .collect()
+}
+
 /// `\`, `"` and newlines escaped, as the format asks for label values.
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
@@ -147,6 +165,21 @@ mod tests {
             "# HELP te_x_total X.\n# TYPE te_x_total counter\n\
              te_x_total{peer=\"a\\\"b\\\\c\\nd\"} 3\nte_x_total{peer=\"b\"} 0.5\n\
              # HELP te_y Y.\n# TYPE te_y gauge\nte_y 1\n"
+        );
+    }
+
+    #[test]
+    fn samples_read_back_what_was_written() {
+        let mut e = Exposition::default();
+        e.family("te_x_total", "counter", "X.");
+        e.sample("te_x_total", &[("peer", "a b")], 3.0);
+        e.sample("te_x_total", &[], 0.25);
+        assert_eq!(
+            samples(&e.finish()),
+            vec![
+                ("te_x_total{peer=\"a b\"}".to_string(), 3.0),
+                ("te_x_total".to_string(), 0.25)
+            ]
         );
     }
 
