@@ -37,7 +37,10 @@ fn metered_engine() -> Arc<TransferEngine> {
     // Process-wide, and the same for every engine this test binary makes.
     std::env::set_var("MC_TE_METRIC_HTTP_PORT", "0");
     let e = p2p_engine();
-    assert!(e.metrics_port().is_some(), "MC_TE_METRIC_HTTP_PORT=0 serves");
+    assert!(
+        e.metrics_port().is_some(),
+        "MC_TE_METRIC_HTTP_PORT=0 serves"
+    );
     e
 }
 
@@ -76,11 +79,8 @@ impl Prometheus {
     /// Started on loopback, scraping `targets` (job name, port) every 100 ms.
     fn start(targets: &[(&str, u16)]) -> Prometheus {
         let bin = need("prometheus");
-        let dir = std::env::temp_dir().join(format!(
-            "te-prom-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("te-prom-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut cfg = String::from(
             "global:\n  scrape_interval: 100ms\n  scrape_timeout: 100ms\nscrape_configs:\n",
@@ -93,8 +93,14 @@ impl Prometheus {
         std::fs::write(dir.join("prometheus.yml"), cfg).unwrap();
         let port = free_port();
         let child = Command::new(bin)
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -212,7 +218,13 @@ fn prometheus_sees_the_bytes_failures_and_tasks_of_a_workload() {
     }
     // Provoked failures: one request past the registered range (the target
     // refuses it) and one to a peer whose process is gone.
-    let past = req(Opcode::Write, local.addr(), id, remote.addr() + size as u64, 64);
+    let past = req(
+        Opcode::Write,
+        local.addr(),
+        id,
+        remote.addr() + size as u64,
+        64,
+    );
     assert_eq!(run_batch(&init, &[past], T)[0].status, TaskStatus::Failed);
     victim.shutdown();
     let gone = req(Opcode::Write, local.addr(), victim_id, 0x1000, 64);
@@ -237,8 +249,14 @@ fn prometheus_sees_the_bytes_failures_and_tasks_of_a_workload() {
         &format!(r#"sum(te_tasks_total{{{i},transport="tcp",outcome="completed"}})"#),
         (tasks - 2) as f64,
     );
-    prom.expect(&format!(r#"sum(te_tasks_total{{{i},outcome="failed"}})"#), 2.0);
-    prom.expect(&format!(r#"sum(te_slices_total{{{i},outcome="failed"}})"#), 2.0);
+    prom.expect(
+        &format!(r#"sum(te_tasks_total{{{i},outcome="failed"}})"#),
+        2.0,
+    );
+    prom.expect(
+        &format!(r#"sum(te_slices_total{{{i},outcome="failed"}})"#),
+        2.0,
+    );
     prom.expect(
         &format!(r#"sum(te_task_latency_seconds_count{{{i}}})"#),
         tasks as f64,
@@ -311,7 +329,11 @@ fn a_thousand_peers_make_at_most_the_configured_series() {
     let cap = 50;
     let m = TaskMetrics::new(PeerTable::new(cap));
     for peer in 0..1000i32 {
-        let meter = m.meter(peer + 1, &format!("10.0.{}.{}:1234", peer / 256, peer % 256), "tcp");
+        let meter = m.meter(
+            peer + 1,
+            &format!("10.0.{}.{}:1234", peer / 256, peer % 256),
+            "tcp",
+        );
         meter.unwrap().task_ended(Ending {
             op: Opcode::Write,
             length: 100,
@@ -332,8 +354,7 @@ fn a_thousand_peers_make_at_most_the_configured_series() {
     assert!(text.contains("te_peer_tasks_total{peer=\"_overflow\"} 950\n"));
     assert!(text.contains("te_peer_series_overflow_total 950\n"));
     // Every task is still counted in the totals.
-    assert!(text.contains(
-        "te_tasks_total{transport=\"tcp\",op=\"write\",outcome=\"completed\"} 1000\n"
-    ));
+    assert!(text
+        .contains("te_tasks_total{transport=\"tcp\",op=\"write\",outcome=\"completed\"} 1000\n"));
     promtool_accepts(&text);
 }

@@ -496,11 +496,10 @@ impl TransferEngine {
                         target.protocol,
                         t.protocol()
                     );
-                    meters.push(self.task_metrics.meter(
-                        r.target_id,
-                        &target.name,
-                        t.protocol(),
-                    ));
+                    meters.push(
+                        self.task_metrics
+                            .meter(r.target_id, &target.name, t.protocol()),
+                    );
                     targets.push((r.target_id, target, t));
                     targets.len() - 1
                 }
@@ -753,7 +752,11 @@ impl TransferEngine {
         );
         let transports = self.transports.read().clone();
         for t in &transports {
-            e.sample("te_transport_installed", &[("transport", t.protocol())], 1.0);
+            e.sample(
+                "te_transport_installed",
+                &[("transport", t.protocol())],
+                1.0,
+            );
         }
         self.task_metrics.write(&mut e);
         for t in &transports {

@@ -527,17 +527,32 @@ impl Metadata {
 
     /// Notification counters and queue depth, in Prometheus text.
     pub fn write_metrics(&self, e: &mut crate::metrics::exposition::Exposition) {
-        let g = |a: &std::sync::atomic::AtomicU64| {
-            a.load(std::sync::atomic::Ordering::Relaxed) as f64
-        };
+        let g =
+            |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
         let name = "te_notifications_sent_total";
-        e.family(name, "counter", "Notifications sent, by outcome (failed: unreachable peer or refused by it).");
+        e.family(
+            name,
+            "counter",
+            "Notifications sent, by outcome (failed: unreachable peer or refused by it).",
+        );
         e.sample(name, &[("outcome", "ok")], g(&self.notifies_sent[0]));
         e.sample(name, &[("outcome", "failed")], g(&self.notifies_sent[1]));
         let name = "te_notifications_received_total";
-        e.family(name, "counter", "Notifications received, by outcome (refused: queue full, MC_NOTIFY_QUEUE_MAX / _MB).");
-        e.sample(name, &[("outcome", "queued")], self.notifies.received() as f64);
-        e.sample(name, &[("outcome", "refused")], self.notifies.refused() as f64);
+        e.family(
+            name,
+            "counter",
+            "Notifications received, by outcome (refused: queue full, MC_NOTIFY_QUEUE_MAX / _MB).",
+        );
+        e.sample(
+            name,
+            &[("outcome", "queued")],
+            self.notifies.received() as f64,
+        );
+        e.sample(
+            name,
+            &[("outcome", "refused")],
+            self.notifies.refused() as f64,
+        );
         e.single(
             "te_notification_queue_depth",
             "gauge",

@@ -5,6 +5,15 @@ use std::fmt::Write;
 
 use super::histogram::Histogram;
 
+/// Help of the families several transports write.
+pub mod help {
+    pub const CONNECTIONS_OPENED: &str =
+        "Data connections (TCP) or endpoints (RDMA handshakes) established.";
+    pub const CONNECTION_FAILURES: &str = "TCP connects or RDMA handshakes that failed.";
+    pub const ERRORS: &str =
+        "Failure events by transport and reason (one event may fail several slices).";
+}
+
 /// Text being built for one scrape. Samples go to the family last named;
 /// a family named again (several transports write `te_errors_total`)
 /// collects its samples in one place, under one header.
@@ -193,11 +202,26 @@ mod tests {
         e.family("te_h_seconds", "histogram", "H.");
         e.histogram("te_h_seconds", &[("op", "read")], &h);
         let text = e.finish();
-        assert!(text.contains("te_h_seconds_bucket{op=\"read\",le=\"0.00005\"} 1\n"), "{text}");
-        assert!(text.contains("te_h_seconds_bucket{op=\"read\",le=\"1\"} 2\n"), "{text}");
-        assert!(text.contains("te_h_seconds_bucket{op=\"read\",le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("te_h_seconds_count{op=\"read\"} 3\n"), "{text}");
-        assert!(text.contains("te_h_seconds_sum{op=\"read\"} 2.00007\n"), "{text}");
+        assert!(
+            text.contains("te_h_seconds_bucket{op=\"read\",le=\"0.00005\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("te_h_seconds_bucket{op=\"read\",le=\"1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("te_h_seconds_bucket{op=\"read\",le=\"+Inf\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("te_h_seconds_count{op=\"read\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("te_h_seconds_sum{op=\"read\"} 2.00007\n"),
+            "{text}"
+        );
         assert_eq!(format_seconds(10_000_000), "10");
     }
 }

@@ -36,8 +36,8 @@ impl MetricsServer {
                 "MC_TE_METRIC_HTTP_PORT={port}: not a port number (0..65535)"
             ))
         })?;
-        let host = crate::config::env_str("MC_TE_METRIC_HTTP_HOST")
-            .unwrap_or_else(|| "127.0.0.1".into());
+        let host =
+            crate::config::env_str("MC_TE_METRIC_HTTP_HOST").unwrap_or_else(|| "127.0.0.1".into());
         Self::start(&host, port, render, threads.child()).map(Some)
     }
 
@@ -102,7 +102,11 @@ fn serve(server: &Server, render: &Render) {
             },
             (true, "/health") => match render(false).is_some() {
                 true => (200, "application/json", "{\"status\":\"ok\"}\n".into()),
-                false => (503, "application/json", "{\"status\":\"destroyed\"}\n".into()),
+                false => (
+                    503,
+                    "application/json",
+                    "{\"status\":\"destroyed\"}\n".into(),
+                ),
             },
             (true, _) => (404, "text/plain", "try /metrics or /health\n".into()),
         };

@@ -89,7 +89,11 @@ pub struct TaskMeter {
 
 impl std::fmt::Debug for TaskMeter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TaskMeter({}, {})", TRANSPORTS[self.transport], self.peer.name)
+        write!(
+            f,
+            "TaskMeter({}, {})",
+            TRANSPORTS[self.transport], self.peer.name
+        )
     }
 }
 
@@ -172,7 +176,9 @@ impl TaskMetrics {
         };
         self.totals.lines[t]
             .iter()
-            .map(|l| l.tasks_completed.load(Ordering::Relaxed) + l.tasks_failed.load(Ordering::Relaxed))
+            .map(|l| {
+                l.tasks_completed.load(Ordering::Relaxed) + l.tasks_failed.load(Ordering::Relaxed)
+            })
             .sum()
     }
 
@@ -205,17 +211,32 @@ impl TaskMetrics {
             (
                 "te_tasks_total",
                 "Tasks ended, by transport, opcode and outcome (completed: every slice landed).",
-                |l| [("completed", &l.tasks_completed), ("failed", &l.tasks_failed)],
+                |l| {
+                    [
+                        ("completed", &l.tasks_completed),
+                        ("failed", &l.tasks_failed),
+                    ]
+                },
             ),
             (
                 "te_slices_total",
                 "Slices of ended tasks, by transport, opcode and outcome.",
-                |l| [("succeeded", &l.slices_succeeded), ("failed", &l.slices_failed)],
+                |l| {
+                    [
+                        ("succeeded", &l.slices_succeeded),
+                        ("failed", &l.slices_failed),
+                    ]
+                },
             ),
             (
                 "te_bytes_total",
                 "Bytes that landed, by transport, opcode and the outcome of their task.",
-                |l| [("completed", &l.bytes_completed), ("failed", &l.bytes_failed)],
+                |l| {
+                    [
+                        ("completed", &l.bytes_completed),
+                        ("failed", &l.bytes_failed),
+                    ]
+                },
             ),
         ];
         for (name, help, pick) in fams {
@@ -252,20 +273,44 @@ impl TaskMetrics {
         );
         for p in &peers {
             for (op, b) in OPS.iter().zip(&p.bytes) {
-                e.sample("te_peer_bytes_total", &[("peer", &p.name), ("op", op)], g(b));
+                e.sample(
+                    "te_peer_bytes_total",
+                    &[("peer", &p.name), ("op", op)],
+                    g(b),
+                );
             }
         }
-        e.family("te_peer_tasks_total", "counter", "Tasks ended, by peer segment.");
+        e.family(
+            "te_peer_tasks_total",
+            "counter",
+            "Tasks ended, by peer segment.",
+        );
         for p in &peers {
             e.sample("te_peer_tasks_total", &[("peer", &p.name)], g(&p.tasks));
         }
-        e.family("te_peer_tasks_failed_total", "counter", "Tasks failed, by peer segment.");
+        e.family(
+            "te_peer_tasks_failed_total",
+            "counter",
+            "Tasks failed, by peer segment.",
+        );
         for p in &peers {
-            e.sample("te_peer_tasks_failed_total", &[("peer", &p.name)], g(&p.tasks_failed));
+            e.sample(
+                "te_peer_tasks_failed_total",
+                &[("peer", &p.name)],
+                g(&p.tasks_failed),
+            );
         }
-        e.family("te_peer_slices_failed_total", "counter", "Slices failed, by peer segment.");
+        e.family(
+            "te_peer_slices_failed_total",
+            "counter",
+            "Slices failed, by peer segment.",
+        );
         for p in &peers {
-            e.sample("te_peer_slices_failed_total", &[("peer", &p.name)], g(&p.slices_failed));
+            e.sample(
+                "te_peer_slices_failed_total",
+                &[("peer", &p.name)],
+                g(&p.slices_failed),
+            );
         }
         e.single(
             "te_peer_series_overflow_total",

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::metrics::exposition::Exposition;
+use crate::metrics::exposition::{help, Exposition};
 
 #[derive(Default)]
 pub struct TcpCounters {
@@ -25,27 +25,35 @@ impl TcpCounters {
         e.family(
             "te_connections_opened_total",
             "counter",
-            "Data connections (TCP) or endpoints (RDMA handshakes) established.",
+            help::CONNECTIONS_OPENED,
         );
-        e.sample("te_connections_opened_total", &[("transport", "tcp")], g(&self.connects));
+        e.sample(
+            "te_connections_opened_total",
+            &[("transport", "tcp")],
+            g(&self.connects),
+        );
         e.family(
             "te_connection_failures_total",
             "counter",
-            "TCP connects or RDMA handshakes that failed.",
+            help::CONNECTION_FAILURES,
         );
-        e.sample("te_connection_failures_total", &[("transport", "tcp")], g(&self.connect_failures));
-        e.family(
-            "te_errors_total",
-            "counter",
-            "Failure events by transport and reason (one event may fail several slices).",
+        e.sample(
+            "te_connection_failures_total",
+            &[("transport", "tcp")],
+            g(&self.connect_failures),
         );
+        e.family("te_errors_total", "counter", help::ERRORS);
         for (reason, v) in [
             ("refused", &self.refused),
             ("connection", &self.broken),
             ("timeout", &self.stalled),
             ("connect", &self.connect_failures),
         ] {
-            e.sample("te_errors_total", &[("transport", "tcp"), ("reason", reason)], g(v));
+            e.sample(
+                "te_errors_total",
+                &[("transport", "tcp"), ("reason", reason)],
+                g(v),
+            );
         }
     }
 

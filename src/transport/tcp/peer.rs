@@ -183,7 +183,10 @@ impl Peer {
     }
 
     fn new_conn(self: &Arc<Self>, s: TcpStream, index: usize, a: SocketAddr) -> Arc<ClientConn> {
-        self.client.counters.connects.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .counters
+            .connects
+            .fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(ClientConn::new(
             self.clone(),
             s,
