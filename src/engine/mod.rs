@@ -128,10 +128,7 @@ impl TransferEngine {
             metrics_http: Mutex::new(None),
             threads,
         });
-        if let Err(e) = engine.start_metrics_endpoint() {
-            engine.shutdown();
-            return Err(e);
-        }
+        engine.start_metrics_endpoint();
         if metadata.is_p2p() {
             metadata.start_daemon(listener.expect("p2p listener"))?;
         } else {
@@ -709,7 +706,7 @@ impl TransferEngine {
 
     /// Serve `/metrics` if `MC_TE_METRIC_HTTP_PORT` is set. The server
     /// holds the engine weakly, so it never keeps it alive.
-    fn start_metrics_endpoint(self: &Arc<Self>) -> Result<()> {
+    fn start_metrics_endpoint(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let render: crate::metrics::http::Render = Arc::new(move |full| {
             let engine = weak.upgrade()?;
@@ -722,9 +719,8 @@ impl TransferEngine {
                 String::new()
             })
         });
-        let server = crate::metrics::http::MetricsServer::from_env(render, &self.threads)?;
+        let server = crate::metrics::http::MetricsServer::from_env(render, &self.threads);
         *self.metrics_http.lock() = server;
-        Ok(())
     }
 
     /// The port `/metrics` is served on, if it is.

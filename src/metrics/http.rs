@@ -26,19 +26,26 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    /// The server if `MC_TE_METRIC_HTTP_PORT` names a port (0: any free one).
-    pub fn from_env(render: Render, threads: &ThreadCount) -> Result<Option<MetricsServer>> {
-        let Some(port) = crate::config::env_str("MC_TE_METRIC_HTTP_PORT") else {
-            return Ok(None);
+    /// The server if `MC_TE_METRIC_HTTP_PORT` names a port (0: any free
+    /// one). A bad value or a port in use (a second engine in the process)
+    /// costs the endpoint, never the engine: logged as a warning.
+    pub fn from_env(render: Render, threads: &ThreadCount) -> Option<MetricsServer> {
+        let value = crate::config::env_str("MC_TE_METRIC_HTTP_PORT")?;
+        let Ok(port) = value.trim().parse::<u16>() else {
+            log::warn!(
+                "MC_TE_METRIC_HTTP_PORT={value}: not a port number (0..65535); no metrics endpoint"
+            );
+            return None;
         };
-        let port: u16 = port.trim().parse().map_err(|_| {
-            Error::InvalidArgument(format!(
-                "MC_TE_METRIC_HTTP_PORT={port}: not a port number (0..65535)"
-            ))
-        })?;
         let host =
             crate::config::env_str("MC_TE_METRIC_HTTP_HOST").unwrap_or_else(|| "127.0.0.1".into());
-        Self::start(&host, port, render, threads.child()).map(Some)
+        match Self::start(&host, port, render, threads.child()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::warn!("{e}; this engine serves no metrics (its counters still work)");
+                None
+            }
+        }
     }
 
     pub fn start(host: &str, port: u16, render: Render, threads: ThreadCount) -> Result<Self> {
