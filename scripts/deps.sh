@@ -7,6 +7,8 @@ need=()
 want_pkgs="pkg-config gcc g++ make cmake clang libclang-dev libibverbs-dev librdmacm-dev iproute2 procps"
 if [ "${1:-}" = "--test" ]; then
   want_pkgs="$want_pkgs etcd-server redis-server python3 python3-pip"
+  # tests/metrics_prometheus.rs scrapes the engines with a real Prometheus.
+  want_pkgs="$want_pkgs prometheus"
   # Third-party libraries upstream's link lines name (ctest upstream_link_lines
   # links with those lines exactly; te-rs itself needs none of them).
   want_pkgs="$want_pkgs libgoogle-glog-dev libgflags-dev libjsoncpp-dev libnuma-dev libcurl4-openssl-dev"

@@ -4,6 +4,17 @@
 //! `getTransferStatus` in the interval (MB/s, 1 MB = 2^20 B as upstream) and
 //! their submit-to-seen latency histogram over upstream's buckets; nothing
 //! when the interval was idle.
+//!
+//! The Prometheus side lives in the submodules: `tasks` (task, slice, byte
+//! counters and latency histograms, fed by `Task`), `peers` (capped
+//! per-peer series), `histogram`, `exposition` (text format) and `http`
+//! (the `MC_TE_METRIC_HTTP_PORT` endpoint).
+
+pub mod exposition;
+pub mod histogram;
+pub mod http;
+pub mod peers;
+pub mod tasks;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::batch_signal::BatchSignal;
 use crate::metadata::SegmentId;
+use crate::metrics::tasks::{Ending, TaskMeter};
 
 /// Why a task was told to stop (`Task::stop_reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +82,9 @@ pub struct Task {
     deadline: AtomicU64,
     /// The batch's waiters, poked when a slice ends.
     signal: Option<Arc<BatchSignal>>,
+    /// Where the task reports when it turns terminal (metrics), once.
+    meter: Option<Arc<TaskMeter>>,
+    metered: AtomicBool,
 }
 
 impl Task {
@@ -91,7 +95,7 @@ impl Task {
     /// A task created at `created` (a submit call reads the clock once for
     /// all its tasks: a clock read per task was a tenth of the RDMA submit path).
     pub fn started_at(request: TransferRequest, created: Instant) -> Task {
-        Task::in_batch(request, created, None)
+        Task::build(request, created, None, None)
     }
 
     /// A task whose slice ends poke `signal` (its batch's waiters).
@@ -99,6 +103,26 @@ impl Task {
         request: TransferRequest,
         created: Instant,
         signal: Option<Arc<BatchSignal>>,
+    ) -> Task {
+        Task::build(request, created, signal, None)
+    }
+
+    /// `started_at` with a meter the task reports to when it ends.
+    pub fn metered(
+        request: TransferRequest,
+        created: Instant,
+        meter: Option<Arc<TaskMeter>>,
+    ) -> Task {
+        Task::build(request, created, None, meter)
+    }
+
+    /// A task poking `signal` as its slices end and reporting to `meter`
+    /// when it turns terminal.
+    pub fn build(
+        request: TransferRequest,
+        created: Instant,
+        signal: Option<Arc<BatchSignal>>,
+        meter: Option<Arc<TaskMeter>>,
     ) -> Task {
         Task {
             request,
@@ -112,6 +136,8 @@ impl Task {
             stop: AtomicU8::new(RUNNING),
             deadline: AtomicU64::new(NO_DEADLINE),
             signal,
+            meter,
+            metered: AtomicBool::new(false),
         }
     }
 
@@ -136,6 +162,7 @@ impl Task {
     pub fn seal(&self) {
         self.sealed.swap(true, Ordering::SeqCst);
         self.poke();
+        self.meter_if_ended();
     }
 
     /// Announce `n` slices and seal in one step (the usual case), on a
@@ -153,12 +180,14 @@ impl Task {
         // SeqCst: ordered against a waiter's registration (`BatchSignal::poke`).
         self.succeeded.fetch_add(1, Ordering::SeqCst);
         self.poke();
+        self.meter_if_ended();
     }
 
     /// A slice ended for good without its bytes landing.
     pub fn slice_failed(&self) {
         self.failed.fetch_add(1, Ordering::SeqCst);
         self.poke();
+        self.meter_if_ended();
     }
 
     /// Fail the whole task: every announced slice not yet finished fails.
@@ -174,6 +203,7 @@ impl Task {
             self.failed.fetch_add(total - done, Ordering::SeqCst);
             self.poke();
         }
+        self.meter_if_ended();
     }
 
     /// Tell the transports to stop: slices not yet posted fail instead of
@@ -227,6 +257,23 @@ impl Task {
             }
             _ => false,
         }
+    }
+
+    /// Report to the meter the first time the task is seen terminal
+    /// (whichever of the racing slice ends or the seal sees it wins).
+    fn meter_if_ended(&self) {
+        let Some(m) = &self.meter else { return };
+        if self.status() == TaskStatus::Waiting || self.metered.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        m.task_ended(Ending {
+            op: self.request.opcode,
+            length: self.request.length,
+            slices_succeeded: self.succeeded.load(Ordering::Acquire),
+            slices_failed: self.failed.load(Ordering::Acquire),
+            bytes: self.transferred_bytes(),
+            latency: self.created.elapsed(),
+        });
     }
 
     pub fn transferred_bytes(&self) -> u64 {
@@ -361,6 +408,27 @@ mod tests {
         assert!(v.should_stop(now));
         v.slice_failed();
         assert_eq!(v.status(), TaskStatus::Timeout);
+    }
+
+    #[test]
+    fn a_metered_task_reports_once_when_it_ends() {
+        use crate::metrics::peers::PeerTable;
+        use crate::metrics::tasks::TaskMetrics;
+        let m = TaskMetrics::new(PeerTable::new(4));
+        let meter = m.meter(1, "peer", "tcp");
+        let t = Task::metered(req(), Instant::now(), meter.clone());
+        t.add_slices(2);
+        t.slice_succeeded(5);
+        t.slice_failed();
+        assert_eq!(m.tasks_ended("tcp"), 0, "not sealed: not ended");
+        t.seal();
+        assert_eq!(m.tasks_ended("tcp"), 1);
+        t.fail_all();
+        t.seal();
+        assert_eq!(m.tasks_ended("tcp"), 1, "counted once");
+        let z = Task::metered(req(), Instant::now(), meter);
+        z.set_slices(0);
+        assert_eq!(m.tasks_ended("tcp"), 2, "zero slices end at the seal");
     }
 
     #[test]

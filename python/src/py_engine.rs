@@ -541,6 +541,31 @@ impl PyTransferEngine {
         Ok(py.detach(|| s.probe(&name)))
     }
 
+    /// te-rs: every metric in Prometheus text format (what
+    /// `MC_TE_METRIC_HTTP_PORT`'s `/metrics` serves).
+    fn get_metrics_text(&self, py: Python<'_>) -> PyResult<String> {
+        let s = self.session()?;
+        Ok(py.detach(|| s.engine.metrics_text()))
+    }
+
+    /// te-rs: the same numbers as a dict, series (`te_bytes_total{...}`,
+    /// as PromQL writes it) to value.
+    fn get_metrics(&self, py: Python<'_>) -> PyResult<std::collections::HashMap<String, f64>> {
+        let s = self.session()?;
+        let text = py.detach(|| s.engine.metrics_text());
+        Ok(transfer_engine::metrics::exposition::samples(&text)
+            .into_iter()
+            .collect())
+    }
+
+    /// te-rs: `showLinks` (devices, endpoints, routing, per-transport
+    /// task counters), as JSON text by default.
+    #[pyo3(signature = (json = true))]
+    fn show_links(&self, py: Python<'_>, json: bool) -> PyResult<String> {
+        let s = self.session()?;
+        Ok(py.detach(|| s.engine.show_links(json)))
+    }
+
     fn get_engine(&self) -> PyResult<()> {
         Err(PyNotImplementedError::new_err(
             "get_engine: te-rs has no C++ TransferEngine object to hand out",

@@ -12,6 +12,7 @@ use crate::batch_signal::BatchSignal;
 use crate::error::{Error, Result};
 use crate::id_map::IdMap;
 use crate::metadata::SegmentId;
+use crate::metrics::tasks::TaskMeter;
 use crate::task::{StopReason, Task, TaskStatus, TransferRequest};
 
 /// A `submitTransferWithNotify` message waiting for its batch to complete.
@@ -266,13 +267,15 @@ impl BatchTable {
     }
 
     /// A task for each request of `batch`, started at `now`, timing out at
-    /// `deadline`: reused where the spares allow, allocated otherwise.
+    /// `deadline`, task `i` reporting to `meter(i)` when it ends: reused
+    /// where the spares allow, allocated otherwise.
     pub fn new_tasks(
         &self,
         requests: &[TransferRequest],
         now: Instant,
         batch: &Batch,
         deadline: Option<Instant>,
+        meter: impl Fn(usize) -> Option<Arc<TaskMeter>>,
     ) -> Vec<Arc<Task>> {
         let mut reused = {
             let mut spare = self.spare.lock();
@@ -280,8 +283,8 @@ impl BatchTable {
             spare.split_off(from)
         };
         let mut out = Vec::with_capacity(requests.len());
-        for r in requests {
-            let fresh = Task::in_batch(*r, now, Some(batch.signal.clone()));
+        for (i, r) in requests.iter().enumerate() {
+            let fresh = Task::build(*r, now, Some(batch.signal.clone()), meter(i));
             if let Some(d) = deadline {
                 fresh.set_deadline(d);
             }
@@ -325,7 +328,7 @@ mod tests {
     ) -> Vec<*const Task> {
         let id = t.allocate(n);
         let b = t.get(id).unwrap();
-        let tasks = t.new_tasks(&reqs(n), Instant::now(), &b, None);
+        let tasks = t.new_tasks(&reqs(n), Instant::now(), &b, None, |_| None);
         let ptrs = tasks.iter().map(Arc::as_ptr).collect();
         if let Some(k) = keep {
             k.push(tasks[0].clone());
@@ -349,7 +352,7 @@ mod tests {
         let first = run_and_free(&t, 4, Some(&mut held));
         // Three were free to reuse; the one still held elsewhere is not.
         let b = t.get(t.allocate(4)).unwrap();
-        let again = t.new_tasks(&reqs(4), Instant::now(), &b, None);
+        let again = t.new_tasks(&reqs(4), Instant::now(), &b, None, |_| None);
         let reused = again
             .iter()
             .filter(|a| first.contains(&Arc::as_ptr(a)))
@@ -371,7 +374,7 @@ mod tests {
         let t = BatchTable::default();
         let id = t.allocate(2);
         let b = t.get(id).unwrap();
-        let tasks = t.new_tasks(&reqs(2), Instant::now(), &b, None);
+        let tasks = t.new_tasks(&reqs(2), Instant::now(), &b, None, |_| None);
         b.push_tasks(tasks.iter().cloned());
         tasks.iter().for_each(|task| task.set_slices(1));
         drop(b);

@@ -60,6 +60,10 @@ pub struct TransferEngine {
     tcp_fallback: bool,
     /// `MC_TE_METRIC`: the per-interval report.
     metrics: Option<crate::metrics::Reporter>,
+    /// Task, slice and byte counters and latency histograms (always on).
+    task_metrics: crate::metrics::tasks::TaskMetrics,
+    /// `MC_TE_METRIC_HTTP_PORT`: the `/metrics` endpoint.
+    metrics_http: Mutex<Option<crate::metrics::http::MetricsServer>>,
     /// Every thread of this engine: its metadata's, its transports', the
     /// reporter's (counted in children of it).
     threads: ThreadCount,
@@ -125,9 +129,12 @@ impl TransferEngine {
             destroyed: AtomicBool::new(false),
             tcp_fallback: tcp_fallback_enabled(),
             metrics: crate::metrics::Reporter::from_env(&threads),
+            task_metrics: crate::metrics::tasks::TaskMetrics::from_env(),
+            metrics_http: Mutex::new(None),
             threads,
             incarnation: new_incarnation(),
         });
+        engine.start_metrics_endpoint();
         if metadata.is_p2p() {
             metadata.start_daemon(listener.expect("p2p listener"))?;
         } else {
@@ -493,6 +500,8 @@ impl TransferEngine {
         // request i's entry.
         let mut targets: Vec<(SegmentId, Arc<SegmentDesc>, Arc<dyn Transport>)> = Vec::new();
         let mut which: Vec<usize> = Vec::with_capacity(requests.len());
+        // The meter of each entry of `targets` (its transport and peer series).
+        let mut meters = Vec::new();
         for r in requests {
             let ti = match targets.iter().rposition(|(id, _, _)| *id == r.target_id) {
                 Some(i) => i,
@@ -517,6 +526,10 @@ impl TransferEngine {
                         target.protocol,
                         t.protocol()
                     );
+                    meters.push(
+                        self.task_metrics
+                            .meter(r.target_id, &target.name, t.protocol()),
+                    );
                     targets.push((r.target_id, target, t));
                     targets.len() - 1
                 }
@@ -530,7 +543,11 @@ impl TransferEngine {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let tasks = self.batches.new_tasks(requests, now, &batch, deadline);
+        let tasks = self
+            .batches
+            .new_tasks(requests, now, &batch, deadline, |i| {
+                meters[which[i]].clone()
+            });
         let first_task = batch.len();
         batch.push_tasks(tasks.iter().cloned());
         if let (Some((name, msg)), Some(first)) = (notify, requests.first()) {
@@ -792,7 +809,14 @@ impl TransferEngine {
             .transports
             .read()
             .iter()
-            .map(|t| (t.protocol().to_string(), t.links()))
+            .map(|t| {
+                let mut links = t.links();
+                if let Some(m) = links.as_object_mut() {
+                    let tasks = self.task_metrics.transport_json(t.protocol());
+                    m.insert("tasks".into(), tasks);
+                }
+                (t.protocol().to_string(), links)
+            })
             .collect();
         let topo = self.topology();
         if json {
@@ -820,6 +844,72 @@ impl TransferEngine {
         }
     }
 
+    // ---- metrics ------------------------------------------------------------------
+
+    /// Serve `/metrics` if `MC_TE_METRIC_HTTP_PORT` is set. The server
+    /// holds the engine weakly, so it never keeps it alive.
+    fn start_metrics_endpoint(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let render: crate::metrics::http::Render = Arc::new(move |full| {
+            let engine = weak.upgrade()?;
+            if engine.is_destroyed() {
+                return None;
+            }
+            Some(if full {
+                engine.metrics_text()
+            } else {
+                String::new()
+            })
+        });
+        let server = crate::metrics::http::MetricsServer::from_env(render, &self.threads);
+        *self.metrics_http.lock() = server;
+    }
+
+    /// The port `/metrics` is served on, if it is.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_http.lock().as_ref().map(|s| s.port())
+    }
+
+    pub fn task_metrics(&self) -> &crate::metrics::tasks::TaskMetrics {
+        &self.task_metrics
+    }
+
+    /// Every metric in Prometheus text format (what `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        let mut e = crate::metrics::exposition::Exposition::default();
+        e.single(
+            "te_up",
+            "gauge",
+            "1 while the engine is up (0 after destroy).",
+            if self.is_destroyed() { 0.0 } else { 1.0 },
+        );
+        e.family(
+            "te_transport_installed",
+            "gauge",
+            "Transports installed, by protocol.",
+        );
+        let transports = self.transports.read().clone();
+        for t in &transports {
+            e.sample(
+                "te_transport_installed",
+                &[("transport", t.protocol())],
+                1.0,
+            );
+        }
+        self.task_metrics.write(&mut e);
+        for t in &transports {
+            t.write_metrics(&mut e);
+        }
+        self.metadata.write_metrics(&mut e);
+        e.single(
+            "te_engine_threads",
+            "gauge",
+            "Threads the engine has running.",
+            self.threads() as f64,
+        );
+        e.finish()
+    }
+
     // ---- teardown ---------------------------------------------------------------
 
     /// Stop every thread and close every socket; also unpublishes our keys.
@@ -841,6 +931,9 @@ impl TransferEngine {
         self.pending_listener.lock().take();
         if let Some(m) = &self.metrics {
             m.stop();
+        }
+        if let Some(s) = self.metrics_http.lock().take() {
+            s.stop();
         }
         log::info!("transfer engine '{}' destroyed", self.metadata.local_name());
     }

@@ -55,6 +55,8 @@ pub struct Metadata {
     segments: RwLock<SegmentCache>,
     rpc_cache: Mutex<HashMap<String, RpcMeta>>,
     notifies: notify_queue::NotifyQueue,
+    /// Notifications we sent: accepted by the peer, failed.
+    notifies_sent: [std::sync::atomic::AtomicU64; 2],
     connection_handler: RwLock<Option<ConnectionHandler>>,
     server: Mutex<Option<HandshakeServer>>,
     cache_disabled: bool,
@@ -99,6 +101,7 @@ impl Metadata {
             }),
             rpc_cache: Mutex::new(HashMap::new()),
             notifies: notify_queue::NotifyQueue::new(notify_queue::NotifyLimits::from_env()),
+            notifies_sent: Default::default(),
             connection_handler: RwLock::new(None),
             server: Mutex::new(None),
             cache_disabled: crate::config::env_is_set("MC_DISABLE_METACACHE"),
@@ -567,6 +570,13 @@ impl Metadata {
 
     /// Send one notification to the owner of segment `server_name`.
     pub fn send_notify(&self, server_name: &str, name: &str, msg: &str) -> Result<()> {
+        let r = self.send_notify_once(server_name, name, msg);
+        let i = usize::from(r.is_err());
+        self.notifies_sent[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    fn send_notify_once(&self, server_name: &str, name: &str, msg: &str) -> Result<()> {
         let meta = self.rpc_meta(server_name)?;
         let body = serde_json::json!({ "name": name, "notify_msg": msg });
         let reply = handshake::client::call(
@@ -592,6 +602,42 @@ impl Metadata {
     /// Notifications refused because the queue was full.
     pub fn refused_notifies(&self) -> u64 {
         self.notifies.refused()
+    }
+
+    /// Notification counters and queue depth, in Prometheus text.
+    pub fn write_metrics(&self, e: &mut crate::metrics::exposition::Exposition) {
+        let g =
+            |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed) as f64;
+        let name = "te_notifications_sent_total";
+        e.family(
+            name,
+            "counter",
+            "Notifications sent, by outcome (failed: unreachable peer or refused by it).",
+        );
+        e.sample(name, &[("outcome", "ok")], g(&self.notifies_sent[0]));
+        e.sample(name, &[("outcome", "failed")], g(&self.notifies_sent[1]));
+        let name = "te_notifications_received_total";
+        e.family(
+            name,
+            "counter",
+            "Notifications received, by outcome (refused: queue full, MC_NOTIFY_QUEUE_MAX / _MB).",
+        );
+        e.sample(
+            name,
+            &[("outcome", "queued")],
+            self.notifies.received() as f64,
+        );
+        e.sample(
+            name,
+            &[("outcome", "refused")],
+            self.notifies.refused() as f64,
+        );
+        e.single(
+            "te_notification_queue_depth",
+            "gauge",
+            "Notifications waiting for getNotifies.",
+            self.notifies.depth() as f64,
+        );
     }
 
     /// Threads running for this metadata: the handshake daemon's and the

@@ -37,6 +37,8 @@ pub struct NotifyQueue {
     limits: NotifyLimits,
     inner: Mutex<Inner>,
     refused: AtomicU64,
+    /// Notifications queued since start.
+    received: AtomicU64,
     log: RateLimited,
 }
 
@@ -46,6 +48,7 @@ impl NotifyQueue {
             limits,
             inner: Mutex::new(Inner::default()),
             refused: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             log: RateLimited::new(module_path!(), Duration::from_secs(5)),
         }
     }
@@ -67,6 +70,7 @@ impl NotifyQueue {
         }
         g.bytes += size;
         g.queue.push_back((name, msg));
+        self.received.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -75,6 +79,16 @@ impl NotifyQueue {
         let mut g = self.inner.lock();
         g.bytes = 0;
         std::mem::take(&mut g.queue).into()
+    }
+
+    /// Notifications queued since start.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Notifications waiting for `getNotifies` now.
+    pub fn depth(&self) -> usize {
+        self.inner.lock().queue.len()
     }
 
     /// Notifications refused since start.

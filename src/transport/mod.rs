@@ -110,6 +110,10 @@ pub trait Transport: Send + Sync {
         serde_json::Value::Null
     }
 
+    /// Its own metrics (connections, endpoints, errors by reason, ...) in
+    /// Prometheus text; the engine writes task, slice and byte counters.
+    fn write_metrics(&self, _e: &mut crate::metrics::exposition::Exposition) {}
+
     /// This transport as a carrier of other transports' slices, if it is one.
     fn carrier(self: Arc<Self>) -> Option<Arc<dyn SliceCarrier>> {
         None

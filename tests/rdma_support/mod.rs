@@ -12,7 +12,7 @@ use transfer_engine::{
 /// Soft devices every RDMA test binary may use; faults are injected per
 /// device, so tests that inject faults use their own names.
 pub const DEVICES: &str =
-    "soft0,soft1,bad0,good0,dn0,dn1,ack0,ack1,race0,race1,load0,load1,sig0,sig1,sre0,sre1,sre2,sre3,sre4,sre5,stl0,stl1,stl2,fl0,fl1,ch0,ch1,tfo0,tfo1,tfo2,tfo3,tfo4,tfo5";
+    "soft0,soft1,bad0,good0,dn0,dn1,ack0,ack1,race0,race1,load0,load1,sig0,sig1,sre0,sre1,sre2,sre3,sre4,sre5,stl0,stl1,stl2,fl0,fl1,ch0,ch1,tfo0,tfo1,tfo2,tfo3,tfo4,tfo5,met0,met1,met2";
 
 static ENV: Once = Once::new();
 

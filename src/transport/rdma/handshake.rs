@@ -20,10 +20,11 @@ impl Shared {
     pub fn start_handshake(&self, cw: Arc<ContextWorkers>, ep: Arc<Endpoint>) {
         let meta = self.tctx.metadata.clone();
         let trust = self.trust.clone();
+        let started = std::time::Instant::now();
         if ep.is_loopback() {
             // No RPC: QPs connect to themselves right here.
             let ok = ep.connect_active(&meta, &trust).is_ok();
-            self.handshake_done(&cw, &ep, ok);
+            self.handshake_done(&cw, &ep, ok, started);
             ep.end_handshake();
             cw.wake_all();
             return;
@@ -33,7 +34,7 @@ impl Shared {
         let spawned = self.threads.spawn("te-rdma-handshake", move || {
             let ok = ep.connect_active(&meta, &trust).is_ok();
             if let Some(sh) = me.upgrade() {
-                sh.handshake_done(&cw, &ep, ok);
+                sh.handshake_done(&cw, &ep, ok, started);
             }
             ep.end_handshake();
             cw.wake_all();
@@ -45,10 +46,19 @@ impl Shared {
     }
 
     /// Feed an active attempt's outcome to the counters and the backoff.
-    fn handshake_done(&self, cw: &ContextWorkers, ep: &Endpoint, ok: bool) {
+    fn handshake_done(
+        &self,
+        cw: &ContextWorkers,
+        ep: &Endpoint,
+        ok: bool,
+        started: std::time::Instant,
+    ) {
         let now = std::time::Instant::now();
         let server = name::split_nic_path(&ep.peer_path).map(|(s, _)| s);
         if !ok {
+            self.counters
+                .handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             cw.handshake_failed(&ep.peer_path, now);
             // A refused connection means the peer process is gone: its
             // slices must not wait out the re-handshake backoff.
@@ -66,6 +76,8 @@ impl Shared {
             self.liveness.mark_alive(server);
         }
         self.counters.handshakes.fetch_add(1, Ordering::Relaxed);
+        let took = now.saturating_duration_since(started);
+        self.counters.handshake_latency.observe(took);
         if ep.state() == endpoint::EndpointState::Connected {
             cw.handshake_connected(&ep.peer_path, now);
         }

@@ -117,6 +117,10 @@ impl Transport for RdmaTransport {
         self.shared.links()
     }
 
+    fn write_metrics(&self, e: &mut crate::metrics::exposition::Exposition) {
+        self.shared.write_metrics(e)
+    }
+
     fn set_fallback(&self, carrier: Option<Arc<dyn SliceCarrier>>) {
         self.shared.fallback.set_carrier(carrier);
     }

@@ -39,8 +39,9 @@ impl RailState {
         }
     }
 
-    /// Count an error on `path`; `immediate` pauses it at once.
-    pub fn mark_failed(&mut self, path: &str, immediate: bool, now: Instant) {
+    /// Count an error on `path`; `immediate` pauses it at once. True when
+    /// this paused a rail that was not paused.
+    pub fn mark_failed(&mut self, path: &str, immediate: bool, now: Instant) -> bool {
         let rail = self.rails.entry(path.to_string()).or_insert(RailHealth {
             error_count: 0,
             pause_until: None,
@@ -54,8 +55,10 @@ impl RailState {
             rail.error_count = rail.error_count.max(RAIL_ERROR_THRESHOLD);
         }
         rail.last_error = now;
+        let mut newly = false;
         if rail.error_count >= RAIL_ERROR_THRESHOLD {
             if rail.pause_until.is_none_or(|t| t <= now) {
+                newly = true;
                 log::warn!(
                     "rail {path} paused for {:?} after {} errors",
                     self.pause,
@@ -64,6 +67,7 @@ impl RailState {
             }
             rail.pause_until = Some(now + self.pause);
         }
+        newly
     }
 
     /// Unknown rails are available; an expired pause resets the rail.
@@ -114,20 +118,33 @@ impl Default for RailState {
 /// `RailState` shared by a transport's threads, on the wall clock.
 pub struct RailBook {
     state: Mutex<RailState>,
+    /// Times a rail was paused (metrics).
+    pauses: std::sync::atomic::AtomicU64,
 }
 
 impl RailBook {
     pub fn new(pause: Duration) -> RailBook {
         RailBook {
             state: Mutex::new(RailState::new(pause)),
+            pauses: Default::default(),
         }
     }
 
     /// Record an error on `path`; `immediate` pauses it at once.
     pub fn failed(&self, path: &str, immediate: bool) {
-        self.state
+        let paused = self
+            .state
             .lock()
             .mark_failed(path, immediate, Instant::now());
+        if paused {
+            self.pauses
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Times a rail was paused since start.
+    pub fn pauses(&self) -> u64 {
+        self.pauses.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Unknown or recovered rails are usable.

@@ -65,7 +65,40 @@ impl Shared {
         s.path = self
             .paths
             .intern(&name::nic_path(server, &devices[pi].name));
+        log::trace!(
+            "route: retry {retry} of a {} B slice to segment {}: local {} -> peer NIC {} \
+             (retry order over the topology tiers; paused rails skipped)",
+            s.length,
+            desc.name,
+            self.contexts[local].name,
+            devices[pi].name
+        );
         true
+    }
+
+    /// Destination affinity chose peer device `pi` for local context
+    /// `local`: count whether it is the same-named NIC; warn (rate-limited)
+    /// when it is not.
+    fn note_affinity(&self, desc: &SegmentDesc, local: usize, pi: usize) {
+        let local_name = &self.contexts[local].name;
+        let peer_name = desc
+            .devices
+            .as_deref()
+            .and_then(|d| d.get(pi))
+            .map_or("", |d| d.name.as_str());
+        if peer_name == local_name {
+            self.counters.affinity_hits.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.counters
+            .affinity_misses
+            .fetch_add(1, Ordering::Relaxed);
+        AFFINITY_LOG.warn(format_args!(
+            "rdma: MC_ENABLE_DEST_DEVICE_AFFINITY missed: segment {} has no usable NIC named \
+             {local_name} (absent or its rail paused); slices from {local_name} go to its \
+             {peer_name} by its topology matrix instead",
+            desc.name
+        ));
     }
 
     /// `route` for a first attempt, with the per-target lookups in `pr`, the
@@ -96,6 +129,22 @@ impl Shared {
         }?;
         let rkey = desc.buffers[bi].rkey.as_ref()?.get(pi).copied()?;
         pr.paths.get(pi)?;
+        if policy.dest_affinity {
+            self.note_affinity(desc, local, pi);
+        }
+        if log::log_enabled!(log::Level::Trace) {
+            log::trace!(
+                "route: {length} B to segment {} at {dest:#x}: local {} -> peer NIC {} ({})",
+                desc.name,
+                self.contexts[local].name,
+                self.paths.get(pr.paths[pi]),
+                if policy.dest_affinity {
+                    "destination affinity"
+                } else {
+                    "peer topology tier"
+                }
+            );
+        }
         let posters = self.workers[local].posters.len() as u64;
         Some(FirstRoute {
             local,
@@ -244,6 +293,9 @@ pub(super) struct PeerRoutes {
 /// into more distinct buffers chooses the rest without the cache).
 const FIRST_PEERS_KEPT: usize = 16;
 
+static AFFINITY_LOG: crate::serving::RateLimited =
+    crate::serving::RateLimited::new(module_path!(), std::time::Duration::from_secs(30));
+
 impl PeerRoutes {
     pub(super) fn new(sh: &Shared, target_id: SegmentId, desc: &SegmentDesc) -> Self {
         let server = desc.rdma_server_name.as_deref().unwrap_or(&desc.name);
@@ -255,14 +307,33 @@ impl PeerRoutes {
             .map(|d| name::nic_path(server, &d.name))
             .collect();
         let paths: Vec<NameId> = names.iter().map(|p| sh.paths.intern(p)).collect();
-        PeerRoutes {
+        let routes = PeerRoutes {
             target_id,
             hashes: paths.iter().map(|&p| sh.paths.hash(p)).collect(),
             usable: names.iter().map(|p| sh.rails.usable(p)).collect(),
             paths,
             firsts: Vec::new(),
             tcp: sh.tcp_now(target_id, desc),
+        };
+        if log::log_enabled!(log::Level::Trace) {
+            let paused: Vec<&String> = names
+                .iter()
+                .zip(&routes.usable)
+                .filter(|(_, &u)| !u)
+                .map(|(n, _)| n)
+                .collect();
+            log::trace!(
+                "route: segment {}: {} peer NICs, paused rails {paused:?} (skipped){}",
+                desc.name,
+                names.len(),
+                if routes.tcp.is_some() {
+                    "; failover window open: new slices go over TCP"
+                } else {
+                    ""
+                }
+            );
         }
+        routes
     }
 
     /// Where in `firsts` the first-attempt choice for buffer `bi` is (none

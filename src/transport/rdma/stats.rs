@@ -163,6 +163,15 @@ pub struct Counters {
     /// Times a peer failed over to TCP with no failover window open (each
     /// opens one: new submissions skip RDMA until it closes).
     pub tcp_fallback_windows: AtomicU64,
+    /// First attempts under `MC_ENABLE_DEST_DEVICE_AFFINITY` that went to
+    /// the peer NIC named like the local one.
+    pub affinity_hits: AtomicU64,
+    /// ... that could not (the peer has no such NIC, or it is paused).
+    pub affinity_misses: AtomicU64,
+    /// Active handshakes that failed.
+    pub handshake_failures: AtomicU64,
+    /// Time of active handshakes that connected (start to QPs ready).
+    pub handshake_latency: crate::metrics::histogram::Histogram,
 }
 
 impl Counters {

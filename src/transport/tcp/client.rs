@@ -35,6 +35,7 @@ pub struct ClientShared {
     pub resent: AtomicU64,
     /// Peers found replaced by a new engine (a new incarnation).
     pub replaced: AtomicU64,
+    pub counters: super::counters::TcpCounters,
     pub loops: ClientLoops,
     connectors: Mutex<Vec<JoinHandle<()>>>,
     /// The transport's count, which holds the loops and connecting threads.
@@ -114,6 +115,7 @@ impl TcpClient {
                 short_sends: AtomicU64::new(0),
                 resent: AtomicU64::new(0),
                 replaced: AtomicU64::new(0),
+                counters: Default::default(),
                 connectors: Mutex::new(Vec::new()),
                 count,
                 peers: Mutex::new(HashMap::new()),
@@ -257,6 +259,10 @@ impl TcpClient {
     }
 
     /// Number of peers seen (diagnostics).
+    pub fn counters(&self) -> &super::counters::TcpCounters {
+        &self.shared.counters
+    }
+
     pub fn peer_count(&self) -> usize {
         self.shared.peers.lock().len()
     }

@@ -669,6 +669,8 @@ impl ClientConn {
                 "tcp: {} {what} for {quiet:?} (MC_TCP_STATUS_TIMEOUT_SEC {:?}); resetting the connection and failing its requests and the peer's queued ones",
                 self.name, cfg.status_timeout
             ));
+            let c = &self.peer.counters().stalled;
+            c.fetch_add(1, Ordering::Relaxed);
             // Reset first, fail after the grace: a te-rs target checks for
             // the reset before it applies any byte it still holds, so what
             // is reported FAILED never lands later (server_conn).
@@ -742,12 +744,16 @@ impl ClientConn {
                     "tcp: {} rejected {op} of {len} bytes: address range not registered there",
                     self.name
                 ));
+                self.peer.counters().refused.fetch_add(1, Ordering::Relaxed);
                 return self.break_locked(g, Fate::Rejected, settle);
             }
             Fail::Broken(why) => why,
         };
         self.peer.note_broken();
         let idle = g.inflight.is_empty() && g.out.is_empty();
+        if !idle {
+            self.peer.counters().broken.fetch_add(1, Ordering::Relaxed);
+        }
         let stale = g.pooled_burst;
         self.break_locked(g, Fate::Broken { stale }, settle);
         if idle {

@@ -13,6 +13,7 @@ pub mod client;
 pub mod client_conn;
 pub mod client_loop;
 pub mod config;
+pub mod counters;
 pub mod inbuf;
 pub mod peer;
 pub mod queue;
@@ -171,11 +172,38 @@ impl Transport for TcpTransport {
             "short_path_sends": self.client.short_path_sends(),
             "resent_requests": self.client.resent_requests(),
             "replaced_owners": self.client.replaced_owners(),
+            "server_connections": self.open_data_connections(),
+            "events": self.client.counters().json(),
         })
     }
 
     fn abandon_stopped(&self) {
         self.client.abandon_stopped();
+    }
+
+    fn write_metrics(&self, e: &mut crate::metrics::exposition::Exposition) {
+        self.client.counters().write(e);
+        e.family(
+            "te_tcp_connections",
+            "gauge",
+            "Open TCP data connections, by side (client: ours to peers; server: peers' to us).",
+        );
+        let n = self.client.connections() as f64;
+        e.sample("te_tcp_connections", &[("side", "client")], n);
+        let n = self.open_data_connections() as f64;
+        e.sample("te_tcp_connections", &[("side", "server")], n);
+        e.single(
+            "te_tcp_peers",
+            "gauge",
+            "Peers the TCP client has state for.",
+            self.client.peer_count() as f64,
+        );
+        e.single(
+            "te_tcp_resent_requests_total",
+            "counter",
+            "Requests re-sent on a new connection because a pooled one was found closed.",
+            self.client.resent_requests() as f64,
+        );
     }
 
     fn shutdown(&self) {

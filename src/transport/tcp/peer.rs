@@ -214,7 +214,16 @@ impl Peer {
     }
 
     /// Count a new connection in (it was counted in `connecting`).
+    /// The client's counters (shared by all peers).
+    pub fn counters(&self) -> &super::counters::TcpCounters {
+        &self.client.counters
+    }
+
     fn new_conn(self: &Arc<Self>, s: TcpStream, index: usize, a: SocketAddr) -> Arc<ClientConn> {
+        self.client
+            .counters
+            .connects
+            .fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(ClientConn::new(
             self.clone(),
             s,
@@ -352,6 +361,8 @@ impl Peer {
     /// A connect failed: queued work fails unless another connection to
     /// this peer is open or on its way (it will take the work).
     fn connect_failed(&self, why: &str) {
+        let c = &self.client.counters;
+        c.connect_failures.fetch_add(1, Ordering::Relaxed);
         let mut links = self.links.lock();
         links.connecting -= 1;
         let alone = links.conns.is_empty() && links.connecting == 0;
