@@ -313,6 +313,21 @@ def _pair_checks(res, ikind, tkind, logdir, tag, metadata, sizes, tgt_kw=None, i
             return "%d notification(s)" % len(got)
         res.run("[%s] transfer with notify reaches target" % tag, notify_with_transfer)
 
+        def notify_not_utf8():
+            # Invalid bytes at the end of each string, where the C++ engine's
+            # JSON writer and te-rs both put one U+FFFD per byte.
+            ini.must(op="notifies")
+            tgt.must(op="notifies")
+            raw = b"bytes-\xfe\xff".decode("utf-8", "surrogateescape")
+            msg = b"done \xc3".decode("utf-8", "surrogateescape")
+            ini.must(op="fill", addr=src, len=4096, seed=410)
+            ini.must(60.0, op="xfer", dir="write", segment=seg, reqs=[[src, remote, 4096]],
+                     notify=[raw, msg])
+            tgt.must(op="check", addr=remote, len=4096, seed=410)
+            want = ("bytes-\ufffd\ufffd", "done \ufffd")
+            return "%d notification(s)" % len(wait_notifies(tgt, [want]))
+        res.run("[%s] transfer with a non-UTF-8 notify: delivered, U+FFFD" % tag, notify_not_utf8)
+
         if ikind == "te-rs":
             def gen_notify():
                 note = ("te-rs-direct", "hello " + NOTE_SPECIAL)
