@@ -454,3 +454,34 @@ fn p2p_target_logs_upstreams_listening_line_that_scripts_read() {
     upstream_initiator(&dir, "P2PHANDSHAKE", "127.0.0.1", last);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_misspelt_setting_is_named_once_with_the_nearest_known_name() {
+    // Loopback creates two engines; each warning comes once. Names of other
+    // Mooncake parts (Store) and correct names stay silent.
+    let out = run(Command::new(TE_BENCH)
+        .args(SMALL)
+        .env("MC_SLICE_SIZ", "65536")
+        .env("MC_TCP_BIND_ADRESS", "127.0.0.1")
+        .env("MC_STORE_MEMCPY", "1")
+        .env("MC_SLICE_SIZE", "65536"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (typo, near) in [
+        ("MC_SLICE_SIZ", "MC_SLICE_SIZE"),
+        ("MC_TCP_BIND_ADRESS", "MC_TCP_BIND_ADDRESS"),
+    ] {
+        let lines: Vec<_> = err
+            .lines()
+            .filter(|l| l.contains(&format!("] {typo} is set but no setting")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{typo}: {err}");
+        assert!(lines[0].starts_with('W'), "{}", lines[0]);
+        assert!(
+            lines[0].ends_with(&format!("did you mean {near}?")),
+            "{}",
+            lines[0]
+        );
+    }
+    assert!(!err.contains("MC_STORE_MEMCPY"), "{err}");
+    assert!(!err.contains("MC_SLICE_SIZE is set"), "{err}");
+}

@@ -631,7 +631,7 @@ impl ClientConn {
                 "took no request bytes"
             };
             FAIL_LOG.warn(format_args!(
-                "tcp: {} {what} for {quiet:?} (MC_TCP_STATUS_TIMEOUT_SEC {:?}); failing its requests and the peer's queued ones",
+                "tcp: {} {what} for {quiet:?} (MC_TCP_STATUS_TIMEOUT_SEC / MC_TCP_PROGRESS_TIMEOUT_SEC {:?}); failing its requests and the peer's queued ones",
                 self.name, cfg.status_timeout
             ));
             self.break_locked(&mut g, Fate::PeerDead, &mut settle);
