@@ -73,7 +73,12 @@ const SMALL: &[&str] = &[
 
 #[test]
 fn te_bench_prints_the_result_line_as_a_glog_line() {
-    let out = run(Command::new(TE_BENCH).args(SMALL).env_remove("MC_LOG_DIR"));
+    // Six decimals: on a busy machine this small run's rate prints as
+    // 0.00 GB/s with the default two.
+    let out = run(Command::new(TE_BENCH)
+        .args(SMALL)
+        .arg("--report_precision=6")
+        .env_remove("MC_LOG_DIR"));
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<_> = err.lines().filter_map(completed).collect();
     assert_eq!(lines.len(), 1, "{err}");
@@ -380,8 +385,10 @@ fn upstream_initiator(dir: &Path, metadata: &str, name: &str, segment: &str) {
         .args(["--threads=1", "--batch_size=2", "--block_size=4096"])
         .args([
             "--buffer_size=1048576",
-            "--duration=0.5",
+            "--duration=1",
             "--noauto_discovery",
+            // KB: on a busy machine a few MB/s print as 0.00 GB/s.
+            "--report_unit=KB",
         ]));
     let err = String::from_utf8_lossy(&out.stderr);
     let (_, count, rate, _) = err
