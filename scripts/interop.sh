@@ -6,6 +6,7 @@
 # Usage: scripts/interop.sh [run_interop.py args, e.g. --pairs te-rs:mooncake]
 # Env:   TE_RS_LIB      te-rs shared library (default: <target>/release/libtransfer_engine.so)
 #        TE_METADATA_SERVER te-rs HTTP metadata server (default: next to TE_RS_LIB)
+#        TE_BENCH       te-rs's te-bench (default: next to TE_RS_LIB)
 #        TE_RS_NO_BUILD=1  do not run `cargo build --release` first
 #        INTEROP_LOGDIR per-process logs (default /tmp/te-rs-interop)
 # Needs root (ip netns) or unprivileged user namespaces (unshare -rn).
@@ -26,7 +27,7 @@ fi
 if [[ -z "${TE_RS_LIB:-}" ]]; then
     TE_RS_LIB="${CARGO_TARGET_DIR:-$REPO/target}/release/libtransfer_engine.so"
     if [[ "${TE_RS_NO_BUILD:-0}" != 1 ]]; then
-        (cd "$REPO" && cargo build --release --lib --bin te-metadata-server --quiet) \
+        (cd "$REPO" && cargo build --release --lib --bin te-metadata-server --bin te-bench --quiet) \
             || fail "cargo build --release failed"
     fi
 fi

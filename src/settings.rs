@@ -88,6 +88,11 @@ pub const UPSTREAM: &[(&str, Support, &str)] = &[
     ("MC_PATH_ROUNDROBIN", Honoured, ""),
     ("MC_PKEY_INDEX", Honoured, ""),
     ("MC_RDMA_BIND_ADDRESS", Honoured, ""),
+    ("MC_RDMA_NOTIFY_BUFFER_SIZE", NotApplicable, "no rdma_twosided transport; notifications go over the handshake RPC"),
+    ("MC_RDMA_NOTIFY_ENABLED", NotApplicable, "no rdma_twosided transport; notifications go over the handshake RPC"),
+    ("MC_RDMA_NOTIFY_MAX_PENDING_SENDS", NotApplicable, "no rdma_twosided transport; notifications go over the handshake RPC"),
+    ("MC_RDMA_NOTIFY_OOB_FALLBACK", NotApplicable, "no rdma_twosided transport; notifications go over the handshake RPC"),
+    ("MC_RDMA_NOTIFY_RECV_COUNT", NotApplicable, "no rdma_twosided transport; notifications go over the handshake RPC"),
     ("MC_RDMA_RAIL_PAUSE_SECONDS", Honoured, ""),
     ("MC_REDIS_DB_INDEX", Honoured, ""),
     ("MC_REDIS_PASSWORD", Honoured, ""),
@@ -108,6 +113,7 @@ pub const UPSTREAM: &[(&str, Support, &str)] = &[
     ("MC_TCP_MAX_CONNECTIONS_PER_PEER", Honoured, ""),
     ("MC_TCP_MAX_PENDING_ADMISSIONS_PER_PEER", Differently, "no admission queue; per-peer lanes (MC_TCP_LANES_PER_PEER) bound concurrency"),
     ("MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER", Differently, "no admission queue; per-peer lanes (MC_TCP_LANES_PER_PEER) bound concurrency"),
+    ("MC_TCP_PROGRESS_TIMEOUT_SEC", Honoured, ""),
     ("MC_TCP_PROTO", Honoured, ""),
     ("MC_TCP_SLICE_SIZE", Differently, "TCP frames requests in its own chunks, not configurable"),
     ("MC_TCP_STATUS_TIMEOUT_SEC", Honoured, ""),
@@ -128,12 +134,94 @@ pub const UPSTREAM: &[(&str, Support, &str)] = &[
     ("MC_USE_HIP_IPC", NotApplicable, "no HIP (AMD GPU) transport"),
     ("MC_USE_IPV6", Honoured, ""),
     ("MC_USE_NVLINK_IPC", NotApplicable, "no NVLink transport"),
+    ("MC_USE_RDMA_TWOSIDED", NotApplicable, "no rdma_twosided transport; notifications go over the handshake RPC"),
     ("MC_USE_TENT", NotApplicable, "TENT backend; te-rs is the classic engine"),
     ("MC_USE_TEV1", NotApplicable, "TENT backend; te-rs is the classic engine"),
     ("MC_USE_UBSHMEM_IPC", NotApplicable, "no Ascend UBShmem transport"),
     ("MC_WORKERS_PER_CTX", Honoured, ""),
     ("MC_YLT_LOG_LEVEL", NotApplicable, "no ylt library"),
 ];
+
+// `SOURCE_NAMES`: every `MC_*` name te-rs's source mentions (but this file).
+include!(concat!(env!("OUT_DIR"), "/mc_names.rs"));
+
+/// `MC_*` names of other Mooncake components (Store, NVMe-oF, the Rust
+/// binding's tests) and of upstream's Python binding, set in the same
+/// environments: known, so never reported as misspelt.
+const ELSEWHERE_PREFIXES: &[&str] = &[
+    "MC_STORE_",
+    "MC_MS_",
+    "MC_NOF_",
+    "MC_NVME_",
+    "MC_RUST_",
+    "MC_TEST_",
+    "MC_TE_RS_TEST_",
+];
+const ELSEWHERE: &[&str] = &[
+    "MC_BENCH_PROMOTION_LATENCY",
+    "MC_DISABLE_MMAP_ARENA",
+    "MC_FILEREAD_WORKERS",
+    "MC_INITIATOR_DEVICE_NAME",
+    "MC_INITIATOR_SERVER_NAME",
+    "MC_LOCAL_SERVER_NAME",
+    "MC_MASTER_ADDR",
+    "MC_METADATA_SERVER",
+    "MC_MMAP_ARENA_POOL_SIZE",
+    "MC_RPC_CONNECT_TIMEOUT_MS",
+    "MC_RPC_TIMEOUT_MS",
+    "MC_TARGET_DEVICE_NAME",
+    "MC_TARGET_SERVER_NAME",
+    "MC_TRANSFER_TIMEOUT",
+];
+
+/// A name te-rs reads, upstream's engine reads, or another Mooncake part uses.
+pub fn is_known(name: &str) -> bool {
+    SOURCE_NAMES.contains(&name)
+        || UPSTREAM.iter().any(|(n, _, _)| *n == name)
+        || ELSEWHERE.contains(&name)
+        || ELSEWHERE_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The known name closest to `name` (edit distance), for a typo hint.
+pub fn nearest_known(name: &str) -> &'static str {
+    SOURCE_NAMES
+        .iter()
+        .chain(UPSTREAM.iter().map(|(n, _, _)| n))
+        .chain(ELSEWHERE.iter())
+        .min_by_key(|k| edit_distance(name, k))
+        .copied()
+        .unwrap_or("MC_LOG_LEVEL")
+}
+
+/// Levenshtein distance over bytes (names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let swap = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = swap.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Set `MC_*` variables no part of te-rs or Mooncake reads, each with the
+/// nearest known name.
+pub fn set_but_unknown() -> Vec<(String, &'static str)> {
+    let mut out: Vec<(String, &'static str)> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("MC_") && !is_known(k))
+        .map(|k| {
+            let near = nearest_known(&k);
+            (k, near)
+        })
+        .collect();
+    out.sort();
+    out
+}
 
 /// The variables that are set but that te-rs does not read, with the note.
 pub fn set_but_unread() -> Vec<(&'static str, Support, &'static str)> {
@@ -146,10 +234,15 @@ pub fn set_but_unread() -> Vec<(&'static str, Support, &'static str)> {
 
 static CHECKED: Once = Once::new();
 
-/// Say once per process which set variables te-rs does not read (called at
-/// engine creation).
+/// Say once per process which set variables te-rs does not read, and which
+/// are no setting at all (likely misspelt), called at engine creation.
 pub fn log_unread_once() {
     CHECKED.call_once(|| {
+        for (name, near) in set_but_unknown() {
+            log::warn!(
+                "{name} is set but no setting of te-rs or Mooncake has this name; did you mean {near}?"
+            );
+        }
         for (name, support, note) in set_but_unread() {
             match support {
                 Differently => log::warn!("{name} is set but not read by te-rs: {note}"),
@@ -172,6 +265,24 @@ mod tests {
             assert!(name.starts_with("MC_"));
             assert_eq!(*s == Honoured, note.is_empty(), "{name}");
         }
+    }
+
+    #[test]
+    fn misspelt_names_get_the_nearest_known_one() {
+        assert!(
+            SOURCE_NAMES.contains(&"MC_SLICE_SIZE"),
+            "build.rs collected src/"
+        );
+        assert!(is_known("MC_SLICE_SIZE") && is_known("MC_USE_TENT"));
+        assert!(is_known("MC_STORE_MEMCPY") && is_known("MC_TRANSFER_TIMEOUT"));
+        assert!(!is_known("MC_SLICE_SIZ") && !is_known("MC_FORCETCP"));
+        assert_eq!(nearest_known("MC_SLICE_SIZ"), "MC_SLICE_SIZE");
+        assert_eq!(nearest_known("MC_FORCETCP"), "MC_FORCE_TCP");
+        assert_eq!(nearest_known("MC_TCP_BIND_ADRESS"), "MC_TCP_BIND_ADDRESS");
+        assert_eq!(nearest_known("MC_LOG_LEVLE"), "MC_LOG_LEVEL");
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("abc", "ab"), 1);
+        assert_eq!(edit_distance("", "xy"), 2);
     }
 
     #[test]

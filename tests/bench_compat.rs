@@ -18,7 +18,9 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// te-bench under upstream's name, as scripts/install.sh installs it.
 fn transfer_engine_bench(dir: &Path) -> PathBuf {
     let link = dir.join("transfer_engine_bench");
-    std::os::unix::fs::symlink(TE_BENCH, &link).unwrap();
+    if !link.exists() {
+        std::os::unix::fs::symlink(TE_BENCH, &link).unwrap();
+    }
     link
 }
 
@@ -71,7 +73,12 @@ const SMALL: &[&str] = &[
 
 #[test]
 fn te_bench_prints_the_result_line_as_a_glog_line() {
-    let out = run(Command::new(TE_BENCH).args(SMALL).env_remove("MC_LOG_DIR"));
+    // Six decimals: on a busy machine this small run's rate prints as
+    // 0.00 GB/s with the default two.
+    let out = run(Command::new(TE_BENCH)
+        .args(SMALL)
+        .arg("--report_precision=6")
+        .env_remove("MC_LOG_DIR"));
     let err = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<_> = err.lines().filter_map(completed).collect();
     assert_eq!(lines.len(), 1, "{err}");
@@ -296,4 +303,192 @@ fn a_set_unread_setting_is_logged_once() {
     assert!(tent[0].starts_with('W'), "{}", tent[0]);
     let pool = err.lines().filter(|l| l.contains("MC_TCP_ENABLE_CONNECTION_POOL is set but not read by te-rs: connections are always pooled")).count();
     assert_eq!(pool, 1, "{err}");
+}
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// te-metadata-server on a port of its own choosing; its URL.
+fn metadata_server() -> (Reaped, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_te-metadata-server"))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // "te-metadata-server listening on http://127.0.0.1:PORT/metadata (...)"
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    (Reaped(child), url)
+}
+
+/// Upstream's transfer_engine_bench (te-bench under its name) as a target
+/// with `args`; returns once it printed its ready line, with its stderr
+/// lines so far (the engine logs before the ready line).
+fn upstream_target(dir: &Path, args: &[&str]) -> (Reaped, String, Vec<String>) {
+    let mut child = Command::new(transfer_engine_bench(dir))
+        .args(["--mode=target", "--protocol=tcp", "--buffer_size=4194304"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let target = Reaped(child);
+    // The engine logs on stderr before the ready line reaches stdout.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Drains to the end, so the target never blocks on a full pipe.
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut ready = String::new();
+    BufReader::new(stdout).read_line(&mut ready).unwrap();
+    assert!(
+        ready.starts_with("te-bench target ready: segment "),
+        "{ready}"
+    );
+    let segment = ready.split_whitespace().nth(4).unwrap().to_string();
+    let mut log = Vec::new();
+    while let Ok(l) = rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        let done = l.contains("listening on");
+        log.push(l);
+        if done {
+            break;
+        }
+    }
+    (target, segment, log)
+}
+
+/// Upstream's initiator flags against `segment`; the run must move bytes.
+fn upstream_initiator(dir: &Path, metadata: &str, name: &str, segment: &str) {
+    let out = run(Command::new(transfer_engine_bench(dir))
+        .args(["--mode=initiator", "--protocol=tcp", "--operation=write"])
+        .arg(format!("--metadata_server={metadata}"))
+        .arg(format!("--local_server_name={name}"))
+        .arg(format!("--segment_id={segment}"))
+        .args(["--threads=1", "--batch_size=2", "--block_size=4096"])
+        .args([
+            "--buffer_size=1048576",
+            "--duration=1",
+            "--noauto_discovery",
+            // KB: on a busy machine a few MB/s print as 0.00 GB/s.
+            "--report_unit=KB",
+        ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let (_, count, rate, _) = err
+        .lines()
+        .find_map(completed)
+        .unwrap_or_else(|| panic!("no result line: {err}"));
+    assert!(count > 0 && rate > 0.0, "{err}");
+}
+
+#[test]
+fn store_mode_target_is_found_by_its_local_server_name() {
+    // Upstream's documented store-mode usage: the target publishes
+    // --local_server_name as its segment, the initiator names it.
+    let (_meta, url) = metadata_server();
+    let dir = temp_dir("store");
+    let (_target, segment, _) = upstream_target(
+        &dir,
+        &[
+            &format!("--metadata_server={url}"),
+            "--local_server_name=bench-target",
+        ],
+    );
+    assert_eq!(segment, "bench-target");
+    upstream_initiator(&dir, &url, "bench-initiator", "bench-target");
+    // A second initiator under another name finds it the same way.
+    upstream_initiator(&dir, &url, "bench-initiator-2", "bench-target");
+
+    // An initiator that would publish over the target's name is refused
+    // with the reason, before it touches the store.
+    let out = Command::new(transfer_engine_bench(&dir))
+        .args(["--mode=initiator", "--protocol=tcp"])
+        .arg(format!("--metadata_server={url}"))
+        .args([
+            "--local_server_name=bench-target",
+            "--segment_id=bench-target",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("would publish over the target's segment"),
+        "{err}"
+    );
+    upstream_initiator(&dir, &url, "bench-initiator", "bench-target");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn p2p_target_logs_upstreams_listening_line_that_scripts_read() {
+    // real_rdma_link_failover.sh: awk '/Transfer Engine RPC using P2P
+    // handshake, listening on / { print $NF }' on the target's log, then
+    // --segment_id=<that>.
+    let dir = temp_dir("listening");
+    let (_target, segment, log) = upstream_target(
+        &dir,
+        &[
+            "--metadata_server=P2PHANDSHAKE",
+            "--local_server_name=127.0.0.1",
+        ],
+    );
+    let line = log
+        .iter()
+        .find(|l| l.contains("Transfer Engine RPC using P2P handshake, listening on "))
+        .unwrap_or_else(|| panic!("no listening line in {log:#?}"));
+    assert!(line.starts_with('I'), "not an INFO line: {line}");
+    let last = line.split_whitespace().last().unwrap();
+    assert_eq!(last, segment, "{line}");
+    assert!(last.starts_with("127.0.0.1:"), "{line}");
+    upstream_initiator(&dir, "P2PHANDSHAKE", "127.0.0.1", last);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_misspelt_setting_is_named_once_with_the_nearest_known_name() {
+    // Loopback creates two engines; each warning comes once. Names of other
+    // Mooncake parts (Store) and correct names stay silent.
+    let out = run(Command::new(TE_BENCH)
+        .args(SMALL)
+        .env("MC_SLICE_SIZ", "65536")
+        .env("MC_TCP_BIND_ADRESS", "127.0.0.1")
+        .env("MC_STORE_MEMCPY", "1")
+        .env("MC_SLICE_SIZE", "65536"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for (typo, near) in [
+        ("MC_SLICE_SIZ", "MC_SLICE_SIZE"),
+        ("MC_TCP_BIND_ADRESS", "MC_TCP_BIND_ADDRESS"),
+    ] {
+        let lines: Vec<_> = err
+            .lines()
+            .filter(|l| l.contains(&format!("] {typo} is set but no setting")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{typo}: {err}");
+        assert!(lines[0].starts_with('W'), "{}", lines[0]);
+        assert!(
+            lines[0].ends_with(&format!("did you mean {near}?")),
+            "{}",
+            lines[0]
+        );
+    }
+    assert!(!err.contains("MC_STORE_MEMCPY"), "{err}");
+    assert!(!err.contains("MC_SLICE_SIZE is set"), "{err}");
 }

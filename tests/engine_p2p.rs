@@ -411,3 +411,39 @@ fn auto_discover_without_rdma_devices_installs_tcp() {
         "auto_discover=0 installs nothing"
     );
 }
+
+#[test]
+fn an_rdma_twosided_control_handshake_is_refused_and_its_notify_fallback_arrives() {
+    // What a C++ engine with rdma_twosided installed (Mooncake #3440) sends
+    // to open its notify channel, in jsoncpp's FastWriter layout.
+    use transfer_engine::metadata::handshake::{client, MsgType};
+    let target = p2p_engine();
+    let name = target.local_server_name();
+    let (host, port) = name.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let ctrl = concat!(
+        r#"{"ctrl_channel":true,"local_gid":"00:00:00:00:00:00:00:00:00:00:ff:ff:0a:00:00:05","#,
+        r#""local_lid":0,"local_nic_path":"10.0.0.5:15001@mlx5_0","notify_qp_num":1234,"#,
+        r#""notify_rq_depth":64,"peer_nic_path":"__ctrl__","qp_num":[],"ready_ack":false,"#,
+        r#""reply_msg":""}"#,
+        "\n"
+    );
+    let reply = client::call(host, port, MsgType::Connection, ctrl).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    // A non-empty reply_msg: the C++ side's sendHandshake fails, so its
+    // CtrlChannel gives up and the notify goes over the handshake RPC.
+    let why = reply["reply_msg"].as_str().unwrap();
+    assert!(why.contains("rdma_twosided"), "{reply}");
+    assert!(reply.get("notify_qp_num").is_none(), "{reply}");
+    assert_eq!(
+        client::notify(host, port, "cpp-peer", "over the fallback").unwrap(),
+        "success"
+    );
+    let deadline = Instant::now() + T;
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < deadline {
+        got = target.take_notifies();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(got, [("cpp-peer".into(), "over the fallback".into())]);
+}

@@ -286,3 +286,127 @@ fn notifications_round_trip_through_malloc_buffers() {
     sender.shutdown();
     destroyTransferEngine(e);
 }
+
+/// Drain `e`'s notifications until `want` arrived (bounded), as raw bytes.
+fn collect_notifies(e: transfer_engine_t, want: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut size = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while out.len() < want && Instant::now() < deadline {
+        // SAFETY: `size` is a valid int.
+        let got = unsafe { getNotifsFromEngine(e, &mut size) };
+        if got.is_null() {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        // SAFETY: `got` holds `size` entries with NUL-terminated strings.
+        unsafe {
+            for i in 0..size as usize {
+                let m = *got.add(i);
+                out.push((
+                    CStr::from_ptr(m.name).to_bytes().to_vec(),
+                    CStr::from_ptr(m.msg).to_bytes().to_vec(),
+                ));
+            }
+            assert_eq!(freeNotifsMsgBuf(got, size), 0);
+        }
+    }
+    out
+}
+
+#[test]
+fn notifications_that_are_not_utf8_go_through_as_the_cpp_engine_sends_them() {
+    // The C++ engine's JSON writer puts U+FFFD on the wire for each invalid
+    // sequence and delivers the notification with its transfer (checked
+    // against the PyPI wheel); te-rs refused the call and posted nothing.
+    let (target, initiator) = (new_engine(), new_engine());
+    let tcp = c("tcp");
+    let loc = c("cpu:0");
+    let mut dst = vec![0u8; 4096];
+    let src = vec![0x5au8; 4096];
+    // SAFETY: live engines, NUL-terminated strings, buffers outlive use.
+    unsafe {
+        assert!(!installTransport(target, tcp.as_ptr(), ptr::null_mut()).is_null());
+        assert!(!installTransport(initiator, tcp.as_ptr(), ptr::null_mut()).is_null());
+        let (d, s) = (dst.as_mut_ptr() as *mut c_void, src.as_ptr() as *mut c_void);
+        assert_eq!(registerLocalMemory(target, d, 4096, loc.as_ptr(), 1), 0);
+        assert_eq!(registerLocalMemory(initiator, s, 4096, loc.as_ptr(), 1), 0);
+    }
+    let seg_name = c(&local_name(target));
+    // SAFETY: as above.
+    let seg = unsafe { openSegment(initiator, seg_name.as_ptr()) };
+    assert!(seg >= 0);
+
+    let name = CString::new(b"n\xff\xfe-ok".to_vec()).unwrap();
+    let msg = CString::new(b"m\xc3(\x80 done".to_vec()).unwrap();
+    let mut req = [transfer_request {
+        opcode: OPCODE_WRITE,
+        source: src.as_ptr() as *mut c_void,
+        target_id: seg,
+        target_offset: dst.as_ptr() as u64,
+        length: 4096,
+    }];
+    // SAFETY: as above.
+    unsafe {
+        let b = allocateBatchID(initiator, 1);
+        assert_eq!(
+            submitTransferWithNotify(initiator, b, req.as_mut_ptr(), 1, notify(&name, &msg)),
+            0
+        );
+        let mut st = transfer_status {
+            status: STATUS_WAITING,
+            transferred_bytes: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while st.status != STATUS_COMPLETED && Instant::now() < deadline {
+            assert_eq!(getTransferStatus(initiator, b, 0, &mut st), 0);
+            assert!(st.status != STATUS_FAILED, "transfer failed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(st.status, STATUS_COMPLETED);
+        assert_eq!(freeBatchID(initiator, b), 0);
+        assert_eq!(
+            genNotifyInEngine(initiator, seg as u64, notify(&msg, &name)),
+            0
+        );
+    }
+    assert!(dst.iter().all(|&b| b == 0x5a), "the transfer landed");
+    let (n, m) = ("n\u{fffd}\u{fffd}-ok", "m\u{fffd}(\u{fffd} done");
+    let want = vec![
+        (n.as_bytes().to_vec(), m.as_bytes().to_vec()),
+        (m.as_bytes().to_vec(), n.as_bytes().to_vec()),
+    ];
+    assert_eq!(collect_notifies(target, 2), want);
+
+    // An older C++ engine's writer sends the bytes raw: the request is
+    // answered "success" and delivered with U+FFFD for them.
+    let port: u16 = local_name(target)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let json = b"{\"name\":\"raw\xff\",\"notify_msg\":\"x\x80y\"}\n";
+    let mut frame = ((json.len() + 1) as u64).to_ne_bytes().to_vec();
+    frame.push(2); // Notify
+    frame.extend_from_slice(json);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(&frame).unwrap();
+    let mut len = [0u8; 8];
+    s.read_exact(&mut len).unwrap();
+    let mut reply = vec![0u8; u64::from_ne_bytes(len) as usize];
+    s.read_exact(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply[1..]).to_string();
+    assert!(reply.contains("\"notify_msg\":\"success\""), "{reply}");
+    assert_eq!(
+        collect_notifies(target, 1),
+        vec![(
+            "raw\u{fffd}".as_bytes().to_vec(),
+            "x\u{fffd}y".as_bytes().to_vec()
+        )]
+    );
+    destroyTransferEngine(initiator);
+    destroyTransferEngine(target);
+}

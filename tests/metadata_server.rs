@@ -122,15 +122,22 @@ fn mooncake_master_status_codes_over_http() {
 }
 
 #[test]
-fn go_compat_flag_keeps_the_looser_rules() {
+fn go_compat_flag_answers_as_the_go_example_server() {
     let srv = MetadataServer::start_with("127.0.0.1:0", None, 2, Flavor::GoExample).unwrap();
     let a = srv.local_addr();
-    let rpc = "/any?key=mooncake%2Frpc_meta%2Fnode%3A1";
+    let rpc = "/metadata?key=mooncake%2Frpc_meta%2Fnode%3A1";
     assert_eq!(request(a, "DELETE", rpc, "").0, 200);
     assert_eq!(request(a, "PUT", rpc, "{\"p\":1}").0, 200);
     assert_eq!(request(a, "PUT", rpc, "{\"p\":2}").0, 200);
     assert_eq!(request(a, "GET", rpc, ""), (200, "{\"p\":2}".to_string()));
-    assert_eq!(request(a, "POST", rpc, "{}").0, 405);
+    // gin routes GET/PUT/DELETE /metadata only.
+    let not_found = (404, "404 page not found".to_string());
+    assert_eq!(request(a, "POST", rpc, "{}"), not_found);
+    assert_eq!(
+        request(a, "GET", "/any?key=mooncake%2Frpc_meta%2Fnode%3A1", ""),
+        not_found
+    );
+    assert_eq!(request(a, "GET", "/health", ""), not_found);
 }
 
 #[test]

@@ -38,16 +38,25 @@ pub fn device_filter(device_name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Protocols `initialize` accepts. Upstream installs whatever auto-discovery
-/// finds (RDMA when a NIC is present, else TCP) for these; accelerator
-/// transports do not exist in te-rs.
-pub fn check_protocol(protocol: &str) -> std::result::Result<(), String> {
-    match protocol {
-        "rdma" | "tcp" | "" => Ok(()),
-        other => Err(format!(
-            "protocol '{other}' is not supported by te-rs (it moves host memory over tcp or rdma)"
-        )),
+/// `initialize`'s `protocol`, as upstream's module reads it: only for a
+/// memory allocator, never for the transport, which auto-discovery picks
+/// (RDMA when a NIC is present, else TCP). So any string is accepted but
+/// `xgmi`, which upstream refuses with this text. Returns the lowercase
+/// form the installed transports are compared with.
+pub fn check_protocol(protocol: &str) -> std::result::Result<String, String> {
+    if protocol == "xgmi" {
+        return Err("Protocol 'xgmi' is not exposed in the Python API. Use 'hip' instead.".into());
     }
+    Ok(protocol.to_ascii_lowercase())
+}
+
+/// Upstream's accelerator and fabric protocols, which te-rs has no
+/// transport for (it moves host memory over tcp or rdma).
+pub fn is_foreign_protocol(protocol: &str) -> bool {
+    matches!(
+        protocol,
+        "nvlink" | "nvlink_intra" | "musa" | "hip" | "efa" | "cxi" | "ascend" | "hccs" | "ubshmem"
+    )
 }
 
 /// The NIC priority matrix auto-discovery yields: `MC_CUSTOM_TOPO_JSON`, or
@@ -87,15 +96,40 @@ pub fn install_transport(engine: &TransferEngine, filter: &[String]) -> Result<(
     }
 }
 
-/// `get_local_topology`: the matrix as a JSON object (`{}` without NICs).
-pub fn topology_json(filter: &[String]) -> String {
-    match discover_matrix(filter) {
-        Ok(m) => serde_json::to_string_pretty(&m).unwrap_or_else(|_| "{}".into()),
+/// `get_local_topology`: the matrix as a JSON object. Without a NIC, as
+/// upstream: one `"cpu:N": [[], []]` per NUMA node under `sys_node`
+/// (`/sys/devices/system/node`), `{}` when that cannot be read.
+pub fn topology_json(filter: &[String], sys_node: &std::path::Path) -> String {
+    let matrix = match discover_matrix(filter) {
+        Ok(m) => m,
         Err(e) => {
             log::error!("get_local_topology: {e}");
-            "{}".into()
+            PriorityMatrix::new()
         }
-    }
+    };
+    let matrix = if matrix.is_empty() {
+        numa_nodes(sys_node)
+            .into_iter()
+            .map(|n| (format!("cpu:{n}"), (Vec::new(), Vec::new())))
+            .collect()
+    } else {
+        matrix
+    };
+    serde_json::to_string_pretty(&matrix).unwrap_or_else(|_| "{}".into())
+}
+
+/// NUMA node ids: the `nodeN` directories under `sys_node`.
+fn numa_nodes(sys_node: &std::path::Path) -> Vec<u32> {
+    let mut nodes: Vec<u32> = std::fs::read_dir(sys_node)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .filter_map(|e| e.file_name().to_str()?.strip_prefix("node")?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort_unstable();
+    nodes
 }
 
 #[cfg(test)]
@@ -122,9 +156,24 @@ mod tests {
     fn device_filters_and_protocols() {
         assert!(device_filter("").is_empty());
         assert_eq!(device_filter("mlx5_0,mlx5_1"), ["mlx5_0", "mlx5_1"]);
-        assert!(check_protocol("rdma").is_ok() && check_protocol("tcp").is_ok());
-        assert!(check_protocol("nvlink")
+        assert_eq!(check_protocol("TCP").unwrap(), "tcp");
+        assert_eq!(check_protocol("Rdma").unwrap(), "rdma");
+        assert_eq!(check_protocol("nvlink").unwrap(), "nvlink");
+        assert!(check_protocol("xgmi")
             .unwrap_err()
-            .contains("not supported"));
+            .contains("Use 'hip' instead"));
+        assert!(is_foreign_protocol("efa") && !is_foreign_protocol("tcp"));
+    }
+
+    #[test]
+    fn topology_without_nics_lists_numa_nodes_as_upstream() {
+        let dir = std::env::temp_dir().join(format!("te-rs-numa-{}", std::process::id()));
+        for sub in ["node1", "node0", "possible_not_a_node", "nodeX"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::write(dir.join("node7"), "a file, not a node").unwrap();
+        assert_eq!(numa_nodes(&dir), [0, 1]);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(numa_nodes(&dir).is_empty());
     }
 }

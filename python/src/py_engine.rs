@@ -40,10 +40,13 @@ impl PyTransferEngine {
     }
 
     fn init(&self, py: Python<'_>, host: &str, conn: String, proto: &str, dev: &str) -> i32 {
-        if let Err(e) = conn::check_protocol(proto) {
-            log_error!("initialize: {e}");
-            return -1;
-        }
+        let proto = match conn::check_protocol(proto) {
+            Ok(p) => p,
+            Err(e) => {
+                log_error!("initialize: {e}");
+                return -1;
+            }
+        };
         // Never block on a lock while holding the GIL that its holder needs.
         let Some(_running) = self.initializing.try_lock() else {
             log_error!("initialize: already running in another thread");
@@ -54,7 +57,6 @@ impl PyTransferEngine {
             return -1;
         }
         let (host, filter) = (host.to_string(), conn::device_filter(dev));
-        let proto = proto.to_string();
         match py.detach(|| Session::start(&host, &conn, &proto, &filter)) {
             Some(s) => {
                 *self.session.write() = Some(Arc::new(s));
@@ -506,7 +508,7 @@ impl PyTransferEngine {
     #[pyo3(signature = (device_name = None))]
     fn get_local_topology(&self, py: Python<'_>, device_name: Option<&str>) -> String {
         let filter = conn::device_filter(device_name.unwrap_or(""));
-        py.detach(|| conn::topology_json(&filter))
+        py.detach(|| conn::topology_json(&filter, std::path::Path::new("/sys/devices/system/node")))
     }
 
     /// Address of the first buffer `segment_name` registered, 0 if none.

@@ -59,9 +59,13 @@ impl Session {
             engine.local_server_name()
         );
         // Upstream, too, installs what auto-discovery finds, whatever `protocol` says.
-        if !protocol.is_empty() && !installed.contains(&protocol) {
+        if conn::is_foreign_protocol(protocol) {
             log::warn!(
-                "initialize: protocol '{protocol}' asked, {installed:?} installed (RDMA needs a NIC that passes device_name {filter:?}; MC_FORCE_TCP forces tcp)"
+                "initialize: protocol '{protocol}' has no transport in te-rs (it moves host memory over tcp or rdma); {installed:?} installed, as upstream installs what auto-discovery finds"
+            );
+        } else if !protocol.is_empty() && !installed.contains(&protocol) {
+            log::warn!(
+                "initialize: protocol '{protocol}' asked, {installed:?} installed (the transport is what auto-discovery finds, as upstream: RDMA needs a NIC that passes device_name {filter:?}; MC_FORCE_TCP forces tcp)"
             );
         }
         Some(Session {

@@ -150,6 +150,47 @@ class LocalPeer:
     def note(self, name, msg):
         return TransferNotify(name, msg)
 
+    def initialize_result(self, protocol, metadata="P2PHANDSHAKE"):
+        """What `initialize` returns for `protocol` on a fresh engine."""
+        return TransferEngine().initialize("127.0.0.1", metadata, protocol, "")
+
+    def local_topology(self, device_name=None):
+        """`get_local_topology()` parsed (the text's layout differs)."""
+        e = TransferEngine()
+        text = e.get_local_topology() if device_name is None else e.get_local_topology(device_name)
+        return json.loads(text)
+
+    def opcode_facts(self):
+        """How `TransferOpcode` behaves, as data two interpreters can compare."""
+        T = TransferOpcode
+
+        def attempt(fn):
+            try:
+                return ["ok", repr(fn())]
+            except Exception as e:
+                return ["raises", type(e).__name__]
+        r, w = T.Read, T.Write
+        return {
+            "names": [r.name, w.name], "values": [r.value, w.value],
+            "value_types": [type(r.value).__name__, type(r.name).__name__],
+            "members": {k: [v.name, int(v)] for k, v in T.__members__.items()},
+            "members_type": type(T.__members__).__name__,
+            "int": [int(r), int(w)], "index": [[10, 11][r], [10, 11][w]],
+            "float": float(w), "hash_eq_value": [hash(r) == 0, hash(w) == 1],
+            "dict_key": {r: "r", w: "w"}[T.Write],
+            "repr": [repr(r), repr(w)], "str": [str(r), str(w)],
+            "eq": [r == T.Read, r == w, r != w, r == T(0), w == T(1)],
+            "eq_int": [r == 0, w == 1, r != 0], "bool": [bool(r), bool(w)],
+            "order": [r < w, w > r, r <= r, sorted([w, r]) == [r, w]],
+            "order_int": attempt(lambda: w > 0),
+            "from_int": [T(0) == r, T(1) == w, T(True) == w],
+            "from_name": attempt(lambda: T("Read")),
+            "add": attempt(lambda: w + 1),
+            "pickle": __import__("pickle").loads(__import__("pickle").dumps(w)) == w,
+            "module_level": [mooncake.engine.Read == r, mooncake.engine.Write == w],
+            "type": [T.__name__, T.__module__, type(r) is T],
+        }
+
     def notifies(self, want, timeout=10.0):
         """Notifications received, waiting until `want` of them arrived."""
         got, deadline = [], time.monotonic() + timeout

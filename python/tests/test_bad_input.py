@@ -39,7 +39,7 @@ def test_not_initialized_raises():
 def test_initialize_refusals(local):
     assert local.call("initialize", "127.0.0.1", "P2PHANDSHAKE", "tcp", "") == -1  # twice
     e = TransferEngine()
-    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "nvlink", "") == -1
+    assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "xgmi", "") == -1  # as upstream
     assert e.initialize("127.0.0.1", "bogus://x", "tcp", "") == -1
     assert e.initialize("127.0.0.1", "P2PHANDSHAKE", "tcp", None) == 0  # None device: all
     x = TransferEngine()

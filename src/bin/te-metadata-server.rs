@@ -30,7 +30,7 @@ struct Args {
 const USAGE: &str = "usage: te-metadata-server [--host ADDR] [--port N] [--persist FILE] [--workers N] [--go-compat]
   default: answers as mooncake_master's metadata server (/metadata, /health; 400 for an empty
   key or a changed rpc_meta key, 404 for DELETE of a missing key)
-  --go-compat: the Go example server's rules (any path, DELETE always 200, PUT overwrites)";
+  --go-compat: the Go example server's rules (/metadata only, else 404; DELETE always 200; PUT overwrites)";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {

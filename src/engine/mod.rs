@@ -90,7 +90,10 @@ impl TransferEngine {
         let (host, port) = name::parse_host_port(local_server_name, name::default_handshake_port());
         let listener;
         let rpc;
+        // Upstream's name for the binding, in its log line below.
+        let binding;
         if metadata.is_p2p() {
+            binding = "P2P handshake";
             let l = net::bind_in_rpc_range()?;
             let p = l.local_addr()?.port();
             metadata.set_local_name(&name::join_host_port(&host, p));
@@ -100,12 +103,14 @@ impl TransferEngine {
             };
             listener = Some(l);
         } else if net::legacy_rpc_binding() {
+            binding = "legacy/P2P";
             rpc = RpcMeta {
                 ip_or_host_name: host,
                 rpc_port: port,
             };
             listener = Some(net::bind_exact(port)?);
         } else {
+            binding = "new RPC mapping";
             let l = net::bind_in_rpc_range()?;
             rpc = RpcMeta {
                 ip_or_host_name: net::advertised_ip(),
@@ -113,6 +118,13 @@ impl TransferEngine {
             };
             listener = Some(l);
         }
+        // Upstream's exact line: its scripts (real_rdma_link_failover.sh)
+        // read the target's segment name from it.
+        log::info!(
+            "Transfer Engine RPC using {binding}, listening on {}:{}",
+            rpc.ip_or_host_name,
+            rpc.rpc_port
+        );
         net::raise_fd_limit();
         let engine = Arc::new(TransferEngine {
             metadata: metadata.clone(),

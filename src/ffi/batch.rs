@@ -4,7 +4,7 @@
 use std::ffi::c_int;
 
 use super::{batch_id_t, notify_msg_t, transfer_engine_t, transfer_request, transfer_status};
-use super::{engine_of, ensure, ffi_fn, ptr_addr, slice_arg, str_arg};
+use super::{engine_of, ensure, ffi_fn, notify_text_arg, ptr_addr, slice_arg};
 use super::{BatchHandle, Refusal, StatusCode};
 use crate::error::status::OK;
 use crate::task::{Opcode, TransferRequest};
@@ -84,9 +84,9 @@ pub unsafe extern "C" fn submitTransferWithNotify(
             "count is 0 (the notify goes to entries[0].target_id)"
         );
         // SAFETY: NULL or NUL-terminated per the header contract.
-        let name = unsafe { str_arg(notify_msg.name, f, "notify_msg.name") }?;
+        let name = unsafe { notify_text_arg(notify_msg.name, f, "notify_msg.name") }?;
         // SAFETY: as above.
-        let msg = unsafe { str_arg(notify_msg.msg, f, "notify_msg.msg") }?;
+        let msg = unsafe { notify_text_arg(notify_msg.msg, f, "notify_msg.msg") }?;
         // SAFETY: forwarded caller contract.
         let requests = unsafe { decode_requests(entries, count, f) }?;
         e.submit_transfer(batch_id, &requests, Some((name, msg)))?;

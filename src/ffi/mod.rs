@@ -128,6 +128,34 @@ pub(crate) unsafe fn str_arg(p: *const c_char, func: &str, what: &str) -> Result
         .map_err(|e| refuse(func, format_args!("{what} is not valid UTF-8: {e}")))
 }
 
+/// Copy a notification's name or message. Bytes that are not UTF-8 do not
+/// refuse the call: each invalid sequence becomes U+FFFD, which is what the
+/// C++ engine's JSON writer (jsoncpp) puts on the wire for them, so the
+/// notification and its transfer go through as they do there.
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string valid for this call.
+pub(crate) unsafe fn notify_text_arg(
+    p: *const c_char,
+    func: &str,
+    what: &str,
+) -> Result<String, Refusal> {
+    static NOT_UTF8: crate::serving::RateLimited =
+        crate::serving::RateLimited::new(module_path!(), std::time::Duration::from_secs(10));
+    ensure!(func, !p.is_null(), "{what} is NULL");
+    // SAFETY: non-NULL and NUL-terminated per the header contract.
+    let s = unsafe { CStr::from_ptr(p) };
+    Ok(match s.to_str() {
+        Ok(t) => t.to_owned(),
+        Err(e) => {
+            NOT_UTF8.warn(format_args!(
+                "{func}: {what} is not UTF-8 ({e}); sent with U+FFFD for the invalid bytes, as the C++ engine sends it"
+            ));
+            s.to_string_lossy().into_owned()
+        }
+    })
+}
+
 /// Borrow a C array argument: empty when `len` is 0 (whatever `p` is),
 /// refused when NULL with a length.
 ///

@@ -4,7 +4,7 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr;
 
-use super::{engine_of, ensure, ffi_fn, refuse, str_arg, ErrCode, Handle};
+use super::{engine_of, ensure, ffi_fn, notify_text_arg, refuse, ErrCode, Handle};
 use super::{notify_msg, notify_msg_t, transfer_engine_t};
 use crate::error::Error;
 
@@ -122,9 +122,9 @@ pub unsafe extern "C" fn genNotifyInEngine(
     ffi_fn!(f = "genNotifyInEngine", ErrCode, {
         let e = engine_of(engine, f)?;
         // SAFETY: NULL or NUL-terminated per the header contract.
-        let name = unsafe { str_arg(notify_msg.name, f, "notify_msg.name") }?;
+        let name = unsafe { notify_text_arg(notify_msg.name, f, "notify_msg.name") }?;
         // SAFETY: as above.
-        let msg = unsafe { str_arg(notify_msg.msg, f, "notify_msg.msg") }?;
+        let msg = unsafe { notify_text_arg(notify_msg.msg, f, "notify_msg.msg") }?;
         // Segment ids are int32; anything wider names no segment (ERR_METADATA,
         // as Mooncake reports for an unknown segment).
         let target = i32::try_from(target_id)

@@ -296,6 +296,24 @@ mod tests {
     }
 
     #[test]
+    fn newer_upstream_keys_are_tolerated() {
+        // A descriptor from an engine with Mooncake #3543 (tcp_data_host,
+        // which it also fills from the RPC address te-rs connects to) and a
+        // key no version knows yet: read, and the rest of it is intact.
+        let base = vector!("tcp_segment_1_buffer.http.json");
+        let newer = base.replacen(
+            "\"tcp_data_port\"",
+            "\"tcp_data_host\":\"10.0.0.5\",\"some_future_key\":{\"a\":[1]},\"tcp_data_port\"",
+            1,
+        );
+        assert_ne!(newer, base);
+        let old: SegmentDesc = serde_json::from_str(base).unwrap();
+        let new: SegmentDesc = serde_json::from_str(&newer).unwrap();
+        assert_eq!(new, old);
+        assert!(new.validate().is_ok());
+    }
+
+    #[test]
     fn rpc_meta_vectors_round_trip_byte_identical() {
         for text in [
             vector!("rpc_meta.http.json"),

@@ -5,9 +5,11 @@
 //! `/metadata` and `/health` only, 400 for a missing or empty key, 404 for a
 //! DELETE of a missing key, and an `rpc_meta` key that already holds a
 //! different value refuses a PUT with 400 (the same value is 200
-//! `metadata unchanged`). `Flavor::GoExample` keeps the looser rules of
-//! upstream's Go example server (`example/http-metadata-server`): any path,
-//! DELETE always 200, any PUT overwrites, other methods 405.
+//! `metadata unchanged`). `Flavor::GoExample` answers as upstream's Go
+//! example server (`example/http-metadata-server`, gin): GET/PUT/DELETE on
+//! `/metadata` only, anything else 404 `404 page not found` (gin's default,
+//! methods included); a missing key is the empty key; GET of an unset key
+//! 404, any PUT overwrites (200), DELETE always 200.
 
 use super::http_server::{MetadataMap, PutOutcome};
 
@@ -54,7 +56,7 @@ pub fn handle(
     let key = query_param(query, "key");
     match flavor {
         Flavor::Master => master(map, method, path, key, body),
-        Flavor::GoExample => go_example(map, method, key, body),
+        Flavor::GoExample => go_example(map, method, path, key, body),
     }
 }
 
@@ -111,7 +113,18 @@ fn master(
     }
 }
 
-fn go_example(map: &MetadataMap, method: &str, key: Option<String>, body: Option<String>) -> Reply {
+fn go_example(
+    map: &MetadataMap,
+    method: &str,
+    path: &str,
+    key: Option<String>,
+    body: Option<String>,
+) -> Reply {
+    if path != "/metadata" {
+        return Reply::text(404, "404 page not found");
+    }
+    // Go's `URL.Query().Get("key")` is "" when the key is absent.
+    let key = Some(key.unwrap_or_default());
     match method {
         "GET" => match key.and_then(|k| map.get(&k)) {
             Some(v) => Reply {
@@ -139,7 +152,8 @@ fn go_example(map: &MetadataMap, method: &str, key: Option<String>, body: Option
             }
             Reply::text(200, "metadata deleted")
         }
-        _ => Reply::text(405, "method not allowed"),
+        // gin answers an unrouted method like an unknown path.
+        _ => Reply::text(404, "404 page not found"),
     }
 }
 
@@ -230,30 +244,39 @@ mod tests {
     fn go_example_semantics() {
         use Flavor::GoExample as F;
         let m = MetadataMap::open(None).unwrap();
-        assert_eq!(call(&m, F, "GET", RPC, None).0, 404);
-        assert_eq!(call(&m, F, "PUT", RPC, Some("{\"x\":1}")).0, 200);
-        // Any path, any overwrite.
         assert_eq!(
-            call(
-                &m,
-                F,
-                "PUT",
-                "/x?key=mooncake/rpc_meta/a:1",
-                Some("{\"x\":2}")
-            )
-            .0,
-            200
+            call(&m, F, "GET", RPC, None),
+            (404, "metadata not found".into())
         );
+        assert_eq!(
+            call(&m, F, "PUT", RPC, Some("{\"x\":1}")),
+            (200, "metadata updated".into())
+        );
+        assert_eq!(call(&m, F, "PUT", RPC, Some("{\"x\":2}")).0, 200); // overwrites
         assert_eq!(call(&m, F, "GET", RPC, None), (200, "{\"x\":2}".into()));
+        // Only /metadata is routed; other paths and methods: gin's 404.
+        assert_eq!(
+            call(&m, F, "PUT", "/x?key=mooncake/rpc_meta/a:1", Some("{}")),
+            (404, "404 page not found".into())
+        );
+        assert_eq!(
+            call(&m, F, "POST", RPC, Some("{}")),
+            (404, "404 page not found".into())
+        );
+        assert_eq!(call(&m, F, "GET", "/health", None).0, 404);
         assert_eq!(
             call(&m, F, "DELETE", RPC, None),
             (200, "metadata deleted".into())
         );
         assert_eq!(call(&m, F, "DELETE", RPC, None).0, 200);
-        assert_eq!(call(&m, F, "OTHER", RPC, None).0, 405);
-        assert_eq!(call(&m, F, "PUT", RPC, None).0, 400);
-        assert_eq!(call(&m, F, "PUT", "/metadata", Some("{}")).0, 400);
+        assert_eq!(call(&m, F, "PUT", RPC, None).0, 400); // unreadable body
+                                                          // No key is the empty key, as Go's Query().Get("key").
         assert_eq!(call(&m, F, "GET", "/metadata", None).0, 404);
+        assert_eq!(call(&m, F, "PUT", "/metadata", Some("{}")).0, 200);
+        assert_eq!(
+            call(&m, F, "GET", "/metadata?key=", None),
+            (200, "{}".into())
+        );
     }
 }
 

@@ -657,6 +657,9 @@ impl Metadata {
     }
 }
 
+static CTRL_LOG: crate::serving::RateLimited =
+    crate::serving::RateLimited::new(module_path!(), std::time::Duration::from_secs(60));
+
 /// The daemon's view of the metadata: weak, so the daemon never keeps a
 /// destroyed engine alive.
 struct DaemonHandler(Weak<Metadata>);
@@ -666,6 +669,17 @@ impl HandshakeHandler for DaemonHandler {
         let Some(md) = self.0.upgrade() else {
             return HandShakeDesc::rejected("engine is shutting down");
         };
+        if req.is_ctrl_channel() {
+            // A C++ rdma_twosided peer: refused, it falls back to sending
+            // notifications over the handshake RPC (its OOB path).
+            CTRL_LOG.info(format_args!(
+                "refused an rdma_twosided control-channel handshake from {}: te-rs takes notifications over the handshake RPC",
+                req.local_nic_path
+            ));
+            return HandShakeDesc::rejected(
+                "rdma_twosided control channel not supported by te-rs; send notifications over the handshake RPC",
+            );
+        }
         let handler = md.connection_handler.read().clone();
         match handler {
             Some(h) => h(&req),

@@ -67,7 +67,9 @@ class MooncakePeer:
         """reqs: [(local, remote, len)]. Returns True when all succeeded."""
         opcode = self.Op.Write if op == "write" else self.Op.Read
         if notify is not None:
-            n = self.TransferNotify(notify[0], notify[1])
+            # Bytes (pybind11 takes them for std::string) so that lone
+            # surrogates (surrogateescape) send bytes that are not UTF-8.
+            n = self.TransferNotify(*(x.encode("utf-8", "surrogateescape") for x in notify))
             if len(reqs) == 1:
                 local, remote, ln = reqs[0]
                 return self.te.transfer_sync(segment, local, remote, ln, opcode, n) == 0

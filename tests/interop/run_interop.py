@@ -16,6 +16,7 @@ P2PHANDSHAKE. Prints one PASS/FAIL line per check and a final
 import argparse
 import json
 import os
+import re
 import select
 import socket
 import subprocess
@@ -312,6 +313,21 @@ def _pair_checks(res, ikind, tkind, logdir, tag, metadata, sizes, tgt_kw=None, i
             return "%d notification(s)" % len(got)
         res.run("[%s] transfer with notify reaches target" % tag, notify_with_transfer)
 
+        def notify_not_utf8():
+            # Invalid bytes at the end of each string, where the C++ engine's
+            # JSON writer and te-rs both put one U+FFFD per byte.
+            ini.must(op="notifies")
+            tgt.must(op="notifies")
+            raw = b"bytes-\xfe\xff".decode("utf-8", "surrogateescape")
+            msg = b"done \xc3".decode("utf-8", "surrogateescape")
+            ini.must(op="fill", addr=src, len=4096, seed=410)
+            ini.must(60.0, op="xfer", dir="write", segment=seg, reqs=[[src, remote, 4096]],
+                     notify=[raw, msg])
+            tgt.must(op="check", addr=remote, len=4096, seed=410)
+            want = ("bytes-\ufffd\ufffd", "done \ufffd")
+            return "%d notification(s)" % len(wait_notifies(tgt, [want]))
+        res.run("[%s] transfer with a non-UTF-8 notify: delivered, U+FFFD" % tag, notify_not_utf8)
+
         if ikind == "te-rs":
             def gen_notify():
                 note = ("te-rs-direct", "hello " + NOTE_SPECIAL)
@@ -325,18 +341,101 @@ def _pair_checks(res, ikind, tkind, logdir, tag, metadata, sizes, tgt_kw=None, i
         tgt.kill()
 
 
+def te_bench():
+    return os.environ.get("TE_BENCH") or os.path.join(
+        os.path.dirname(os.environ.get("TE_RS_LIB", os.path.join(REPO, "target", "release", "x"))),
+        "te-bench")
+
+
+def bench_exe(kind):
+    if kind == "mooncake":
+        import mooncake
+        return os.path.join(os.path.dirname(mooncake.__file__), "transfer_engine_bench")
+    return te_bench()
+
+
+def wait_segment_published(url, name, timeout=30.0):
+    """Until the store holds NAME's descriptor with a registered buffer (what
+    an initiator's openSegment needs): the key upstream's engines write."""
+    import urllib.parse
+    import urllib.request
+    key = urllib.parse.quote("mooncake/ram/" + name, safe="")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen("%s?key=%s" % (url, key), timeout=5) as r:
+                if json.loads(r.read() or b"{}").get("buffers"):
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise PeerError("segment %s not published in %s after %.0f s" % (name, url, timeout))
+
+
+def bench_store_checks(res, ikind, tkind, logdir, store):
+    """Upstream's transfer_engine_bench store-mode usage: the target
+    publishes --local_server_name as its segment, the initiator names it
+    with --segment_id, whichever engine plays either role."""
+    tag = "bench %s->%s@%s" % (ikind, tkind, store)
+    ftag = tag.replace(">", "").replace(" ", "-")
+
+    def check():
+        server = HttpMetadataServer(store, logdir, ftag)
+        env = dict(os.environ, MC_TCP_BIND_ADDRESS="127.0.0.1")
+        tlog = open(os.path.join(logdir, "%s.target-%s.log" % (ftag, tkind)), "w")
+        target = subprocess.Popen(
+            [bench_exe(tkind), "--mode=target", "--protocol=tcp", "--metadata_server=" + server.url,
+             "--local_server_name=bench-target", "--buffer_size=4194304"],
+            stdout=tlog, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_segment_published(server.url, "bench-target")
+            ilog_path = os.path.join(logdir, "%s.initiator-%s.log" % (ftag, ikind))
+            with open(ilog_path, "w") as ilog:
+                rc = subprocess.call(
+                    [bench_exe(ikind), "--mode=initiator", "--protocol=tcp",
+                     "--metadata_server=" + server.url, "--local_server_name=bench-initiator",
+                     "--segment_id=bench-target", "--operation=write", "--threads=1",
+                     "--batch_size=4", "--block_size=65536", "--buffer_size=1048576",
+                     "--duration=1"],
+                    stdout=ilog, stderr=subprocess.STDOUT, env=env, timeout=60)
+            text = open(ilog_path).read()
+            m = re.search(r"Test completed: duration [\d.]+, batch count (\d+)", text)
+            if rc != 0 or not m or int(m.group(1)) == 0:
+                raise PeerError("initiator rc=%d, no completed batches, see %s" % (rc, ilog_path))
+            return "%s batches" % m.group(1)
+        finally:
+            target.terminate()
+            try:
+                target.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                target.kill()
+                target.wait()
+            tlog.close()
+            server.stop()
+    res.run("[%s] --segment_id=<target's --local_server_name>" % tag, check)
+
+
+BENCH_PAIRS = "te-rs:te-rs@te-http,te-rs:mooncake@http,mooncake:te-rs@http,mooncake:te-rs@te-http"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", default=os.environ.get("INTEROP_PAIRS", DEFAULT_PAIRS))
+    ap.add_argument("--bench-pairs", default=os.environ.get("INTEROP_BENCH_PAIRS", BENCH_PAIRS),
+                    help="transfer_engine_bench store-mode pairs; '' for none")
     ap.add_argument("--logdir", default=os.environ.get("INTEROP_LOGDIR", "/tmp/te-rs-interop"))
     a = ap.parse_args()
     os.makedirs(a.logdir, exist_ok=True)
     res = Results()
     t0 = time.monotonic()
-    for pair in a.pairs.split(","):
+    for pair in filter(None, a.pairs.split(",")):
         pair, _, store = pair.partition("@")
         ikind, tkind = pair.split(":")
         pair_checks(res, ikind, tkind, a.logdir, store)
+    for pair in filter(None, a.bench_pairs.split(",")):
+        pair, _, store = pair.partition("@")
+        ikind, tkind = pair.split(":")
+        bench_store_checks(res, ikind, tkind, a.logdir, store or "te-http")
     print("logs: %s; %.1fs" % (a.logdir, time.monotonic() - t0))
     print("%d passed, %d failed" % (res.passed, res.failed))
     sys.exit(1 if res.failed else 0)

@@ -25,6 +25,16 @@ STATUS_NAMES = ["WAITING", "PENDING", "INVALID", "CANCELED", "COMPLETED",
                 "TIMEOUT", "FAILED"]
 
 
+
+def _raw(text):
+    """Notification text to C bytes; lone surrogates (surrogateescape) carry
+    bytes that are not UTF-8, so a test can send them."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _text(raw):
+    return raw.decode("utf-8", "surrogateescape")
+
 class TransferRequest(ctypes.Structure):
     # offsets 0, 8, 16, 24, 32; size 40
     _fields_ = [("opcode", ctypes.c_int),
@@ -174,7 +184,7 @@ class Engine:
         if notify is None:
             rc = self.lib.submitTransfer(self.h, bid, arr, n)
         else:
-            nm = NotifyMsg(notify[0].encode(), notify[1].encode())
+            nm = NotifyMsg(_raw(notify[0]), _raw(notify[1]))
             rc = self.lib.submitTransferWithNotify(self.h, bid, arr, n, nm)
         if rc != 0:
             self.lib.freeBatchID(self.h, bid)
@@ -228,14 +238,14 @@ class Engine:
 
     def notify(self, segment_id, name, msg):
         return self.lib.genNotifyInEngine(self.h, segment_id,
-                                          NotifyMsg(name.encode(), msg.encode()))
+                                          NotifyMsg(_raw(name), _raw(msg)))
 
     def get_notifies(self):
         size = _int(0)
         p = self.lib.getNotifsFromEngine(self.h, ctypes.byref(size))
         if not p:
             return []
-        res = [(p[i].name.decode(), p[i].msg.decode()) for i in range(size.value)]
+        res = [(_text(p[i].name), _text(p[i].msg)) for i in range(size.value)]
         self.lib.freeNotifsMsgBuf(p, size.value)
         return res
 

@@ -255,6 +255,18 @@ impl Args {
         if args.mode == "initiator" && args.segment_id.is_empty() {
             return Err("--mode=initiator needs --segment_id=<target segment name>".into());
         }
+        // With a metadata store, an initiator publishing under the target's
+        // name would overwrite the target's segment (upstream lets it).
+        if args.mode == "initiator"
+            && args.metadata_server != "P2PHANDSHAKE"
+            && args.local_server_name == args.segment_id
+        {
+            return Err(format!(
+                "--local_server_name={} is the target's --segment_id: with --metadata_server={} \
+                 the initiator would publish over the target's segment; give it its own name",
+                args.local_server_name, args.metadata_server
+            ));
+        }
         Ok(args)
     }
 

@@ -53,8 +53,12 @@ fn install(engine: &TransferEngine, a: &Args) -> Result<(), String> {
         .map_err(|e| format!("installTransport({}): {e}", a.protocol))
 }
 
+/// The engine's segment name. As upstream's transfer_engine_bench, a target
+/// or initiator publishes `--local_server_name` as given, so another
+/// process finds it with `--segment_id=NAME`; only loopback, which runs
+/// both engines in one process, keeps them apart with a role suffix.
 fn new_engine(a: &Args, role: &str) -> Arc<TransferEngine> {
-    let name = if a.metadata_server == "P2PHANDSHAKE" {
+    let name = if a.metadata_server == "P2PHANDSHAKE" || a.mode != "loopback" {
         a.local_server_name.clone()
     } else {
         format!("{}-{role}-{}", a.local_server_name, std::process::id())

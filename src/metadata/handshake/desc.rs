@@ -35,7 +35,18 @@ pub struct HandShakeDesc {
     pub te_rs_path_secret: Option<String>,
 }
 
+/// `peer_nic_path` of an `rdma_twosided` control-channel handshake.
+pub const CTRL_NIC_PATH: &str = "__ctrl__";
+
 impl HandShakeDesc {
+    /// An `rdma_twosided` peer (Mooncake #3440) asking for its control
+    /// (notify) channel, which te-rs does not offer: refused, the peer sends
+    /// notifications over the handshake RPC. Its extra keys
+    /// (`ctrl_channel`, `notify_qp_num`, `notify_rq_depth`) are ignored.
+    pub fn is_ctrl_channel(&self) -> bool {
+        self.peer_nic_path == CTRL_NIC_PATH
+    }
+
     /// The peer speaks ready-ACK (the key was present).
     pub fn supports_ready_ack(&self) -> bool {
         self.ready_ack.is_some()
@@ -91,4 +102,26 @@ impl NotifyDesc {
 pub struct ProbeReply {
     #[serde(default)]
     pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rdma_twosided_control_handshake_is_read_and_recognised() {
+        // Mooncake #3440: CtrlChannel::fillLocalDesc, FastWriter key order.
+        let text = r#"{"ctrl_channel":true,"local_gid":"fe80::1","local_lid":0,"local_nic_path":"10.0.0.5:15001@mlx5_0","notify_qp_num":1234,"notify_rq_depth":64,"peer_nic_path":"__ctrl__","qp_num":[],"reply_msg":""}"#;
+        let d: HandShakeDesc = serde_json::from_str(text).unwrap();
+        assert!(d.is_ctrl_channel());
+        assert_eq!(d.local_nic_path, "10.0.0.5:15001@mlx5_0");
+        // A classic data-path handshake from the same peer is not.
+        let data = text.replace("__ctrl__", "10.0.0.6:15002@mlx5_1");
+        assert!(!serde_json::from_str::<HandShakeDesc>(&data)
+            .unwrap()
+            .is_ctrl_channel());
+        // te-rs's own messages carry none of the new keys.
+        let ours = serde_json::to_string(&HandShakeDesc::rejected("x")).unwrap();
+        assert!(!ours.contains("notify_qp_num") && !ours.contains("ctrl_channel"));
+    }
 }

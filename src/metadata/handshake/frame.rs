@@ -157,11 +157,25 @@ pub fn read_frame<R: Read>(r: &mut R, max_len: u64) -> Result<Frame> {
         (Framing::Legacy, payload)
     };
 
-    let text = std::str::from_utf8(&json)
-        .map_err(|e| Error::MalformedJson(format!("handshake payload is not UTF-8: {e}")))?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text)
+    // jsoncpp's reader passes bytes that are not UTF-8 through inside
+    // strings, and older jsoncpp writers send them raw (1.9.x writes U+FFFD
+    // for them): take them as U+FFFD rather than refuse the request.
+    let text = match String::from_utf8(json) {
+        Ok(text) => text,
+        Err(e) => {
+            log::debug!(
+                "handshake payload is not UTF-8 ({}); invalid bytes read as U+FFFD",
+                e.utf8_error()
+            );
+            String::from_utf8_lossy(e.as_bytes()).into_owned()
+        }
+    };
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
         .map_err(|e| Error::MalformedJson(format!("handshake payload is not JSON: {e}")))?;
-    Ok(Frame { framing, json })
+    Ok(Frame {
+        framing,
+        json: text.into_bytes(),
+    })
 }
 
 fn read_header<R: Read>(r: &mut R, header: &mut [u8; HEADER_LEN]) -> Result<()> {
@@ -253,6 +267,17 @@ mod tests {
             decode(&bad_utf8, MAX),
             Err(Error::MalformedJson(_))
         ));
+        // Not UTF-8 inside a string (an older jsoncpp writer sends the bytes
+        // raw): read, the bytes as U+FFFD.
+        let raw = b"{\"name\":\"n\xff\",\"notify_msg\":\"m\xc3\"}";
+        let mut frame = ((raw.len() + 1) as u64).to_ne_bytes().to_vec();
+        frame.push(2);
+        frame.extend_from_slice(raw);
+        let f = decode(&frame, MAX).unwrap();
+        assert_eq!(
+            f.text(),
+            "{\"name\":\"n\u{fffd}\",\"notify_msg\":\"m\u{fffd}\"}"
+        );
         let full = encode(Framing::Typed(MsgType::Probe), "{}\n");
         assert!(decode(&full[..full.len() - 1], MAX).is_err());
         assert!(decode(&full[..5], MAX).is_err());

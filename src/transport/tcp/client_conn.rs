@@ -666,7 +666,7 @@ impl ClientConn {
                 "took no request bytes"
             };
             FAIL_LOG.warn(format_args!(
-                "tcp: {} {what} for {quiet:?} (MC_TCP_STATUS_TIMEOUT_SEC {:?}); resetting the connection and failing its requests and the peer's queued ones",
+                "tcp: {} {what} for {quiet:?} (MC_TCP_STATUS_TIMEOUT_SEC / MC_TCP_PROGRESS_TIMEOUT_SEC {:?}); resetting the connection and failing its requests and the peer's queued ones",
                 self.name, cfg.status_timeout
             ));
             let c = &self.peer.counters().stalled;

@@ -11,8 +11,10 @@ pub struct TcpConfig {
     pub lanes_per_peer: usize,
     /// `MC_TCP_PROTO=1`: speak v1 framing even to v2 peers.
     pub force_v1: bool,
-    /// Longest wait for a status frame or for any progress on a body
-    /// (`MC_TCP_STATUS_TIMEOUT_SEC`, 30 s).
+    /// Longest wait for a status frame or for any progress on a body: the
+    /// shorter of `MC_TCP_STATUS_TIMEOUT_SEC` and upstream's sliding
+    /// `MC_TCP_PROGRESS_TIMEOUT_SEC` (30 s each), which te-rs keeps as one
+    /// deadline that every byte moved re-arms.
     pub status_timeout: Duration,
     /// Bound on establishing a data connection.
     pub connect_timeout: Duration,
@@ -82,7 +84,12 @@ impl TcpConfig {
         TcpConfig {
             lanes_per_peer: env_u64(lanes_var, d.lanes_per_peer as u64, 1, 16) as usize,
             force_v1: env_str("MC_TCP_PROTO").is_some_and(|v| v.trim() == "1"),
-            status_timeout: env_secs("MC_TCP_STATUS_TIMEOUT_SEC", 30, 1, 3600),
+            status_timeout: env_secs("MC_TCP_STATUS_TIMEOUT_SEC", 30, 1, 3600).min(env_secs(
+                "MC_TCP_PROGRESS_TIMEOUT_SEC",
+                30,
+                1,
+                3600,
+            )),
             socket_buffer: env_u64("MC_TCP_SOCKET_BUFFER", 0, 0, 1 << 30) as usize,
             server_idle: env_secs("MC_TCP_SERVER_IDLE_TIMEOUT_SEC", 120, 1, 86400),
             server_header_timeout: env_secs("MC_TCP_SERVER_HEADER_TIMEOUT_SEC", 5, 1, 3600),
@@ -127,4 +134,26 @@ fn default_server_threads() -> usize {
         }
     });
     cores.clamp(1, 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_and_status_timeouts_make_one_deadline() {
+        // Both names are read only here; no other unit test sets them.
+        std::env::set_var("MC_TCP_PROGRESS_TIMEOUT_SEC", "5");
+        assert_eq!(TcpConfig::from_env().status_timeout, Duration::from_secs(5));
+        std::env::set_var("MC_TCP_STATUS_TIMEOUT_SEC", "3");
+        assert_eq!(TcpConfig::from_env().status_timeout, Duration::from_secs(3));
+        std::env::set_var("MC_TCP_PROGRESS_TIMEOUT_SEC", "0"); // upstream: > 0 only
+        assert_eq!(TcpConfig::from_env().status_timeout, Duration::from_secs(3));
+        std::env::remove_var("MC_TCP_STATUS_TIMEOUT_SEC");
+        assert_eq!(
+            TcpConfig::from_env().status_timeout,
+            Duration::from_secs(30)
+        );
+        std::env::remove_var("MC_TCP_PROGRESS_TIMEOUT_SEC");
+    }
 }
