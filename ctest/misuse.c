@@ -178,7 +178,9 @@ static void string_and_pointer_misuse(transfer_engine_t e) {
         CHECK_EQ(genNotifyInEngine(e, (uint64_t)1 << 40, notify("n", "m")), -200);
         CHECK_EQ(genNotifyInEngine(e, 999, notify(NULL, "m")), -1);
         CHECK_EQ(genNotifyInEngine(e, 999, notify("n", NULL)), -1);
-        CHECK_EQ(genNotifyInEngine(e, 999, notify("n", NOT_UTF8)), -1);
+        /* Text that is not UTF-8 is sent with U+FFFD, as the C++ engine's
+         * jsoncpp writes it: refused here only for the unknown segment. */
+        CHECK_EQ(genNotifyInEngine(e, 999, notify("n", NOT_UTF8)), -200);
     }
 }
 
